@@ -1,0 +1,1 @@
+"""Profiling suite for the full and VRAM-optimized VGGT aggregators."""

@@ -1,0 +1,62 @@
+"""Bad input raises ValueError naming the problem, before any block runs."""
+
+import pytest
+import torch
+
+from tests.helpers import SMALL_AGGREGATOR, SMALL_VGGT
+from vggt.models.aggregator import Aggregator
+from vggt.models.vggt import VGGT
+
+
+@pytest.fixture(scope="module")
+def model() -> VGGT:
+    return VGGT(**SMALL_VGGT).eval()
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((3, 56, 56), "must be \\[S, 3, H, W\\] or \\[B, S, 3, H, W\\]"),
+        ((1, 1, 1, 3, 56, 56), "must be \\[S, 3, H, W\\] or \\[B, S, 3, H, W\\]"),
+        ((1, 2, 4, 56, 56), "3 channels"),
+        ((1, 2, 3, 56, 50), "multiple of the patch size"),
+        ((1, 2, 3, 57, 56), "multiple of the patch size"),
+        ((1, 0, 3, 56, 56), "at least one frame"),
+    ],
+)
+def test_bad_images(model: VGGT, shape: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model(torch.rand(shape))
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((4, 3), "query_points must be"),
+        ((1, 4, 2, 1), "query_points must be"),
+        ((2, 4, 2), "batch 2 != images batch 1"),
+    ],
+)
+def test_bad_query_points(model: VGGT, shape: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model(torch.rand(1, 2, 3, 140, 140), query_points=torch.rand(shape))
+
+
+def test_images_must_be_a_tensor(model: VGGT) -> None:
+    with pytest.raises(ValueError, match="images must be"):
+        model([[0.0]])
+
+
+def test_unknown_patch_embed() -> None:
+    with pytest.raises(ValueError, match="unknown patch_embed 'dinov3'"):
+        Aggregator(**{**SMALL_AGGREGATOR, "patch_embed": "dinov3"})
+
+
+def test_aggregator_needs_five_dims() -> None:
+    with pytest.raises(ValueError, match="\\[B, S, 3, H, W\\]"):
+        Aggregator(**SMALL_AGGREGATOR)(torch.rand(2, 3, 56, 56))
+
+
+def test_head_layers_must_exist() -> None:
+    with pytest.raises(ValueError, match="out of range for depth 6"):
+        VGGT(**{**SMALL_VGGT, "intermediate_layer_idx": (1, 2, 4, 6)})

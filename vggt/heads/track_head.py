@@ -1,0 +1,82 @@
+"""Point-tracking head: DPT feature extractor followed by the iterative tracker."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vggt.heads.dpt_head import DPTHead
+from vggt.heads.track_modules.base_track_predictor import BaseTrackerPredictor
+
+
+class TrackHead(nn.Module):
+    """Track query points through a sequence from aggregated tokens."""
+
+    def __init__(
+        self,
+        dim_in: int,
+        patch_size: int = 14,
+        features: int = 128,
+        iters: int = 4,
+        predict_conf: bool = True,
+        stride: int = 2,
+        corr_levels: int = 7,
+        corr_radius: int = 4,
+        hidden_size: int = 384,
+        intermediate_layer_idx: Sequence[int] = (4, 11, 17, 23),
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.feature_extractor = DPTHead(
+            dim_in,
+            patch_size=patch_size,
+            features=features,
+            feature_only=True,
+            down_ratio=2,
+            pos_embed=False,
+            intermediate_layer_idx=intermediate_layer_idx,
+        )
+        self.tracker = BaseTrackerPredictor(
+            latent_dim=features,
+            predict_conf=predict_conf,
+            stride=stride,
+            corr_levels=corr_levels,
+            corr_radius=corr_radius,
+            hidden_size=hidden_size,
+        )
+        self.iters = iters
+
+    def forward(
+        self,
+        aggregated_tokens_list: list[torch.Tensor],
+        images: torch.Tensor,
+        patch_start_idx: int,
+        query_points: torch.Tensor | None = None,
+        iters: int | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Return ``(coord_preds, vis, conf)`` for ``query_points (B, N, 2)`` in image pixels.
+
+        ``coord_preds`` is a list of ``(B, S, N, 2)`` tracks, one per iteration; ``vis``/``conf``
+        are ``(B, S, N)``.
+        """
+        if images.dim() != 5:
+            raise ValueError(f"images must be [B, S, 3, H, W], got shape {tuple(images.shape)}")
+        if query_points is None:
+            raise ValueError("query_points is required: a [B, N, 2] tensor of pixel coordinates")
+        if query_points.dim() != 3 or query_points.shape[-1] != 2:
+            raise ValueError(
+                f"query_points must have shape [B, N, 2], got {tuple(query_points.shape)}"
+            )
+        if query_points.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"query_points batch size {query_points.shape[0]} does not match the images' "
+                f"batch size {images.shape[0]}"
+            )
+
+        feature_maps = self.feature_extractor(aggregated_tokens_list, images, patch_start_idx)
+        if iters is None:
+            iters = self.iters
+        coord_preds, vis_scores, conf_scores = self.tracker(
+            query_points=query_points, fmaps=feature_maps, iters=iters
+        )
+        return coord_preds, vis_scores, conf_scores

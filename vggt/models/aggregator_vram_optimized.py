@@ -1,0 +1,167 @@
+"""An aggregator that keeps only the layer outputs its heads read.
+
+The reference aggregator returns all `depth` layer outputs, each [B, S, P, 2C]; the heads read
+four of them. `AggregatorVramOptimized` runs the same blocks but allocates and fills only the
+selected layers, and returns them in a `LayerSelectView` indexed by absolute layer number.
+"""
+
+import operator
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+
+from vggt.models.aggregator import ATTENTION_TYPES, Aggregator
+
+
+def normalize_layer_indices(indices: Iterable[int], depth: int) -> list[int]:
+    """Sorted absolute layer indices; ValueError for out-of-range, duplicate or no indices."""
+    normalized = []
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"layer indices must be integers, got {index!r}")
+        if not -depth <= index < depth:
+            raise ValueError(f"layer index {index} is out of range for depth {depth}")
+        normalized.append(index % depth)
+    if not normalized:
+        raise ValueError("select at least one layer (or None for all of them)")
+    duplicates = sorted({i for i in normalized if normalized.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"layer indices {duplicates} are selected more than once")
+    return sorted(normalized)
+
+
+class LayerSelectView:
+    """Read-only, list-like access by absolute layer index to the kept layer outputs.
+
+    `len(view)` is the model depth and `view[i]` accepts any index a depth-long list accepts,
+    but only kept layers are stored: another index raises KeyError naming the kept ones, an
+    index outside the depth raises IndexError, and slices raise TypeError.
+    `i in view` is True when layer `i` is kept. Iteration yields every layer in order when all
+    are kept and raises TypeError otherwise (use `items()`), so code written for a full list
+    never sees a shorter sequence. The repr shows indices and shapes, never tensor data.
+    """
+
+    __slots__ = ("_depth", "_layers")
+
+    def __init__(self, layers: Mapping[int, torch.Tensor], depth: int) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        normalize_layer_indices(list(layers), depth)
+        self._depth = depth
+        self._layers = {
+            index % depth: layers[index] for index in sorted(layers, key=depth.__rmod__)
+        }
+
+    @property
+    def depth(self) -> int:
+        """Number of layers of the model (the length of the full list this view stands for)."""
+        return self._depth
+
+    @property
+    def selected_count(self) -> int:
+        """Number of layers actually stored."""
+        return len(self._layers)
+
+    @property
+    def orig_indices(self) -> list[int]:
+        """The stored absolute layer indices, sorted."""
+        return list(self._layers)
+
+    def _absolute(self, index: object) -> int:
+        if isinstance(index, slice):
+            raise TypeError("LayerSelectView does not support slicing; index single layers")
+        try:
+            position = operator.index(index)
+        except TypeError:
+            raise TypeError(f"layer indices must be integers, got {type(index).__name__}") from None
+        if not -self._depth <= position < self._depth:
+            raise IndexError(f"layer index {position} is out of range for depth {self._depth}")
+        return position % self._depth
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        layer = self._absolute(index)
+        if layer not in self._layers:
+            raise KeyError(
+                f"layer {index} was not kept; the available layers are {self.orig_indices}"
+            )
+        return self._layers[layer]
+
+    def __len__(self) -> int:
+        return self._depth
+
+    def __contains__(self, index: object) -> bool:
+        if isinstance(index, torch.Tensor):
+            raise TypeError("`in` on a LayerSelectView takes a layer index, not a tensor")
+        try:
+            return self._absolute(index) in self._layers
+        except IndexError:
+            return False
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.selected_count != self._depth:
+            raise TypeError(
+                f"cannot iterate a LayerSelectView that keeps {self.orig_indices} of "
+                f"{self._depth} layers; use items() or index the kept layers"
+            )
+        return iter(self._layers.values())
+
+    def __reversed__(self) -> Iterator[torch.Tensor]:
+        return reversed(list(iter(self)))
+
+    def items(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(absolute index, tensor) for each kept layer, in ascending order."""
+        return iter(self._layers.items())
+
+    def __repr__(self) -> str:
+        first = next(iter(self._layers.values()))
+        return (
+            f"LayerSelectView(depth={self._depth}, kept={self.orig_indices}, "
+            f"shape={tuple(first.shape)}, dtype={first.dtype})"
+        )
+
+
+class AggregatorVramOptimized(Aggregator):
+    """`Aggregator` with the same weights that stores only `selected_layer_idx` (None: all).
+
+    forward returns `(view, patch_start_idx, kept_indices)`. A dropped layer is never
+    concatenated; a kept one is written half by half into its output buffer, so no
+    intermediate outlives the block that made it.
+    """
+
+    def __init__(self, *args, selected_layer_idx: Iterable[int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.selected_layer_idx: list[int] | None = None
+        self.select_layers(selected_layer_idx)
+
+    def select_layers(self, selected_layer_idx: Iterable[int] | None) -> None:
+        """Choose the layers to keep (absolute indices, negative allowed; None keeps all)."""
+        if selected_layer_idx is None:
+            self.selected_layer_idx = None
+        else:
+            self.selected_layer_idx = normalize_layer_indices(selected_layer_idx, self.depth)
+
+    @property
+    def kept_indices(self) -> list[int]:
+        """The absolute indices forward will return."""
+        if self.selected_layer_idx is None:
+            return list(range(self.depth))
+        return list(self.selected_layer_idx)
+
+    def forward(self, images: torch.Tensor) -> tuple[LayerSelectView, int, list[int]]:
+        """images [B, S, 3, H, W] in [0, 1] -> (view of kept layers, patch_start_idx, kept)."""
+        kept = self.kept_indices
+        tokens, pos = self.embed(images)
+        batch, frames = images.shape[:2]
+        tokens_per_frame, dim = tokens.shape[1:]
+        blocks = self.iter_blocks(tokens, pos, (batch, frames, tokens_per_frame, dim), inplace=True)
+        del tokens
+        layers: dict[int, torch.Tensor] = {}
+        wanted = set(kept)
+        for layer, attn_type, stream in blocks:
+            if layer not in wanted:
+                continue
+            if layer not in layers:
+                layers[layer] = stream.new_empty(batch, frames, tokens_per_frame, 2 * dim)
+            start = ATTENTION_TYPES.index(attn_type) * dim
+            layers[layer][..., start : start + dim].copy_(stream)
+        return LayerSelectView(layers, self.depth), self.patch_start_idx, kept

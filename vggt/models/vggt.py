@@ -1,0 +1,168 @@
+"""The VGGT model: aggregator plus camera, depth, point and track heads."""
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_file as load_safetensors
+from torch import nn
+
+from vggt.heads.camera_head import CameraHead
+from vggt.heads.dpt_head import DPTHead
+from vggt.heads.track_head import TrackHead
+from vggt.models.aggregator import Aggregator
+
+
+def batch_inputs(
+    images: torch.Tensor, query_points: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Add the batch dim to [S, 3, H, W] images and [N, 2] query points; validate both."""
+    if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be [S, 3, H, W] or [B, S, 3, H, W], got {shape}")
+    if images.ndim == 4:
+        images = images.unsqueeze(0)
+    if query_points is None:
+        return images, None
+    if query_points.ndim == 2:
+        query_points = query_points.unsqueeze(0)
+    if query_points.ndim != 3 or query_points.shape[-1] != 2:
+        raise ValueError(
+            f"query_points must be [N, 2] or [B, N, 2], got {tuple(query_points.shape)}"
+        )
+    if query_points.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"query_points batch {query_points.shape[0]} != images batch {images.shape[0]}"
+        )
+    return images, query_points
+
+
+class VGGT(nn.Module, PyTorchModelHubMixin):
+    """Visual Geometry Grounded Transformer: cameras, depth, point maps and tracks from frames.
+
+    The first seven arguments are the reference constructor; `depth`, `num_heads`,
+    `patch_embed` and `intermediate_layer_idx` size smaller models for tests and profiling.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 518,
+        patch_size: int = 14,
+        embed_dim: int = 1024,
+        enable_camera: bool = True,
+        enable_point: bool = True,
+        enable_depth: bool = True,
+        enable_track: bool = True,
+        depth: int = 24,
+        num_heads: int = 16,
+        patch_embed: str = "dinov2_vitl14_reg",
+        intermediate_layer_idx: Sequence[int] = (4, 11, 17, 23),
+    ) -> None:
+        super().__init__()
+        self.aggregator = self.build_aggregator(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            patch_embed=patch_embed,
+        )
+        out_of_range = [i for i in intermediate_layer_idx if not -depth <= i < depth]
+        if out_of_range:
+            raise ValueError(
+                f"intermediate_layer_idx {out_of_range} out of range for depth {depth}"
+            )
+        dim = 2 * embed_dim
+        layers = list(intermediate_layer_idx)
+        self.camera_head = CameraHead(dim_in=dim) if enable_camera else None
+        self.point_head = (
+            DPTHead(
+                dim_in=dim,
+                output_dim=4,
+                activation="inv_log",
+                conf_activation="expp1",
+                intermediate_layer_idx=layers,
+            )
+            if enable_point
+            else None
+        )
+        self.depth_head = (
+            DPTHead(
+                dim_in=dim,
+                output_dim=2,
+                activation="exp",
+                conf_activation="expp1",
+                intermediate_layer_idx=layers,
+            )
+            if enable_depth
+            else None
+        )
+        self.track_head = (
+            TrackHead(dim_in=dim, patch_size=patch_size, intermediate_layer_idx=layers)
+            if enable_track
+            else None
+        )
+
+    def build_aggregator(self, **kwargs) -> nn.Module:
+        """The backbone; subclasses swap in another aggregator with the same state dict."""
+        return Aggregator(**kwargs)
+
+    def load_checkpoint(self, path: str | os.PathLike, strict: bool = True) -> None:
+        """Load a published-layout state dict from `model.pt` (weights only) or `.safetensors`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint file at {path}")
+        if path.suffix == ".safetensors":
+            state_dict = load_safetensors(path, device="cpu")
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state_dict, Mapping) or not all(
+            isinstance(value, torch.Tensor) for value in state_dict.values()
+        ):
+            raise ValueError(f"{path} does not hold a state dict of tensors")
+        self.load_state_dict(state_dict, strict=strict)
+
+    def aggregate(self, images: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        """Run the aggregator; returns the layer outputs the heads index and patch_start_idx."""
+        return self.aggregator(images)
+
+    def forward(
+        self, images: torch.Tensor, query_points: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """images [S, 3, H, W] or [B, S, 3, H, W] in [0, 1]; query points [N, 2] or [B, N, 2]."""
+        images, query_points = batch_inputs(images, query_points)
+        tokens, patch_start_idx = self.aggregate(images)
+        predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        heads_in_fp32 = (
+            torch.autocast("cuda", enabled=False) if images.is_cuda else contextlib.nullcontext()
+        )
+        with heads_in_fp32:
+            if self.camera_head is not None:
+                pose_enc_list = self.camera_head(tokens)
+                predictions["pose_enc"] = pose_enc_list[-1]
+                predictions["pose_enc_list"] = pose_enc_list
+            if self.depth_head is not None:
+                depth, depth_conf = self.depth_head(
+                    tokens, images=images, patch_start_idx=patch_start_idx
+                )
+                predictions["depth"] = depth
+                predictions["depth_conf"] = depth_conf
+            if self.point_head is not None:
+                points, points_conf = self.point_head(
+                    tokens, images=images, patch_start_idx=patch_start_idx
+                )
+                predictions["world_points"] = points
+                predictions["world_points_conf"] = points_conf
+        if self.track_head is not None and query_points is not None:
+            track_list, vis, conf = self.track_head(
+                tokens, images=images, patch_start_idx=patch_start_idx, query_points=query_points
+            )
+            predictions["track"] = track_list[-1]
+            predictions["vis"] = vis
+            predictions["conf"] = conf
+        if not self.training:
+            predictions["images"] = images
+        return predictions

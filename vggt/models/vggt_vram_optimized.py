@@ -1,0 +1,82 @@
+"""VGGT whose aggregator keeps only the layers its enabled heads read."""
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
+from vggt.models.vggt import VGGT
+
+
+class VGGTOptimized(VGGT):
+    """`VGGT` with the same state dict and predictions, and far smaller aggregator outputs.
+
+    `selected_layer_idx=None` keeps the union of the layers the enabled heads read
+    ([4, 11, 17, 23] for the default model); an explicit selection must cover them.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 518,
+        patch_size: int = 14,
+        embed_dim: int = 1024,
+        enable_camera: bool = True,
+        enable_point: bool = True,
+        enable_depth: bool = True,
+        enable_track: bool = True,
+        depth: int = 24,
+        num_heads: int = 16,
+        patch_embed: str = "dinov2_vitl14_reg",
+        intermediate_layer_idx: Sequence[int] = (4, 11, 17, 23),
+        selected_layer_idx: Iterable[int] | None = None,
+    ) -> None:
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            enable_camera=enable_camera,
+            enable_point=enable_point,
+            enable_depth=enable_depth,
+            enable_track=enable_track,
+            depth=depth,
+            num_heads=num_heads,
+            patch_embed=patch_embed,
+            intermediate_layer_idx=intermediate_layer_idx,
+        )
+        needed = self.layers_read_by_heads()
+        if selected_layer_idx is None:
+            selected_layer_idx = sorted(needed) or None
+        self.aggregator.select_layers(selected_layer_idx)
+        kept = set(self.aggregator.kept_indices)
+        for layer, heads in sorted(needed.items()):
+            if layer not in kept:
+                raise ValueError(
+                    f"selected_layer_idx {sorted(kept)} misses layer {layer}, "
+                    f"which {' and '.join(heads)} read{'s' if len(heads) == 1 else ''}"
+                )
+
+    def build_aggregator(self, **kwargs) -> nn.Module:
+        return AggregatorVramOptimized(**kwargs)
+
+    def layers_read_by_heads(self) -> dict[int, list[str]]:
+        """Absolute layer index -> names of the enabled heads that read it."""
+        depth = self.aggregator.depth
+        readers = {"camera_head": [depth - 1]}
+        for name in ("point_head", "depth_head"):
+            head = getattr(self, name)
+            if head is not None:
+                readers[name] = head.intermediate_layer_idx
+        if self.track_head is not None:
+            readers["track_head"] = self.track_head.feature_extractor.intermediate_layer_idx
+        needed: dict[int, list[str]] = {}
+        for name, layers in readers.items():
+            if getattr(self, name) is None:
+                continue
+            for layer in layers:
+                needed.setdefault(layer % depth, []).append(name)
+        return needed
+
+    def aggregate(self, images: torch.Tensor) -> tuple[LayerSelectView, int]:
+        view, patch_start_idx, _ = self.aggregator(images)
+        return view, patch_start_idx
