@@ -1,0 +1,188 @@
+"""The case grid: which model, variants and input shapes a sweep measures, in what order."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_MODES = ("autocast", "cast")
+COMPONENTS = ("aggregator", "model")
+# Camera and register tokens that the aggregator puts before the patch tokens of each frame.
+SPECIAL_TOKENS = 5
+# The heads' share of a whole-model forward, for ordering only.
+MODEL_COST_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The model's shape: the keyword arguments of `Aggregator` and `VGGT` that size it."""
+
+    img_size: int
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_embed: str
+    intermediate_layer_idx: tuple[int, ...]
+
+    def aggregator_kwargs(self) -> dict:
+        """Keyword arguments for `Aggregator` and its subclasses."""
+        return {
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "patch_embed": self.patch_embed,
+        }
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments for `VGGT` and its subclasses (the track head off: no queries)."""
+        return {
+            **self.aggregator_kwargs(),
+            "intermediate_layer_idx": self.intermediate_layer_idx,
+            "enable_track": False,
+        }
+
+    def head_layers(self) -> list[int]:
+        """The aggregator layers the heads read: the DPT layers and the camera head's last."""
+        return sorted({i % self.depth for i in self.intermediate_layer_idx} | {self.depth - 1})
+
+    def tag(self) -> str:
+        """Eight hex digits that change whenever any field changes."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A dtype and how it is applied: `cast` weights and autocast, or fp32 weights `autocast`."""
+
+    dtype: str
+    mode: str
+
+    @property
+    def label(self) -> str:
+        """`fp32`, or the dtype and mode such as `bf16-autocast`."""
+        return self.dtype if self.dtype == "fp32" else f"{self.dtype}-{self.mode}"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype that weights are cast to or autocast runs in."""
+        return DTYPES[self.dtype]
+
+
+def parse_precision(text: str, default_mode: str) -> Precision:
+    """`fp32`, `bf16`, `fp16`, optionally suffixed `-cast` or `-autocast`; ValueError otherwise."""
+    dtype, _, mode = text.strip().partition("-")
+    mode = mode or default_mode
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {text!r}; choose from {', '.join(DTYPES)}")
+    if mode not in DTYPE_MODES:
+        raise ValueError(f"unknown dtype mode in {text!r}; choose from {', '.join(DTYPE_MODES)}")
+    return Precision(dtype, "autocast" if dtype == "fp32" else mode)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The grid's axes and the number of warm-up and timed runs per case."""
+
+    variants: tuple[str, ...]
+    components: tuple[str, ...]
+    frames: tuple[int, ...]
+    batch: tuple[int, ...]
+    image_sizes: tuple[tuple[int, int], ...]
+    precisions: tuple[Precision, ...]
+    warmup: int
+    repeats: int
+
+
+@dataclass(frozen=True)
+class Case:
+    """One variant at one configuration: the unit that gets a record in the report."""
+
+    variant: str
+    component: str
+    frames: int
+    batch: int
+    height: int
+    width: int
+    precision: Precision
+    architecture_tag: str
+
+    @property
+    def case_id(self) -> str:
+        """Stable across runs and ranks; names every axis and the architecture."""
+        return (
+            f"{self.component}-{self.variant}-{self.precision.label}-b{self.batch}"
+            f"-f{self.frames}-{self.height}x{self.width}-{self.architecture_tag}"
+        )
+
+
+@dataclass(frozen=True)
+class CaseGroup:
+    """The variants of one configuration, measured together so their runs can interleave."""
+
+    component: str
+    frames: int
+    batch: int
+    height: int
+    width: int
+    precision: Precision
+    variants: tuple[str, ...]
+    architecture: Architecture
+
+    @property
+    def group_id(self) -> str:
+        """Like the case ids, without the variant."""
+        return (
+            f"{self.component}-{self.precision.label}-b{self.batch}-f{self.frames}"
+            f"-{self.height}x{self.width}-{self.architecture.tag()}"
+        )
+
+    def cases(self) -> list[Case]:
+        """One case per variant, in the group's variant order."""
+        tag = self.architecture.tag()
+        return [
+            Case(
+                variant,
+                self.component,
+                self.frames,
+                self.batch,
+                self.height,
+                self.width,
+                self.precision,
+                tag,
+            )
+            for variant in self.variants
+        ]
+
+    def cost(self) -> float:
+        """Rough forward FLOPs of all variants: linear layers plus frame and global attention."""
+        arch = self.architecture
+        tokens = (self.height // arch.patch_size) * (self.width // arch.patch_size)
+        tokens += SPECIAL_TOKENS
+        dim = arch.embed_dim
+        sequence = self.batch * self.frames * tokens
+        linear = 24 * sequence * dim * dim
+        frame_attention = 4 * self.batch * self.frames * tokens**2 * dim
+        global_attention = 4 * self.batch * (self.frames * tokens) ** 2 * dim
+        cost = arch.depth * (2 * linear + frame_attention + global_attention) * len(self.variants)
+        return cost * (MODEL_COST_FACTOR if self.component == "model" else 1.0)
+
+
+def build_groups(architecture: Architecture, settings: SweepSettings) -> list[CaseGroup]:
+    """Every configuration of the grid, most expensive first (ties broken by group id)."""
+    groups = [
+        CaseGroup(
+            component, frames, batch, height, width, precision, settings.variants, architecture
+        )
+        for component in settings.components
+        for precision in settings.precisions
+        for height, width in settings.image_sizes
+        for batch in settings.batch
+        for frames in settings.frames
+    ]
+    return sorted(groups, key=lambda group: (-group.cost(), group.group_id))

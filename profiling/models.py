@@ -1,0 +1,100 @@
+"""Builds the variants of a configuration on one device with one shared set of weights.
+
+Modules are created on the meta device (no allocation), the first variant is materialised
+and given deterministic weights, and every other variant loads that state dict with
+`assign=True`, so all variants hold the same tensors and the weights are resident once.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from profiling.cases import Architecture, CaseGroup, Precision
+from profiling.variants import get_variant
+
+LAYER_SCALE_INIT = 0.1
+VECTOR_NOISE = 0.02
+
+
+def init_weights(module: nn.Module, seed: int) -> None:
+    """Seeded, scale-aware weights: normal / sqrt(fan_in) for matrices, ones for norm weights,
+    LayerScale at 0.1 and small noise for the other vectors."""
+    device = next(module.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            if not tensor.is_floating_point():
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if tensor.ndim >= 2:
+                tensor.normal_(generator=generator).div_(math.sqrt(math.prod(tensor.shape[1:])))
+            elif leaf == "gamma":
+                tensor.fill_(LAYER_SCALE_INIT)
+            elif leaf == "weight":
+                tensor.fill_(1.0)
+            else:
+                tensor.normal_(generator=generator).mul_(VECTOR_NOISE)
+
+
+def tensor_bytes(module: nn.Module) -> int:
+    """Bytes of the module's distinct parameter and buffer storages."""
+    storages = {}
+    for tensor in module.state_dict().values():
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What makes two configurations share their modules."""
+
+    component: str
+    architecture: Architecture
+    precision: Precision
+    variants: tuple[str, ...]
+
+
+class ModelCache:
+    """Keeps the modules of the last configuration so frame counts and sizes reuse them."""
+
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        self.seed = seed
+        self._key: ModelKey | None = None
+        self._modules: dict[str, nn.Module] = {}
+
+    def modules_for(self, group: CaseGroup) -> dict[str, nn.Module]:
+        """Variant name -> module in eval mode for this group, building them on a key change."""
+        key = ModelKey(group.component, group.architecture, group.precision, group.variants)
+        if key != self._key:
+            self.clear()
+            self._modules = build_shared(key, self.device, self.seed)
+            self._key = key
+        return self._modules
+
+    def clear(self) -> None:
+        """Drop the cached modules so their memory can be freed."""
+        self._modules = {}
+        self._key = None
+
+
+def build_shared(key: ModelKey, device: torch.device, seed: int) -> dict[str, nn.Module]:
+    """Build every variant of `key` on `device`, all holding the first variant's weights."""
+    with torch.device("meta"):
+        modules = {
+            name: get_variant(name).build(key.component, key.architecture) for name in key.variants
+        }
+    first = modules[key.variants[0]]
+    first.to_empty(device=device)
+    init_weights(first, seed)
+    if key.precision.mode == "cast":
+        first.to(key.precision.torch_dtype)
+    state = first.state_dict()
+    for name in key.variants[1:]:
+        modules[name].load_state_dict(state, assign=True)
+    for module in modules.values():
+        module.eval()
+    return modules

@@ -1,0 +1,184 @@
+"""summary.md: per device and configuration, the variants side by side with ratios."""
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from profiling.plots import GIB, KIB, MIB
+from profiling.variants import BASELINE
+
+CONFIG_FIELDS = ("device_name", "component", "precision", "height", "width", "batch")
+
+
+def format_bytes(value: float | None) -> str:
+    """KiB, MiB or GiB with the unit; `-` for None."""
+    if value is None:
+        return "-"
+    if value >= GIB:
+        return f"{value / GIB:.2f} GiB"
+    if value >= MIB:
+        return f"{value / MIB:.1f} MiB"
+    return f"{value / KIB:.1f} KiB"
+
+
+def format_ratio(numerator: float | None, denominator: float | None) -> str:
+    """numerator / denominator to two decimals; `-` when either is missing."""
+    if numerator is None or not denominator:
+        return "-"
+    return f"{numerator / denominator:.2f}"
+
+
+def format_diff(value: float | None) -> str:
+    """A difference in scientific notation; `-` for None."""
+    if value is None:
+        return "-"
+    return "nan" if math.isnan(value) else f"{value:.2e}"
+
+
+def median_ms(record: dict[str, Any]) -> float | None:
+    """The median time of a record, None when it has no timings."""
+    return record["time_ms"]["median"] if record.get("time_ms") else None
+
+
+def slug(text: str) -> str:
+    """Lower-case letters, digits and dashes, for file names."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
+
+
+def group_by_config(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Records keyed by CONFIG_FIELDS, in a stable order."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[tuple(record[field] for field in CONFIG_FIELDS)].append(record)
+    return dict(sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))))
+
+
+def config_title(key: tuple) -> str:
+    """A configuration key as a heading."""
+    device, component, precision, height, width, batch = key
+    return f"{device} · {component} · {precision} · {height}x{width} · batch {batch}"
+
+
+def config_slug(key: tuple) -> str:
+    """A configuration key as part of a file name."""
+    device, component, precision, height, width, batch = key
+    return f"{component}-{precision}-{height}x{width}-b{batch}-{slug(device)}"
+
+
+def variant_order(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The baseline first, then the other variants by name."""
+    names = {record["variant"] for record in records}
+    return sorted(names, key=lambda name: (name != BASELINE, name))
+
+
+def ok_value(record: dict[str, Any] | None, read: Callable[[dict], Any]) -> Any:
+    """`read(record)` for a record that ran, None for a missing or failed one."""
+    if record is None or record["status"] != "ok":
+        return None
+    return read(record)
+
+
+def describe(record: dict[str, Any] | None, text: Callable[[Any], str], value: Any) -> str:
+    """A table cell: `-` when missing, the status when failed, else `text(value)`."""
+    if record is None:
+        return "-"
+    if record["status"] != "ok":
+        return record["status"].upper()
+    return text(value)
+
+
+def peak_of(record: dict[str, Any]) -> float | None:
+    """The record's primary peak."""
+    return record.get("peak_bytes")
+
+
+def outputs_of(record: dict[str, Any]) -> float | None:
+    """The bytes of the outputs the record's forward returned."""
+    return record.get("output_bytes")
+
+
+def format_ms(value: float | None) -> str:
+    """Milliseconds to one decimal; `-` for None."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def config_table(records: list[dict[str, Any]]) -> list[str]:
+    """Frames as rows; peaks, times and outputs per variant; ratios against the baseline."""
+    variants = variant_order(records)
+    others = [name for name in variants if name != BASELINE] if BASELINE in variants else []
+    by_cell = {(r["frames"], r["variant"]): r for r in records}
+    header = ["frames"]
+    header += [f"{v} peak" for v in variants] + [f"{v}/{BASELINE} peak" for v in others]
+    header += [f"{v} ms" for v in variants] + [f"{v}/{BASELINE} time" for v in others]
+    header += [f"{v} outputs" for v in variants] + [f"{v} max abs diff" for v in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for frames in sorted({r["frames"] for r in records}):
+        row = {v: by_cell.get((frames, v)) for v in variants}
+        base = row.get(BASELINE)
+        cells = [str(frames)]
+        for read, text in ((peak_of, format_bytes), (median_ms, format_ms)):
+            cells += [describe(row[v], text, ok_value(row[v], read)) for v in variants]
+            cells += [format_ratio(ok_value(row[v], read), ok_value(base, read)) for v in others]
+        cells += [describe(row[v], format_bytes, ok_value(row[v], outputs_of)) for v in variants]
+        cells += [format_diff(ok_value(row[v], lambda r: r.get("max_abs_diff"))) for v in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def largest_fitting(records: list[dict[str, Any]]) -> list[str]:
+    """Per variant: the largest frame count that ran and the smallest that ran out of memory."""
+    lines = []
+    for variant in variant_order(records):
+        ran = [r["frames"] for r in records if r["variant"] == variant and r["status"] == "ok"]
+        oom = [r["frames"] for r in records if r["variant"] == variant and r["status"] == "oom"]
+        text = f"- {variant}: largest frame count that ran: {max(ran) if ran else 'none'}"
+        if oom:
+            text += f"; out of memory from {min(oom)} frames"
+        lines.append(text)
+    return lines
+
+
+def environment_table(environment: dict[str, Any]) -> list[str]:
+    """The environment and the sweep's settings as a two-column table."""
+    rows = [
+        ("torch", environment.get("torch")),
+        ("CUDA", environment.get("cuda") or "none"),
+        ("NVIDIA driver", environment.get("nvidia_driver") or "none"),
+        ("GPUs", ", ".join(environment.get("gpu_names") or []) or "none"),
+        ("CPU", environment.get("cpu")),
+        ("world size", environment.get("world_size")),
+        ("hosts", ", ".join(environment.get("hosts") or [])),
+        ("python", environment.get("python")),
+    ]
+    settings = environment.get("settings", {})
+    rows += [(name, value) for name, value in settings.items() if value is not None]
+    return ["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+
+
+def summary_markdown(records: list[dict[str, Any]], environment: dict[str, Any]) -> str:
+    """Status counts, one table per device and configuration, and the environment."""
+    counts = defaultdict(int)
+    for record in records:
+        counts[record["status"]] += 1
+    status_text = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    lines = [
+        "# Profiling summary",
+        "",
+        f"{len(records)} cases ({status_text or 'none'}) on {environment.get('world_size')} "
+        "rank(s).",
+        "",
+        "Peak: `torch.cuda.max_memory_allocated` on GPUs (weights, input and activations); "
+        "on CPUs the peak of the tensor bytes allocated during the forward (profiler memory "
+        "events; weights and input excluded). Times are medians of the timed repeats "
+        f"(min, max and IQR in results.csv). Ratios are variant / {BASELINE}: below 1 is "
+        f"smaller or faster. Max abs diff compares outputs with {BASELINE}'s (same weights "
+        "and input).",
+    ]
+    for key, config_records in group_by_config(records).items():
+        lines += ["", f"## {config_title(key)}", ""]
+        lines += config_table(config_records)
+        lines += ["", *largest_fitting(config_records)]
+    lines += ["", "## Environment", "", *environment_table(environment)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""Memory-over-time series from the CPU profiler, CUDA snapshots and NVML, saved as JSON."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from profiling.cpu_memory import MemoryTrace
+from profiling.nvml_sampler import NvmlSamples
+
+# Longest series written; a longer one keeps the highest point of each equal stretch.
+MAX_POINTS = 20_000
+
+
+@dataclass
+class Timeline:
+    """Bytes over time from the start of a measured forward, and where they came from.
+
+    `time_axis` is "seconds", or "events" when the source had no timestamps.
+    """
+
+    source: str
+    times_s: list[float]
+    bytes: list[int]
+    time_axis: str = "seconds"
+
+    @property
+    def peak_bytes(self) -> int:
+        """The highest value of the series."""
+        return max(self.bytes, default=0)
+
+    def save(self, path: Path) -> None:
+        """Write as JSON, thinned to at most MAX_POINTS points with peaks kept."""
+        times, values = thin(self.times_s, self.bytes, MAX_POINTS)
+        data = {
+            "source": self.source,
+            "times_s": times,
+            "bytes": values,
+            "time_axis": self.time_axis,
+        }
+        path.write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path: Path) -> "Timeline":
+        """Read a timeline written by `save`."""
+        return cls(**json.loads(path.read_text()))
+
+
+def thin(times: list[float], values: list[int], limit: int) -> tuple[list[float], list[int]]:
+    """At most `limit` points: each stretch of the series is replaced by its highest point."""
+    if len(values) <= limit:
+        return list(times), list(values)
+    stride = -(-len(values) // limit)
+    kept_times, kept_values = [], []
+    for start in range(0, len(values), stride):
+        stretch = range(start, min(start + stride, len(values)))
+        top = max(stretch, key=values.__getitem__)
+        kept_times.append(times[top])
+        kept_values.append(values[top])
+    return kept_times, kept_values
+
+
+def from_cpu_trace(trace: MemoryTrace) -> Timeline:
+    """Live tensor bytes from profiling.cpu_memory's trace."""
+    return Timeline(
+        "cpu-profiler", [t / 1e9 for t in trace.times_ns], [int(b) for b in trace.live_bytes]
+    )
+
+
+def from_nvml(samples: NvmlSamples) -> Timeline:
+    """Device-wide used bytes as NVML reported them."""
+    return Timeline("nvml", list(samples.times_s), list(samples.used_bytes))
+
+
+def from_cuda_snapshot(snapshot: dict[str, Any], device_index: int, base_bytes: int) -> Timeline:
+    """Allocated bytes over time from a snapshot's allocator trace, on top of `base_bytes`
+    already allocated when recording began. Times are in seconds when the trace has them,
+    else the event number stands in."""
+    traces = snapshot.get("device_traces", [])
+    events = traces[device_index] if device_index < len(traces) else []
+    live = base_bytes
+    times, values = [], []
+    start_us = next((e["time_us"] for e in events if "time_us" in e), None)
+    for number, event in enumerate(events):
+        if event["action"] == "alloc":
+            live += event["size"]
+        elif event["action"] == "free_completed":
+            live -= event["size"]
+        else:
+            continue
+        if start_us is None:
+            times.append(float(number))
+        else:
+            times.append((event["time_us"] - start_us) / 1e6)
+        values.append(live)
+    return Timeline("cuda-snapshot", times, values, "events" if start_us is None else "seconds")
+
+
+def save_timeline(timeline: Timeline, folder: Path, case_id: str) -> str:
+    """Write `<case_id>.<source>.json` into `folder`; return the file name."""
+    name = f"{case_id}.{timeline.source}.json"
+    timeline.save(folder / name)
+    return name

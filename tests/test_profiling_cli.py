@@ -1,0 +1,91 @@
+"""Bad command lines stop profiling/run.py before any work, with exit code 2 and one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from profiling.cli import parse_config
+from profiling.records import PartialLog
+from profiling.run import main
+
+RUN = Path(__file__).resolve().parent.parent / "profiling" / "run.py"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--preset", "nope"], "unknown preset 'nope'; choose from "),
+        (["--variants", "full,fast"], "unknown variant 'fast'; choose from full, optimized"),
+        (["--frames", "0"], "--frames must be whole numbers of at least 1, got '0'"),
+        (["--frames", "2,x"], "--frames must be whole numbers of at least 1, got 'x'"),
+        (["--frames", "-3"], "--frames must be whole numbers of at least 1, got '-3'"),
+        (["--image-size", "50x56"], "image size 50x56 is not a positive multiple of the patch"),
+        (["--image-size", "big"], "image size must be HxW or N, got 'big'"),
+        (["--component", "heads"], "unknown component 'heads'"),
+        (["--dtype", "fp64"], "unknown dtype 'fp64'"),
+        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--warmup", "many"], "argument --warmup: invalid int value: 'many'"),
+        (["--variant-module", "no.such.module"], "cannot import variant module 'no.such.module'"),
+        (["--memory-budget", "2", "--device", "cpu"], "--memory-budget caps CUDA memory"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["--preset", "tiny", "--out", str(tmp_path / "out"), *arguments])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("profiling/run.py: error: ")
+    assert message in lines[0]
+
+
+def test_unwritable_output_folder_is_refused(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["--preset", "tiny", "--out", str(blocker / "out")]) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
+
+
+def test_an_earlier_runs_folder_needs_resume(tmp_path: Path, capsys) -> None:
+    PartialLog(tmp_path, 0).append([{"case_id": "x"}])
+    assert main(["--preset", "tiny", "--out", str(tmp_path)]) == 2
+    assert f"pass --resume {tmp_path}" in capsys.readouterr().err
+    config = parse_config(["--preset", "tiny", "--resume", str(tmp_path)], attempt=0)
+    assert config.resume and config.out_dir == tmp_path
+
+
+def test_a_restarted_attempt_resumes_its_own_folder(tmp_path: Path) -> None:
+    PartialLog(tmp_path, 0).append([{"case_id": "x"}])
+    config = parse_config(["--preset", "tiny", "--out", str(tmp_path)], attempt=1)
+    assert config.resume
+
+
+def test_overrides_replace_the_presets_axes(tmp_path: Path) -> None:
+    argv = ["--preset", "tiny", "--out", str(tmp_path), "--frames", "4,1", "--batch", "2"]
+    argv += ["--image-size", "28x56,42", "--dtype", "bf16,fp16-autocast", "--dtype-mode", "cast"]
+    config = parse_config(argv, attempt=0)
+    assert config.settings.frames == (4, 1)
+    assert config.settings.batch == (2,)
+    assert config.settings.image_sizes == ((28, 56), (42, 42))
+    assert [p.label for p in config.settings.precisions] == ["bf16-cast", "fp16-autocast"]
+
+
+def test_the_script_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(RUN), "--frames", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        "profiling/run.py: error: --frames must be whole numbers of at least 1, got '0'"
+    ]
+    assert not (tmp_path / "partial").exists()

@@ -1,0 +1,100 @@
+"""The report rank 0 writes: results.json, results.csv, summary.md and plots."""
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from profiling.environment import collect_environment, rank_facts
+from profiling.report import write_report
+from profiling.timelines import Timeline
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MIB = 1 << 20
+
+
+def record(variant: str, frames: int, peak_mib: float | None, ms: float | None, **extra) -> dict:
+    status = extra.pop("status", "ok")
+    return {
+        "case_id": f"aggregator-{variant}-fp32-b1-f{frames}-56x56-abc",
+        "variant": variant,
+        "component": "aggregator",
+        "frames": frames,
+        "batch": 1,
+        "height": 56,
+        "width": 56,
+        "dtype": "fp32",
+        "dtype_mode": "autocast",
+        "precision": "fp32",
+        "device": "cpu",
+        "device_name": "Test CPU",
+        "rank": 0,
+        "status": status,
+        "error": None if status == "ok" else "injected",
+        "time_ms": None if ms is None else {"median": ms, "min": ms, "max": ms, "iqr": 0.0},
+        "peak_bytes": None if peak_mib is None else int(peak_mib * MIB),
+        "output_bytes": None if peak_mib is None else int(peak_mib * MIB / 2),
+        "max_abs_diff": None if variant == "full" or status != "ok" else 0.0,
+        "files": extra.pop("files", {}),
+        **extra,
+    }
+
+
+def sample_records(tmp_path: Path) -> list[dict]:
+    (tmp_path / "timelines").mkdir(parents=True, exist_ok=True)
+    files = {}
+    for variant, peak in (("full", 8 * MIB), ("optimized", 2 * MIB)):
+        name = f"timelines/{variant}.cpu-profiler.json"
+        Timeline("cpu-profiler", [0.0, 0.5, 1.0], [0, peak, 0]).save(tmp_path / name)
+        files[variant] = {"cpu-profiler": name}
+    return [
+        record("full", 1, 4.0, 10.0),
+        record("optimized", 1, 2.0, 9.0),
+        record("full", 4, 8.0, 40.0, files=files["full"]),
+        record("optimized", 4, 2.0, 30.0, files=files["optimized"]),
+        record("full", 8, None, None, status="oom"),
+        record("optimized", 8, 4.0, 60.0),
+    ]
+
+
+def environment() -> dict:
+    facts = [rank_facts(0, torch.device("cpu"))]
+    return collect_environment(1, facts, {"preset": "tiny", "memory_budget_gib": None})
+
+
+def test_report_files_exist_and_parse(tmp_path: Path) -> None:
+    records = sample_records(tmp_path)
+    write_report(tmp_path, records, environment())
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert set(document) == {"environment", "cases"}
+    assert document["environment"]["world_size"] == 1
+    assert document["environment"]["torch"]
+    assert len(document["cases"]) == 6
+    with (tmp_path / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 6
+    assert {"case_id", "status", "time_ms_median", "time_ms_iqr", "peak_bytes"} <= set(rows[0])
+    plots = sorted(path.name for path in (tmp_path / "plots").glob("*.png"))
+    assert any(name.startswith("peak-memory-") for name in plots)
+    assert any(name.startswith("time-") for name in plots)
+    assert any(name.startswith("timeline-cpu-profiler-") and "-f4" in name for name in plots)
+    for name in plots:
+        assert (tmp_path / "plots" / name).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_summary_sets_full_against_optimized_with_ratios(tmp_path: Path) -> None:
+    write_report(tmp_path, sample_records(tmp_path), environment())
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Test CPU · aggregator · fp32 · 56x56 · batch 1" in summary
+    header = next(line for line in summary.splitlines() if line.startswith("| frames"))
+    assert "full peak" in header and "optimized peak" in header
+    assert "optimized/full peak" in header and "optimized/full time" in header
+    row_4 = next(line for line in summary.splitlines() if line.startswith("| 4 |"))
+    assert "8.0 MiB | 2.0 MiB | 0.25 |" in row_4
+    assert "40.0 | 30.0 | 0.75 |" in row_4
+    row_8 = next(line for line in summary.splitlines() if line.startswith("| 8 |"))
+    assert "| OOM | 4.0 MiB | - |" in row_8
+    assert "- full: largest frame count that ran: 4; out of memory from 8 frames" in summary
+    assert "- optimized: largest frame count that ran: 8" in summary
+    assert "## Environment" in summary and "| world size | 1 |" in summary
