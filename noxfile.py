@@ -4,29 +4,97 @@ Sessions reuse the interpreter's site packages, so a torch already installed the
 wheel on CI machines, a CUDA build on GPU machines) is used instead of a fresh download.
 """
 
-import shutil
-
 import nox
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
-PYTHON = False if shutil.which("python3.11") is None else "3.11"
+VENV_PARAMS = ["--system-site-packages"]
+BENCHMARK_STORAGE = ".benchmarks"
+BENCHMARK_REPORT = "reports/benchmarks"
+COUNT_GPUS = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
 
 
 def install(session: nox.Session) -> None:
+    """Install the project in editable mode with its test extras."""
     session.install("-e", ".[test]")
 
 
-@nox.session(venv_params=["--system-site-packages"])
+def cuda_devices(session: nox.Session) -> int:
+    """How many CUDA devices torch sees from inside the session's environment."""
+    output = session.run("python", "-c", COUNT_GPUS, silent=True)
+    return int(output.split()[-1]) if output else 0
+
+
+def device_args(session: nox.Session) -> list[str]:
+    """`--device cuda` where torch sees a GPU, else `--device cpu`; none if posargs name one."""
+    if any(arg.startswith("--device") for arg in session.posargs):
+        return []
+    return ["--device", "cuda" if cuda_devices(session) else "cpu"]
+
+
+@nox.session(venv_params=VENV_PARAMS)
 def tests(session: nox.Session) -> None:
     """The CPU test suite (the README's test command runs this)."""
     install(session)
-    session.run("pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *session.posargs)
 
 
-@nox.session(venv_params=["--system-site-packages"])
+@nox.session(venv_params=VENV_PARAMS)
+def gpu_tests(session: nox.Session) -> None:
+    """Every gpu-marked test (the CUDA profiling checks among them), then each benchmark once
+    on CUDA; skipped where torch sees no CUDA device. Posargs go to the first run."""
+    install(session)
+    if not cuda_devices(session):
+        session.skip("no CUDA device: torch.cuda.is_available() is False in this environment")
+    session.run("python", "-m", "pytest", "-m", "gpu", "--device", "cuda", *session.posargs)
+    session.run("python", "-m", "pytest", "tests/benchmarks", "--device", "cuda")
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def benchmark(session: nox.Session) -> None:
+    """Run and save the benchmarks (on CUDA where present), then compare with the last run."""
+    install(session)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/benchmarks",
+        "--benchmark-enable",
+        "--benchmark-autosave",
+        f"--benchmark-storage={BENCHMARK_STORAGE}",
+        *device_args(session),
+        *session.posargs,
+    )
+    session.run(
+        "python",
+        "-m",
+        "profiling.bench_report",
+        "--storage",
+        BENCHMARK_STORAGE,
+        "--out",
+        BENCHMARK_REPORT,
+    )
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def profile(session: nox.Session) -> None:
+    """The torchrun sweep with the machine's default preset: one rank per GPU, else 2 on CPU."""
+    install(session)
+    ranks = cuda_devices(session) or 2
+    session.run(
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        "profiling/run.py",
+        *session.posargs,
+    )
+
+
+@nox.session(venv_params=VENV_PARAMS)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
+    session.run("python", "-m", "ruff", "check", ".")
+    session.run("python", "-m", "ruff", "format", "--check", ".")

@@ -1,0 +1,1 @@
+"""pytest-benchmark comparisons of the full and VRAM-optimized aggregator and model."""

@@ -1,0 +1,16 @@
+"""The configurations the benchmarks compare the full and optimized variants on."""
+
+from tests.helpers import SMALL_AGGREGATOR
+
+# Wider and deeper than SMALL_AGGREGATOR so that, as in VGGT-1B, the per-layer outputs rather
+# than the images dominate memory; the heads read 4 of the 12 layers (VGGT-1B: 4 of 24).
+AGGREGATOR = {**SMALL_AGGREGATOR, "embed_dim": 64, "depth": 12, "num_heads": 4}
+HEAD_LAYERS = (2, 5, 8, 11)
+# The whole model on that aggregator; the track head is off since no query points are given.
+MODEL = {**AGGREGATOR, "intermediate_layer_idx": HEAD_LAYERS, "enable_track": False}
+
+FRAMES = (2, 8)
+BATCH = 1
+WARMUP_ROUNDS = 1
+AGGREGATOR_ROUNDS = 20
+MODEL_ROUNDS = 5
