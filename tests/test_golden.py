@@ -74,10 +74,12 @@ def test_vggt_matches_reference(recipe_weights: dict, golden: dict, inputs: tupl
     assert torch.equal(predictions["images"], images)
 
 
+@pytest.mark.parametrize("min_chunk_tokens", [256, 16], ids=["default-chunks", "streamed-kv"])
 def test_vggt_optimized_matches_reference(
-    recipe_weights: dict, golden: dict, inputs: tuple
+    recipe_weights: dict, golden: dict, inputs: tuple, min_chunk_tokens: int
 ) -> None:
     model = build(VGGTOptimized, recipe_weights)
+    model.aggregator.min_chunk_tokens = min_chunk_tokens
     images, points = inputs
     with torch.no_grad():
         view, _, kept = model.aggregator(images)

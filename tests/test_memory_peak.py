@@ -32,11 +32,21 @@ def stream_bytes(frames: int) -> int:
     return frames * tokens * MEMORY_AGGREGATOR["embed_dim"] * 4
 
 
-def test_optimized_peak_is_under_030_of_full_at_8_frames(aggregators: tuple) -> None:
+def test_optimized_peak_is_under_022_of_full_at_8_frames(aggregators: tuple) -> None:
     full, optimized = aggregators
     full_peak, optimized_peak = peak(full, 8), peak(optimized, 8)
-    assert optimized_peak / full_peak <= 0.30
+    assert optimized_peak / full_peak <= 0.22
     assert peak(optimized, 8) == optimized_peak, "CPU byte counts must be deterministic"
+
+
+def test_layer_selection_alone_is_under_030_of_full(aggregators: tuple) -> None:
+    full, optimized = aggregators
+    unchunked = AggregatorVramOptimized(
+        **MEMORY_AGGREGATOR, selected_layer_idx=KEPT, token_chunks=None
+    ).eval()
+    unchunked.load_state_dict(optimized.state_dict())
+    chunked_peak, unchunked_peak = peak(optimized, 8), peak(unchunked, 8)
+    assert chunked_peak < unchunked_peak <= 0.30 * peak(full, 8)
 
 
 def test_peak_bytes_bracket_the_analytic_floor(aggregators: tuple) -> None:
@@ -44,7 +54,8 @@ def test_peak_bytes_bracket_the_analytic_floor(aggregators: tuple) -> None:
     unit = stream_bytes(8)
     kept_outputs = 2 * len(KEPT) * unit
     optimized_peak = peak(optimized, 8)
-    assert kept_outputs < optimized_peak <= kept_outputs + 9 * unit
+    # kept outputs, the residual stream, K and V, and chunk-sized temporaries
+    assert kept_outputs + 3 * unit < optimized_peak <= kept_outputs + 5 * unit
     assert peak(full, 8) >= 2 * 24 * unit
 
 

@@ -7,7 +7,11 @@ from tests.helpers import SMALL_AGGREGATOR, SMALL_VGGT, seeded_images
 from vggt.heads.camera_head import CameraHead
 from vggt.heads.dpt_head import DPTHead
 from vggt.models.aggregator import Aggregator
-from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
+from vggt.models.aggregator_vram_optimized import (
+    AggregatorVramOptimized,
+    LayerSelectView,
+    OffloadedLayer,
+)
 from vggt.models.vggt import VGGT
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 
@@ -261,3 +265,86 @@ class TestLayerSelectView:
 
     def test_accepts_numpy_style_integers(self, view: LayerSelectView) -> None:
         assert view[torch.tensor(11)] is view[11]
+
+
+@pytest.mark.parametrize(
+    ("token_chunks", "min_chunk_tokens"),
+    [(8, 1), (3, 1), (8, 40), (2, 256)],
+    ids=["streamed-frames-and-global", "three-chunks", "frame-groups", "unchunked-small"],
+)
+def test_chunked_blocks_equal_unchunked(token_chunks: int, min_chunk_tokens: int) -> None:
+    full, _ = paired_aggregators(SMALL_AGGREGATOR, [0, 3, 5])
+    chunked = AggregatorVramOptimized(
+        **SMALL_AGGREGATOR,
+        selected_layer_idx=[0, 3, 5],
+        token_chunks=token_chunks,
+        min_chunk_tokens=min_chunk_tokens,
+    ).eval()
+    chunked.load_state_dict(full.state_dict())
+    images = seeded_images(2, 3, 56, 70)
+    with torch.no_grad():
+        layers, _ = full(images)
+        view, _, _ = chunked(images)
+    for index in [0, 3, 5]:
+        torch.testing.assert_close(view[index], layers[index], rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_size_follows_the_stream() -> None:
+    model = AggregatorVramOptimized(**SMALL_AGGREGATOR, token_chunks=8, min_chunk_tokens=256)
+    assert model.chunk_tokens((1, 100, 1374, 32)) == -(-100 * 1374 // 8)
+    assert model.chunk_tokens((1, 1, 21, 32)) == 256
+    assert (
+        AggregatorVramOptimized(**SMALL_AGGREGATOR, token_chunks=None).chunk_tokens(
+            (1, 100, 1374, 32)
+        )
+        is None
+    )
+    with pytest.raises(ValueError, match="token_chunks"):
+        AggregatorVramOptimized(**SMALL_AGGREGATOR, token_chunks=0)
+
+
+def test_heads_read_offloaded_layers_like_tensors() -> None:
+    _, optimized = paired_aggregators(REPORT_CONFIG, HEAD_LAYERS)
+    torch.manual_seed(1)
+    camera = CameraHead(dim_in=128, trunk_depth=1, num_heads=4).eval()
+    dpt = DPTHead(dim_in=128, patch_size=16, features=16, out_channels=[8, 16, 32, 32]).eval()
+    images = seeded_images(1, 5, 64, 64)
+    with torch.no_grad():
+        view, start, _ = optimized(images)
+        offloaded = LayerSelectView(
+            {i: OffloadedLayer(t.clone(), torch.device("cpu")) for i, t in view.items()}, 24
+        )
+        assert offloaded[4].shape == view[4].shape
+        torch.testing.assert_close(camera(offloaded)[-1], camera(view)[-1], rtol=0, atol=0)
+        for a, b in zip(
+            dpt(offloaded, images, start, frames_chunk_size=2),
+            dpt(view, images, start, frames_chunk_size=2),
+            strict=True,
+        ):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_offload_to_the_compute_device_is_a_no_op() -> None:
+    model = AggregatorVramOptimized(
+        **SMALL_AGGREGATOR, selected_layer_idx=[5], offload_device="cpu"
+    ).eval()
+    with torch.no_grad():
+        view, _, _ = model(seeded_images(1, 2, 56, 56))
+    assert isinstance(view[5], torch.Tensor)
+
+
+@pytest.mark.gpu
+def test_offloaded_vggt_equals_on_device_vggt() -> None:
+    torch.manual_seed(0)
+    config = {**SMALL_VGGT, "enable_track": False}
+    on_device = VGGTOptimized(**config).cuda().eval()
+    offloaded = VGGTOptimized(**config, offload_outputs=True).cuda().eval()
+    offloaded.load_state_dict(on_device.state_dict())
+    images = seeded_images(1, 10, 56, 56).cuda()
+    with torch.no_grad():
+        expected = on_device(images)
+        view, _, _ = offloaded.aggregator(images)
+        actual = offloaded(images)
+    assert view[1].host.is_pinned()
+    for name in ("depth", "world_points", "pose_enc"):
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0)

@@ -8,12 +8,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vggt.layers import vision_transformer as vits
-from vggt.layers.block import Block
+from vggt.layers.block import Block, block_forward_chunked_
 from vggt.layers.patch_embed import PatchEmbed
 from vggt.layers.rope import PositionGetter, RotaryPositionEmbedding2D
 
-# ImageNet statistics, made float32 tensors on the input's device at each call (not buffers, so
-# a model built on the meta device and loaded with assign=True needs no extra step).
+# ImageNet statistics, made tensors of the weights' dtype (as the reference's buffers follow
+# `.to(dtype)`) on the input's device at each call: not buffers, so a model built on the meta
+# device and loaded with assign=True needs no extra step.
 _RESNET_MEAN = (0.485, 0.456, 0.406)
 _RESNET_STD = (0.229, 0.224, 0.225)
 
@@ -144,8 +145,9 @@ class Aggregator(nn.Module):
         """Normalise [B, S, 3, H, W] images; return tokens [B*S, P, C] and RoPE positions."""
         check_images(images, self.patch_size)
         batch, frames, _, height, width = images.shape
-        mean = torch.tensor(_RESNET_MEAN, device=images.device).view(1, 1, 3, 1, 1)
-        std = torch.tensor(_RESNET_STD, device=images.device).view(1, 1, 3, 1, 1)
+        dtype = self.camera_token.dtype
+        mean = torch.tensor(_RESNET_MEAN, device=images.device, dtype=dtype).view(1, 1, 3, 1, 1)
+        std = torch.tensor(_RESNET_STD, device=images.device, dtype=dtype).view(1, 1, 3, 1, 1)
         images = (images - mean) / std
         patch_tokens = self.patch_embed(images.view(batch * frames, 3, height, width))
         if isinstance(patch_tokens, dict):
@@ -175,10 +177,12 @@ class Aggregator(nn.Module):
         pos: torch.Tensor | None,
         shape: tuple[int, int, int, int],
         inplace: bool = False,
+        chunk_tokens: int | None = None,
     ) -> torch.Tensor:
         """Run frame or global block `index` on the residual stream; return it as [B, S, P, C].
 
-        `inplace` lets the block overwrite `tokens` and its temporaries when autograd is off.
+        `inplace` lets the block overwrite `tokens` and its temporaries when autograd is off;
+        `chunk_tokens` then also bounds how many tokens each large intermediate covers.
         """
         batch, frames, tokens_per_frame, dim = shape
         if attn_type == "frame":
@@ -192,6 +196,9 @@ class Aggregator(nn.Module):
             pos = pos.reshape(groups, length, 2)
         if self.training:
             tokens = checkpoint(block, tokens, pos=pos, use_reentrant=self.use_reentrant)
+        elif inplace and chunk_tokens and not torch.is_grad_enabled():
+            stream = attn_type == "global"
+            tokens = block_forward_chunked_(block, tokens, pos, chunk_tokens, stream)
         else:
             tokens = block(tokens, pos=pos, inplace=inplace)
         return tokens.view(shape)
@@ -202,6 +209,7 @@ class Aggregator(nn.Module):
         pos: torch.Tensor | None,
         shape: tuple[int, int, int, int],
         inplace: bool = False,
+        chunk_tokens: int | None = None,
     ) -> Iterator[tuple[int, str, torch.Tensor]]:
         """Run every block in the alternating order; yield (layer, attention type, [B,S,P,C]).
 
@@ -211,7 +219,9 @@ class Aggregator(nn.Module):
             for attn_type in self.aa_order:
                 for offset in range(self.aa_block_size):
                     layer = step * self.aa_block_size + offset
-                    tokens = self.run_block(attn_type, layer, tokens, pos, shape, inplace)
+                    tokens = self.run_block(
+                        attn_type, layer, tokens, pos, shape, inplace, chunk_tokens
+                    )
                     yield layer, attn_type, tokens
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], int]:

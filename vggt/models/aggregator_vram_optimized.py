@@ -43,7 +43,7 @@ class LayerSelectView:
 
     __slots__ = ("_depth", "_layers")
 
-    def __init__(self, layers: Mapping[int, torch.Tensor], depth: int) -> None:
+    def __init__(self, layers: Mapping[int, "torch.Tensor | OffloadedLayer"], depth: int) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         normalize_layer_indices(list(layers), depth)
@@ -120,16 +120,83 @@ class LayerSelectView:
         )
 
 
+class OffloadedLayer:
+    """A layer output held in host memory for the heads: indexing slices it on the host, and
+    any other use (a torch function, a tensor method) first copies that slice to `device`."""
+
+    __slots__ = ("device", "host")
+
+    def __init__(self, host: torch.Tensor, device: torch.device) -> None:
+        self.host = host
+        self.device = device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.host.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.host.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.host.ndim
+
+    def __getitem__(self, index: object) -> "OffloadedLayer":
+        return OffloadedLayer(self.host[index], self.device)
+
+    def to_device(self) -> torch.Tensor:
+        """The data on the compute device (a copy of just this slice)."""
+        return self.host.to(self.device, non_blocking=True)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.to_device(), name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        def materialise(value: object) -> object:
+            return value.to_device() if isinstance(value, OffloadedLayer) else value
+
+        args = tuple(materialise(a) for a in args)
+        kwargs = {k: materialise(v) for k, v in (kwargs or {}).items()}
+        return func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        shape, host = tuple(self.shape), self.host.device
+        return f"OffloadedLayer(shape={shape}, host={host}, device={self.device})"
+
+
 class AggregatorVramOptimized(Aggregator):
     """`Aggregator` with the same weights that stores only `selected_layer_idx` (None: all).
 
     forward returns `(view, patch_start_idx, kept_indices)`. A dropped layer is never
     concatenated; a kept one is written half by half into its output buffer, so no
-    intermediate outlives the block that made it.
+    intermediate outlives the block that made it. Without autograd, blocks update the residual
+    stream in place and process it in `token_chunks` chunks (at least `min_chunk_tokens`
+    tokens each; None disables chunking), building each global block's K/V chunk by chunk:
+    the MLP hidden state and qkv never exist for the whole sequence at once. With
+    `offload_device` (e.g. "cpu", pinned when the model runs on CUDA) and autograd off, kept
+    layers are written straight to that device and returned as `OffloadedLayer`s, which the
+    heads read slice by slice.
     """
 
-    def __init__(self, *args, selected_layer_idx: Iterable[int] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        selected_layer_idx: Iterable[int] | None = None,
+        token_chunks: int | None = 8,
+        min_chunk_tokens: int = 512,
+        offload_device: str | torch.device | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.offload_device = None if offload_device is None else torch.device(offload_device)
+        if token_chunks is not None and token_chunks < 1:
+            raise ValueError(f"token_chunks must be at least 1 or None, got {token_chunks}")
+        if min_chunk_tokens < 1:
+            raise ValueError(f"min_chunk_tokens must be positive, got {min_chunk_tokens}")
+        self.token_chunks = token_chunks
+        self.min_chunk_tokens = min_chunk_tokens
         self.selected_layer_idx: list[int] | None = None
         self.select_layers(selected_layer_idx)
 
@@ -147,21 +214,46 @@ class AggregatorVramOptimized(Aggregator):
             return list(range(self.depth))
         return list(self.selected_layer_idx)
 
+    def chunk_tokens(self, shape: tuple[int, int, int, int]) -> int | None:
+        """Tokens per chunk for blocks run without autograd: 1/token_chunks of the stream."""
+        if self.token_chunks is None or self.token_chunks == 1:
+            return None
+        total = shape[0] * shape[1] * shape[2]
+        return max(self.min_chunk_tokens, -(-total // self.token_chunks))
+
     def forward(self, images: torch.Tensor) -> tuple[LayerSelectView, int, list[int]]:
         """images [B, S, 3, H, W] in [0, 1] -> (view of kept layers, patch_start_idx, kept)."""
         kept = self.kept_indices
         tokens, pos = self.embed(images)
         batch, frames = images.shape[:2]
         tokens_per_frame, dim = tokens.shape[1:]
-        blocks = self.iter_blocks(tokens, pos, (batch, frames, tokens_per_frame, dim), inplace=True)
+        shape = (batch, frames, tokens_per_frame, dim)
+        blocks = self.iter_blocks(tokens, pos, shape, True, self.chunk_tokens(shape))
         del tokens
         layers: dict[int, torch.Tensor] = {}
         wanted = set(kept)
+        offload = self._offload_target(images.device)
         for layer, attn_type, stream in blocks:
             if layer not in wanted:
                 continue
             if layer not in layers:
-                layers[layer] = stream.new_empty(batch, frames, tokens_per_frame, 2 * dim)
+                layers[layer] = torch.empty(
+                    (batch, frames, tokens_per_frame, 2 * dim),
+                    dtype=stream.dtype,
+                    device=offload or stream.device,
+                    pin_memory=offload is not None and offload.type == "cpu" and stream.is_cuda,
+                )
             start = ATTENTION_TYPES.index(attn_type) * dim
-            layers[layer][..., start : start + dim].copy_(stream)
-        return LayerSelectView(layers, self.depth), self.patch_start_idx, kept
+            layers[layer][..., start : start + dim].copy_(stream, non_blocking=True)
+        if offload is None:
+            return LayerSelectView(layers, self.depth), self.patch_start_idx, kept
+        if images.is_cuda:
+            torch.cuda.current_stream(images.device).synchronize()
+        offloaded = {i: OffloadedLayer(t, images.device) for i, t in layers.items()}
+        return LayerSelectView(offloaded, self.depth), self.patch_start_idx, kept
+
+    def _offload_target(self, device: torch.device) -> torch.device | None:
+        """Where kept layers go: the offload device when it differs and autograd is off."""
+        if self.offload_device is None or torch.is_grad_enabled() or self.training:
+            return None
+        return None if self.offload_device == device else self.offload_device

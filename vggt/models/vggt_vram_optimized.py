@@ -14,6 +14,8 @@ class VGGTOptimized(VGGT):
 
     `selected_layer_idx=None` keeps the union of the layers the enabled heads read
     ([4, 11, 17, 23] for the default model); an explicit selection must cover them.
+    `offload_outputs` keeps those layers in pinned host memory during inference; the heads
+    then copy back only the frames they are working on.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class VGGTOptimized(VGGT):
         patch_embed: str = "dinov2_vitl14_reg",
         intermediate_layer_idx: Sequence[int] = (4, 11, 17, 23),
         selected_layer_idx: Iterable[int] | None = None,
+        offload_outputs: bool = False,
     ) -> None:
         super().__init__(
             img_size=img_size,
@@ -48,6 +51,7 @@ class VGGTOptimized(VGGT):
         if selected_layer_idx is None:
             selected_layer_idx = sorted(needed) or None
         self.aggregator.select_layers(selected_layer_idx)
+        self.aggregator.offload_device = torch.device("cpu") if offload_outputs else None
         kept = set(self.aggregator.kept_indices)
         for layer, heads in sorted(needed.items()):
             if layer not in kept:
