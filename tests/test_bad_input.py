@@ -5,6 +5,7 @@ import torch
 
 from tests.helpers import SMALL_AGGREGATOR, SMALL_VGGT
 from vggt.models.aggregator import Aggregator
+from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
 from vggt.models.vggt import VGGT
 
 
@@ -60,3 +61,8 @@ def test_aggregator_needs_five_dims() -> None:
 def test_head_layers_must_exist() -> None:
     with pytest.raises(ValueError, match="out of range for depth 6"):
         VGGT(**{**SMALL_VGGT, "intermediate_layer_idx": (1, 2, 4, 6)})
+
+
+def test_optimized_aggregator_checks_before_work() -> None:
+    with pytest.raises(ValueError, match="\\[B, S, 3, H, W\\]"):
+        AggregatorVramOptimized(**SMALL_AGGREGATOR)(torch.rand(2, 3, 56, 56))

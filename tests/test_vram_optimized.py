@@ -348,3 +348,26 @@ def test_offloaded_vggt_equals_on_device_vggt() -> None:
     assert view[1].host.is_pinned()
     for name in ("depth", "world_points", "pose_enc"):
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("feature_only", [False, True])
+def test_dpt_frame_chunks_equal_one_pass(feature_only: bool) -> None:
+    full, _ = paired_aggregators(REPORT_CONFIG, HEAD_LAYERS)
+    torch.manual_seed(2)
+    dpt = DPTHead(
+        dim_in=128,
+        patch_size=16,
+        features=16,
+        out_channels=[8, 16, 32, 32],
+        feature_only=feature_only,
+        down_ratio=2 if feature_only else 1,
+    ).eval()
+    images = seeded_images(1, 7, 64, 64)
+    with torch.no_grad():
+        layers, start = full(images)
+        whole = dpt(layers, images, start, frames_chunk_size=None)
+        chunked = dpt(layers, images, start, frames_chunk_size=3)
+    pairs = [(chunked, whole)] if feature_only else list(zip(chunked, whole, strict=True))
+    for a, b in pairs:
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -161,20 +161,31 @@ class DPTHead(nn.Module):
             raise ValueError(f"frames_chunk_size must be positive, got {frames_chunk_size}")
         if frames_chunk_size is None or frames_chunk_size >= frames:
             return self._forward_impl(aggregated_tokens_list, images, patch_start_idx)
-        chunks = [
-            self._forward_impl(
-                aggregated_tokens_list,
-                images,
-                patch_start_idx,
-                start,
-                min(start + frames_chunk_size, frames),
-            )
+        bounds = [
+            (start, min(start + frames_chunk_size, frames))
             for start in range(0, frames, frames_chunk_size)
         ]
         if self.feature_only:
+            # The tracker's rounding depends on the feature maps' memory layout, which
+            # torch.cat fixes as the reference does; predictions are written in place instead.
+            chunks = [
+                self._forward_impl(aggregated_tokens_list, images, patch_start_idx, start, end)
+                for start, end in bounds
+            ]
             return torch.cat(chunks, dim=1)
-        preds, confs = zip(*chunks, strict=True)
-        return torch.cat(preds, dim=1), torch.cat(confs, dim=1)
+        preds = conf = None
+        for start, end in bounds:
+            chunk_preds, chunk_conf = self._forward_impl(
+                aggregated_tokens_list, images, patch_start_idx, start, end
+            )
+            if preds is None:
+                leading = images.shape[:2]
+                preds = chunk_preds.new_empty(leading + chunk_preds.shape[2:])
+                conf = chunk_conf.new_empty(leading + chunk_conf.shape[2:])
+            preds[:, start:end] = chunk_preds
+            conf[:, start:end] = chunk_conf
+            del chunk_preds, chunk_conf
+        return preds, conf
 
     def _forward_impl(
         self,

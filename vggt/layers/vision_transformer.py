@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vggt.layers.attention import MemEffAttention
-from vggt.layers.block import NestedTensorBlock
+from vggt.layers.block import NestedTensorBlock, block_forward_chunked_
 from vggt.layers.mlp import Mlp
 from vggt.layers.patch_embed import PatchEmbed
 from vggt.layers.swiglu_ffn import SwiGLUFFN, SwiGLUFFNFused
@@ -175,12 +175,21 @@ class DinoVisionTransformer(nn.Module):
         return x
 
     def forward_features(
-        self, x: torch.Tensor, masks: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        chunk_tokens: int | None = None,
     ) -> dict[str, torch.Tensor | None]:
-        """Run all blocks and return the normalised cls, register and patch tokens."""
+        """Run all blocks and return the normalised cls, register and patch tokens.
+
+        With `chunk_tokens` and autograd off, blocks run in place a few images at a time.
+        """
         x = self.prepare_tokens_with_masks(x, masks)
+        chunked = chunk_tokens is not None and not self.training and not torch.is_grad_enabled()
         for block in self.blocks:
-            if self.training:
+            if chunked and not self.chunked_blocks:
+                x = block_forward_chunked_(block, x, None, chunk_tokens, stream=False)
+            elif self.training:
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)

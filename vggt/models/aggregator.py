@@ -141,15 +141,25 @@ class Aggregator(nn.Module):
         )
         self.patch_embed.mask_token.requires_grad_(False)
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalise [B, S, 3, H, W] images; return tokens [B*S, P, C] and RoPE positions."""
+    def embed(
+        self, images: torch.Tensor, chunk_tokens: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalise [B, S, 3, H, W] images; return tokens [B*S, P, C] and RoPE positions.
+
+        `chunk_tokens` lets a DINOv2 backbone run its blocks in place, chunk by chunk.
+        """
         check_images(images, self.patch_size)
         batch, frames, _, height, width = images.shape
         dtype = self.camera_token.dtype
         mean = torch.tensor(_RESNET_MEAN, device=images.device, dtype=dtype).view(1, 1, 3, 1, 1)
         std = torch.tensor(_RESNET_STD, device=images.device, dtype=dtype).view(1, 1, 3, 1, 1)
         images = (images - mean) / std
-        patch_tokens = self.patch_embed(images.view(batch * frames, 3, height, width))
+        flat = images.view(batch * frames, 3, height, width)
+        if chunk_tokens is not None and isinstance(self.patch_embed, vits.DinoVisionTransformer):
+            patch_tokens = self.patch_embed.forward_features(flat, chunk_tokens=chunk_tokens)
+        else:
+            patch_tokens = self.patch_embed(flat)
+        del flat
         if isinstance(patch_tokens, dict):
             patch_tokens = patch_tokens["x_norm_patchtokens"]
         del images

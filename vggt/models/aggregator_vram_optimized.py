@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
-from vggt.models.aggregator import ATTENTION_TYPES, Aggregator
+from vggt.models.aggregator import ATTENTION_TYPES, Aggregator, check_images
 
 
 def normalize_layer_indices(indices: Iterable[int], depth: int) -> list[int]:
@@ -224,11 +224,14 @@ class AggregatorVramOptimized(Aggregator):
     def forward(self, images: torch.Tensor) -> tuple[LayerSelectView, int, list[int]]:
         """images [B, S, 3, H, W] in [0, 1] -> (view of kept layers, patch_start_idx, kept)."""
         kept = self.kept_indices
-        tokens, pos = self.embed(images)
-        batch, frames = images.shape[:2]
+        check_images(images, self.patch_size)
+        batch, frames, _, height, width = images.shape
+        grid = (height // self.patch_size) * (width // self.patch_size)
+        chunk = self.chunk_tokens((batch, frames, self.patch_start_idx + grid, 1))
+        tokens, pos = self.embed(images, chunk)
         tokens_per_frame, dim = tokens.shape[1:]
         shape = (batch, frames, tokens_per_frame, dim)
-        blocks = self.iter_blocks(tokens, pos, shape, True, self.chunk_tokens(shape))
+        blocks = self.iter_blocks(tokens, pos, shape, True, chunk)
         del tokens
         layers: dict[int, torch.Tensor] = {}
         wanted = set(kept)
