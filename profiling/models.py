@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from profiling.cases import Architecture, CaseGroup, Precision
+from profiling.outputs import storage_bytes
 from profiling.variants import get_variant
 
 LAYER_SCALE_INIT = 0.1
@@ -40,11 +41,7 @@ def init_weights(module: nn.Module, seed: int) -> None:
 
 def tensor_bytes(module: nn.Module) -> int:
     """Bytes of the module's distinct parameter and buffer storages."""
-    storages = {}
-    for tensor in module.state_dict().values():
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
+    return storage_bytes(module.state_dict())
 
 
 @dataclass(frozen=True)
