@@ -7,6 +7,7 @@ from tests.helpers import GOLDEN_FILE, manifest, rel_l2
 from tests.recipe import recipe_images, recipe_query_points, recipe_state_dict
 from vggt.models.vggt import VGGT
 from vggt.models.vggt_vram_optimized import VGGTOptimized
+from vggt.streaming.chunks import ChunkPolicy
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,7 @@ def test_vggt_optimized_matches_reference(
     recipe_weights: dict, golden: dict, inputs: tuple, min_chunk_tokens: int
 ) -> None:
     model = build(VGGTOptimized, recipe_weights)
-    model.aggregator.min_chunk_tokens = min_chunk_tokens
+    model.aggregator.block_runner.policy = ChunkPolicy(min_chunk_tokens=min_chunk_tokens)
     images, points = inputs
     with torch.no_grad():
         view, _, kept = model.aggregator(images)

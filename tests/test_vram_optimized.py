@@ -7,13 +7,11 @@ from tests.helpers import SMALL_AGGREGATOR, SMALL_VGGT, seeded_images
 from vggt.heads.camera_head import CameraHead
 from vggt.heads.dpt_head import DPTHead
 from vggt.models.aggregator import Aggregator
-from vggt.models.aggregator_vram_optimized import (
-    AggregatorVramOptimized,
-    LayerSelectView,
-    OffloadedLayer,
-)
+from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
 from vggt.models.vggt import VGGT
 from vggt.models.vggt_vram_optimized import VGGTOptimized
+from vggt.streaming.chunks import ChunkPolicy
+from vggt.streaming.offload import OffloadedLayer
 
 # The report's unit tests use a conv patch embed with patch size 16 and 64x64 images.
 REPORT_CONFIG = {
@@ -46,7 +44,7 @@ def test_selected_view_indexing_and_shape() -> None:
     assert start == start_opt == 5
     assert kept == HEAD_LAYERS
     assert len(view) == len(layers) == 24
-    assert view.selected_count == 4
+    assert view.kept_count == 4
     for index in HEAD_LAYERS:
         assert view[index] is view[index - 24]
         assert view[index].shape == (1, 3, 5 + 16, 128)
@@ -290,17 +288,14 @@ def test_chunked_blocks_equal_unchunked(token_chunks: int, min_chunk_tokens: int
 
 
 def test_chunk_size_follows_the_stream() -> None:
-    model = AggregatorVramOptimized(**SMALL_AGGREGATOR, token_chunks=8, min_chunk_tokens=256)
-    assert model.chunk_tokens((1, 100, 1374, 32)) == -(-100 * 1374 // 8)
-    assert model.chunk_tokens((1, 1, 21, 32)) == 256
-    assert (
-        AggregatorVramOptimized(**SMALL_AGGREGATOR, token_chunks=None).chunk_tokens(
-            (1, 100, 1374, 32)
-        )
-        is None
-    )
+    policy = ChunkPolicy(token_chunks=8, min_chunk_tokens=256)
+    assert policy.chunk_tokens(100 * 1374) == -(-100 * 1374 // 8)
+    assert policy.chunk_tokens(21) == 256
+    assert ChunkPolicy(token_chunks=None).chunk_tokens(100 * 1374) == 100 * 1374
     with pytest.raises(ValueError, match="token_chunks"):
         AggregatorVramOptimized(**SMALL_AGGREGATOR, token_chunks=0)
+    with pytest.raises(ValueError, match="min_chunk_tokens"):
+        AggregatorVramOptimized(**SMALL_AGGREGATOR, min_chunk_tokens=0)
 
 
 def test_heads_read_offloaded_layers_like_tensors() -> None:

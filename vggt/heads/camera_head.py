@@ -50,6 +50,7 @@ class CameraHead(nn.Module):
         self.trunk_norm = nn.LayerNorm(dim_in)
         self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, self.target_dim))
         self.embed_pose = nn.Linear(self.target_dim, dim_in)
+        # Named as in the published checkpoint (hence not snake_case).
         self.poseLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim_in, 3 * dim_in))
         self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
         self.pose_branch = Mlp(

@@ -9,6 +9,8 @@ from torch import nn
 from vggt.heads.head_act import activate_head
 from vggt.heads.utils import create_uv_grid, position_grid_to_embed
 
+# 1.5 * 2**30 output elements: larger interpolations go batch chunk by batch chunk, as the
+# reference does, because upsampling kernels overflow 32-bit indexing beyond about 2**31.
 _INTERPOLATE_LIMIT = 1_610_612_736
 
 
@@ -54,7 +56,6 @@ class FeatureFusionBlock(nn.Module):
         self,
         features: int,
         activation: nn.Module,
-        deconv: bool = False,
         bn: bool = False,
         expand: bool = False,
         align_corners: bool = True,
@@ -70,6 +71,7 @@ class FeatureFusionBlock(nn.Module):
         self.size = size
         out_features = features // 2 if expand else features
         self.out_conv = nn.Conv2d(features, out_features, 1, bias=True, groups=groups)
+        # resConfUnit1/2 (sic) are the published checkpoint's parameter names.
         if has_residual:
             self.resConfUnit1 = ResidualConvUnit(features, activation, bn, groups)
         self.resConfUnit2 = ResidualConvUnit(features, activation, bn, groups)

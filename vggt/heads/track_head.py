@@ -9,6 +9,18 @@ from vggt.heads.dpt_head import DPTHead
 from vggt.heads.track_modules.base_track_predictor import BaseTrackerPredictor
 
 
+def check_query_points(query_points: torch.Tensor | None, batch: int) -> None:
+    """ValueError unless `query_points` is a [batch, N, 2] tensor of pixel coordinates."""
+    if query_points is None:
+        raise ValueError("query_points is required: a [B, N, 2] tensor of pixel coordinates")
+    if query_points.ndim != 3 or query_points.shape[-1] != 2:
+        raise ValueError(
+            f"query_points must be [N, 2] or [B, N, 2], got {tuple(query_points.shape)}"
+        )
+    if query_points.shape[0] != batch:
+        raise ValueError(f"query_points batch {query_points.shape[0]} != images batch {batch}")
+
+
 class TrackHead(nn.Module):
     """Track query points through a sequence from aggregated tokens."""
 
@@ -61,18 +73,7 @@ class TrackHead(nn.Module):
         """
         if images.dim() != 5:
             raise ValueError(f"images must be [B, S, 3, H, W], got shape {tuple(images.shape)}")
-        if query_points is None:
-            raise ValueError("query_points is required: a [B, N, 2] tensor of pixel coordinates")
-        if query_points.dim() != 3 or query_points.shape[-1] != 2:
-            raise ValueError(
-                f"query_points must have shape [B, N, 2], got {tuple(query_points.shape)}"
-            )
-        if query_points.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"query_points batch size {query_points.shape[0]} does not match the images' "
-                f"batch size {images.shape[0]}"
-            )
-
+        check_query_points(query_points, images.shape[0])
         feature_maps = self.feature_extractor(aggregated_tokens_list, images, patch_start_idx)
         if iters is None:
             iters = self.iters

@@ -6,9 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+QKV = "qkv"
+
 
 class Attention(nn.Module):
-    """Self-attention over [B, N, dim] tokens; `pos` feeds the rotary embedding if set."""
+    """Self-attention over [B, N, dim] tokens; `pos` feeds the rotary embedding if set.
+
+    The forward is `merge(attend(*project(x, pos)))`. The three pieces are public so that
+    executors which split the work (by token chunks, or across devices) reuse the same math.
+    """
 
     def __init__(
         self,
@@ -38,30 +44,61 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.rope = rope
 
-    def forward(
-        self, x: torch.Tensor, pos: torch.Tensor | None = None, inplace: bool = False
-    ) -> torch.Tensor:
-        """`inplace` (autograd off) lets RoPE rotate q and k in place."""
+    def project(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        parts: str = QKV,
+        rotate_inplace: bool = False,
+    ) -> list[torch.Tensor]:
+        """Heads [B, heads, N, head_dim] of `parts` ("qkv", "q", "kv", ...) for x [B, N, dim].
+
+        q and k are normalised and, with `pos`, rotated. "qkv" uses the fused projection; a
+        contiguous part of it multiplies only its rows of the weight. `rotate_inplace`
+        (autograd off) lets RoPE overwrite the fresh projections instead of copying them.
+        """
+        first = QKV.find(parts)
+        if not parts or first < 0:
+            raise ValueError(f"parts must be a contiguous piece of {QKV!r}, got {parts!r}")
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        del qkv
+        if len(parts) == len(QKV):
+            projected = self.qkv(x)
+        else:
+            rows = slice(first * dim, (first + len(parts)) * dim)
+            bias = None if self.qkv.bias is None else self.qkv.bias[rows]
+            projected = F.linear(x, self.qkv.weight[rows], bias)
+        del x
+        shape = (batch, tokens, len(parts), self.num_heads, self.head_dim)
+        heads = list(projected.reshape(shape).permute(2, 0, 3, 1, 4).unbind(0))
+        del projected
         rotate = self.rope is not None and pos is not None
-        q = self.q_norm(q)
-        if rotate:
-            q = self.rope(q, pos, inplace=inplace)
-        k = self.k_norm(k)
-        if rotate:
-            k = self.rope(k, pos, inplace=inplace)
+        for index, name in enumerate(parts):
+            if name == "v":
+                continue
+            heads[index] = (self.q_norm if name == "q" else self.k_norm)(heads[index])
+            if rotate:
+                heads[index] = self.rope(heads[index], pos, inplace=rotate_inplace)
+        return heads
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Scaled dot-product attention of q [B, heads, Nq, D] over k, v [B, heads, Nk, D]."""
         if self.fused_attn:
             dropout = self.attn_drop.p if self.training else 0.0
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:
-            weights = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
-            x = weights @ v
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        weights = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+        return weights @ v
+
+    def merge(self, heads: torch.Tensor) -> torch.Tensor:
+        """Attention output [B, heads, N, D] -> the output projection [B, N, dim]."""
+        batch, _, tokens, _ = heads.shape
+        merged = heads.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        return self.proj_drop(self.proj(merged))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.project(x, pos)
+        heads = self.attend(q, k, v)
         del q, k, v
-        x = x.transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj_drop(self.proj(x))
+        return self.merge(heads)
 
 
 class MemEffAttention(Attention):

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vggt.layers.attention import MemEffAttention
-from vggt.layers.block import NestedTensorBlock, block_forward_chunked_
+from vggt.layers.block import NestedTensorBlock
 from vggt.layers.mlp import Mlp
 from vggt.layers.patch_embed import PatchEmbed
 from vggt.layers.swiglu_ffn import SwiGLUFFN, SwiGLUFFNFused
@@ -117,6 +117,9 @@ class DinoVisionTransformer(nn.Module):
         self.norm = norm_layer(embed_dim)
         self.head = nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+        # An inference executor for the blocks, e.g. the in-place streamed one of
+        # vggt.streaming; None runs each block's own forward.
+        self.block_runner: Callable[..., torch.Tensor] | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -175,22 +178,16 @@ class DinoVisionTransformer(nn.Module):
         return x
 
     def forward_features(
-        self,
-        x: torch.Tensor,
-        masks: torch.Tensor | None = None,
-        chunk_tokens: int | None = None,
+        self, x: torch.Tensor, masks: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor | None]:
-        """Run all blocks and return the normalised cls, register and patch tokens.
-
-        With `chunk_tokens` and autograd off, blocks run in place a few images at a time.
-        """
+        """Run all blocks and return the normalised cls, register and patch tokens."""
         x = self.prepare_tokens_with_masks(x, masks)
-        chunked = chunk_tokens is not None and not self.training and not torch.is_grad_enabled()
+        runner = None if self.chunked_blocks or torch.is_grad_enabled() else self.block_runner
         for block in self.blocks:
-            if chunked and not self.chunked_blocks:
-                x = block_forward_chunked_(block, x, None, chunk_tokens, stream=False)
-            elif self.training:
+            if self.training:
                 x = checkpoint(block, x, use_reentrant=False)
+            elif runner is not None:
+                x = runner(block, x, None)
             else:
                 x = block(x)
         x_norm = self.norm(x)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vggt.layers import vision_transformer as vits
-from vggt.layers.block import Block, block_forward_chunked_
+from vggt.layers.block import Block
 from vggt.layers.patch_embed import PatchEmbed
 from vggt.layers.rope import PositionGetter, RotaryPositionEmbedding2D
 
@@ -113,6 +113,8 @@ class Aggregator(nn.Module):
         nn.init.normal_(self.camera_token, std=1e-6)
         nn.init.normal_(self.register_token, std=1e-6)
         self.use_reentrant = False
+        # An inference executor for the blocks (see vggt.streaming); None runs their forward.
+        self.block_runner: Callable[..., torch.Tensor] | None = None
 
     def _build_patch_embed(
         self,
@@ -141,13 +143,8 @@ class Aggregator(nn.Module):
         )
         self.patch_embed.mask_token.requires_grad_(False)
 
-    def embed(
-        self, images: torch.Tensor, chunk_tokens: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalise [B, S, 3, H, W] images; return tokens [B*S, P, C] and RoPE positions.
-
-        `chunk_tokens` lets a DINOv2 backbone run its blocks in place, chunk by chunk.
-        """
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalise [B, S, 3, H, W] images; return tokens [B*S, P, C] and RoPE positions."""
         check_images(images, self.patch_size)
         batch, frames, _, height, width = images.shape
         dtype = self.camera_token.dtype
@@ -155,14 +152,11 @@ class Aggregator(nn.Module):
         std = torch.tensor(_RESNET_STD, device=images.device, dtype=dtype).view(1, 1, 3, 1, 1)
         images = (images - mean) / std
         flat = images.view(batch * frames, 3, height, width)
-        if chunk_tokens is not None and isinstance(self.patch_embed, vits.DinoVisionTransformer):
-            patch_tokens = self.patch_embed.forward_features(flat, chunk_tokens=chunk_tokens)
-        else:
-            patch_tokens = self.patch_embed(flat)
+        del images
+        patch_tokens = self.patch_embed(flat)
         del flat
         if isinstance(patch_tokens, dict):
             patch_tokens = patch_tokens["x_norm_patchtokens"]
-        del images
         camera = slice_expand_and_flatten(self.camera_token, batch, frames)
         register = slice_expand_and_flatten(self.register_token, batch, frames)
         tokens = torch.cat((camera, register, patch_tokens), dim=1)
@@ -186,13 +180,11 @@ class Aggregator(nn.Module):
         tokens: torch.Tensor,
         pos: torch.Tensor | None,
         shape: tuple[int, int, int, int],
-        inplace: bool = False,
-        chunk_tokens: int | None = None,
     ) -> torch.Tensor:
         """Run frame or global block `index` on the residual stream; return it as [B, S, P, C].
 
-        `inplace` lets the block overwrite `tokens` and its temporaries when autograd is off;
-        `chunk_tokens` then also bounds how many tokens each large intermediate covers.
+        Training checkpoints each block; inference without autograd goes through
+        `block_runner` when one is set (it may overwrite `tokens`).
         """
         batch, frames, tokens_per_frame, dim = shape
         if attn_type == "frame":
@@ -206,32 +198,25 @@ class Aggregator(nn.Module):
             pos = pos.reshape(groups, length, 2)
         if self.training:
             tokens = checkpoint(block, tokens, pos=pos, use_reentrant=self.use_reentrant)
-        elif inplace and chunk_tokens and not torch.is_grad_enabled():
-            stream = attn_type == "global"
-            tokens = block_forward_chunked_(block, tokens, pos, chunk_tokens, stream)
+        elif self.block_runner is not None and not torch.is_grad_enabled():
+            tokens = self.block_runner(block, tokens, pos)
         else:
-            tokens = block(tokens, pos=pos, inplace=inplace)
+            tokens = block(tokens, pos=pos)
         return tokens.view(shape)
 
     def iter_blocks(
-        self,
-        tokens: torch.Tensor,
-        pos: torch.Tensor | None,
-        shape: tuple[int, int, int, int],
-        inplace: bool = False,
-        chunk_tokens: int | None = None,
+        self, tokens: torch.Tensor, pos: torch.Tensor | None, shape: tuple[int, int, int, int]
     ) -> Iterator[tuple[int, str, torch.Tensor]]:
         """Run every block in the alternating order; yield (layer, attention type, [B,S,P,C]).
 
-        With `inplace` a yielded tensor is overwritten by the next block: copy what you keep.
+        With a block runner that works in place, a yielded tensor is overwritten by the next
+        block: copy what you keep.
         """
         for step in range(self.aa_block_num):
             for attn_type in self.aa_order:
                 for offset in range(self.aa_block_size):
                     layer = step * self.aa_block_size + offset
-                    tokens = self.run_block(
-                        attn_type, layer, tokens, pos, shape, inplace, chunk_tokens
-                    )
+                    tokens = self.run_block(attn_type, layer, tokens, pos, shape)
                     yield layer, attn_type, tokens
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], int]:

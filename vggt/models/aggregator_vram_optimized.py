@@ -2,7 +2,7 @@
 
 The reference aggregator returns all `depth` layer outputs, each [B, S, P, 2C]; the heads read
 four of them. `AggregatorVramOptimized` runs the same blocks but allocates and fills only the
-selected layers, and returns them in a `LayerSelectView` indexed by absolute layer number.
+kept layers, and returns them in a `LayerSelectView` indexed by absolute layer number.
 """
 
 import operator
@@ -10,7 +10,11 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
-from vggt.models.aggregator import ATTENTION_TYPES, Aggregator, check_images
+from vggt.layers.vision_transformer import DinoVisionTransformer
+from vggt.models.aggregator import ATTENTION_TYPES, Aggregator
+from vggt.streaming.blocks import StreamedBlocks
+from vggt.streaming.chunks import ChunkPolicy
+from vggt.streaming.offload import KeptLayers, OffloadedLayer
 
 
 def normalize_layer_indices(indices: Iterable[int], depth: int) -> list[int]:
@@ -58,7 +62,7 @@ class LayerSelectView:
         return self._depth
 
     @property
-    def selected_count(self) -> int:
+    def kept_count(self) -> int:
         """Number of layers actually stored."""
         return len(self._layers)
 
@@ -98,7 +102,7 @@ class LayerSelectView:
             return False
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        if self.selected_count != self._depth:
+        if self.kept_count != self._depth:
             raise TypeError(
                 f"cannot iterate a LayerSelectView that keeps {self.orig_indices} of "
                 f"{self._depth} layers; use items() or index the kept layers"
@@ -120,64 +124,18 @@ class LayerSelectView:
         )
 
 
-class OffloadedLayer:
-    """A layer output held in host memory for the heads: indexing slices it on the host, and
-    any other use (a torch function, a tensor method) first copies that slice to `device`."""
-
-    __slots__ = ("device", "host")
-
-    def __init__(self, host: torch.Tensor, device: torch.device) -> None:
-        self.host = host
-        self.device = device
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.host.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.host.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self.host.ndim
-
-    def __getitem__(self, index: object) -> "OffloadedLayer":
-        return OffloadedLayer(self.host[index], self.device)
-
-    def to_device(self) -> torch.Tensor:
-        """The data on the compute device (a copy of just this slice)."""
-        return self.host.to(self.device, non_blocking=True)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.to_device(), name)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        def materialise(value: object) -> object:
-            return value.to_device() if isinstance(value, OffloadedLayer) else value
-
-        args = tuple(materialise(a) for a in args)
-        kwargs = {k: materialise(v) for k, v in (kwargs or {}).items()}
-        return func(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        shape, host = tuple(self.shape), self.host.device
-        return f"OffloadedLayer(shape={shape}, host={host}, device={self.device})"
-
-
 class AggregatorVramOptimized(Aggregator):
     """`Aggregator` with the same weights that stores only `selected_layer_idx` (None: all).
 
     forward returns `(view, patch_start_idx, kept_indices)`. A dropped layer is never
     concatenated; a kept one is written half by half into its output buffer, so no
-    intermediate outlives the block that made it. Without autograd, blocks update the residual
-    stream in place and process it in `token_chunks` chunks (at least `min_chunk_tokens`
-    tokens each; None disables chunking), building each global block's K/V chunk by chunk:
-    the MLP hidden state and qkv never exist for the whole sequence at once. With
-    `offload_device` (e.g. "cpu", pinned when the model runs on CUDA) and autograd off, kept
-    layers are written straight to that device and returned as `OffloadedLayer`s, which the
-    heads read slice by slice.
+    intermediate outlives the block that made it. Without autograd, every block (the DINOv2
+    backbone's too) runs in place through `vggt.streaming`, over chunks of 1/`token_chunks` of
+    the stream (at least `min_chunk_tokens` tokens; None: the whole stream at once), building
+    each long group's K/V chunk by chunk: the MLP hidden state and qkv never exist for the
+    whole sequence at once. With `offload_device` (e.g. "cpu", pinned when the model runs on
+    CUDA) and autograd off, kept layers are written straight to that device and returned as
+    `OffloadedLayer`s, which the heads read slice by slice.
     """
 
     def __init__(
@@ -191,16 +149,13 @@ class AggregatorVramOptimized(Aggregator):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.offload_device = None if offload_device is None else torch.device(offload_device)
-        if token_chunks is not None and token_chunks < 1:
-            raise ValueError(f"token_chunks must be at least 1 or None, got {token_chunks}")
-        if min_chunk_tokens < 1:
-            raise ValueError(f"min_chunk_tokens must be positive, got {min_chunk_tokens}")
-        self.token_chunks = token_chunks
-        self.min_chunk_tokens = min_chunk_tokens
+        self.block_runner = StreamedBlocks(ChunkPolicy(token_chunks, min_chunk_tokens))
+        if isinstance(self.patch_embed, DinoVisionTransformer):
+            self.patch_embed.block_runner = self.block_runner
         self.selected_layer_idx: list[int] | None = None
-        self.select_layers(selected_layer_idx)
+        self.keep_layers(selected_layer_idx)
 
-    def select_layers(self, selected_layer_idx: Iterable[int] | None) -> None:
+    def keep_layers(self, selected_layer_idx: Iterable[int] | None) -> None:
         """Choose the layers to keep (absolute indices, negative allowed; None keeps all)."""
         if selected_layer_idx is None:
             self.selected_layer_idx = None
@@ -214,46 +169,18 @@ class AggregatorVramOptimized(Aggregator):
             return list(range(self.depth))
         return list(self.selected_layer_idx)
 
-    def chunk_tokens(self, shape: tuple[int, int, int, int]) -> int | None:
-        """Tokens per chunk for blocks run without autograd: 1/token_chunks of the stream."""
-        if self.token_chunks is None or self.token_chunks == 1:
-            return None
-        total = shape[0] * shape[1] * shape[2]
-        return max(self.min_chunk_tokens, -(-total // self.token_chunks))
-
     def forward(self, images: torch.Tensor) -> tuple[LayerSelectView, int, list[int]]:
         """images [B, S, 3, H, W] in [0, 1] -> (view of kept layers, patch_start_idx, kept)."""
         kept = self.kept_indices
-        check_images(images, self.patch_size)
-        batch, frames, _, height, width = images.shape
-        grid = (height // self.patch_size) * (width // self.patch_size)
-        chunk = self.chunk_tokens((batch, frames, self.patch_start_idx + grid, 1))
-        tokens, pos = self.embed(images, chunk)
-        tokens_per_frame, dim = tokens.shape[1:]
-        shape = (batch, frames, tokens_per_frame, dim)
-        blocks = self.iter_blocks(tokens, pos, shape, True, chunk)
+        tokens, pos = self.embed(images)
+        shape = (*images.shape[:2], *tokens.shape[1:])
+        blocks = self.iter_blocks(tokens, pos, shape)
         del tokens
-        layers: dict[int, torch.Tensor] = {}
-        wanted = set(kept)
-        offload = self._offload_target(images.device)
+        outputs = KeptLayers(kept, len(ATTENTION_TYPES), self._offload_target(images.device))
         for layer, attn_type, stream in blocks:
-            if layer not in wanted:
-                continue
-            if layer not in layers:
-                layers[layer] = torch.empty(
-                    (batch, frames, tokens_per_frame, 2 * dim),
-                    dtype=stream.dtype,
-                    device=offload or stream.device,
-                    pin_memory=offload is not None and offload.type == "cpu" and stream.is_cuda,
-                )
-            start = ATTENTION_TYPES.index(attn_type) * dim
-            layers[layer][..., start : start + dim].copy_(stream, non_blocking=True)
-        if offload is None:
-            return LayerSelectView(layers, self.depth), self.patch_start_idx, kept
-        if images.is_cuda:
-            torch.cuda.current_stream(images.device).synchronize()
-        offloaded = {i: OffloadedLayer(t, images.device) for i, t in layers.items()}
-        return LayerSelectView(offloaded, self.depth), self.patch_start_idx, kept
+            if layer in outputs:
+                outputs.write(layer, ATTENTION_TYPES.index(attn_type), stream)
+        return LayerSelectView(outputs.finish(), self.depth), self.patch_start_idx, kept
 
     def _offload_target(self, device: torch.device) -> torch.device | None:
         """Where kept layers go: the offload device when it differs and autograd is off."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from vggt.heads.camera_head import CameraHead
 from vggt.heads.dpt_head import DPTHead
-from vggt.heads.track_head import TrackHead
+from vggt.heads.track_head import TrackHead, check_query_points
 from vggt.models.aggregator import Aggregator
 
 
@@ -29,14 +29,7 @@ def batch_inputs(
         return images, None
     if query_points.ndim == 2:
         query_points = query_points.unsqueeze(0)
-    if query_points.ndim != 3 or query_points.shape[-1] != 2:
-        raise ValueError(
-            f"query_points must be [N, 2] or [B, N, 2], got {tuple(query_points.shape)}"
-        )
-    if query_points.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"query_points batch {query_points.shape[0]} != images batch {images.shape[0]}"
-        )
+    check_query_points(query_points, images.shape[0])
     return images, query_points
 
 

@@ -1,6 +1,6 @@
 """VGGT whose aggregator keeps only the layers its enabled heads read."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -20,37 +20,17 @@ class VGGTOptimized(VGGT):
 
     def __init__(
         self,
-        img_size: int = 518,
-        patch_size: int = 14,
-        embed_dim: int = 1024,
-        enable_camera: bool = True,
-        enable_point: bool = True,
-        enable_depth: bool = True,
-        enable_track: bool = True,
-        depth: int = 24,
-        num_heads: int = 16,
-        patch_embed: str = "dinov2_vitl14_reg",
-        intermediate_layer_idx: Sequence[int] = (4, 11, 17, 23),
+        *args,
         selected_layer_idx: Iterable[int] | None = None,
         offload_outputs: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            enable_camera=enable_camera,
-            enable_point=enable_point,
-            enable_depth=enable_depth,
-            enable_track=enable_track,
-            depth=depth,
-            num_heads=num_heads,
-            patch_embed=patch_embed,
-            intermediate_layer_idx=intermediate_layer_idx,
-        )
+        """`VGGT`'s arguments, plus the layers to keep and whether to offload them."""
+        super().__init__(*args, **kwargs)
         needed = self.layers_read_by_heads()
         if selected_layer_idx is None:
             selected_layer_idx = sorted(needed) or None
-        self.aggregator.select_layers(selected_layer_idx)
+        self.aggregator.keep_layers(selected_layer_idx)
         self.aggregator.offload_device = torch.device("cpu") if offload_outputs else None
         kept = set(self.aggregator.kept_indices)
         for layer, heads in sorted(needed.items()):

@@ -4,12 +4,12 @@ import torch
 from torch import nn
 
 from vggt.heads.track_modules.blocks import CorrBlock, EfficientUpdateFormer
-from vggt.heads.track_modules.modules import Mlp
 from vggt.heads.track_modules.utils import (
     get_2d_embedding,
     get_2d_sincos_pos_embed,
     sample_features4d,
 )
+from vggt.layers.mlp import Mlp
 
 
 class BaseTrackerPredictor(nn.Module):

@@ -32,6 +32,7 @@ class EfficientUpdateFormer(nn.Module):
         self.add_space_attn = add_space_attn
         self.num_virtual_tracks = num_virtual_tracks
 
+        # "virual_tracks" (sic) is the published checkpoint's parameter name.
         if add_space_attn:
             self.virual_tracks = nn.Parameter(torch.randn(1, num_virtual_tracks, 1, hidden_size))
         else:

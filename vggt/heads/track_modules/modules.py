@@ -1,51 +1,11 @@
-"""Transformer building blocks of the tracker (MLP, self- and cross-attention blocks)."""
+"""Transformer building blocks of the tracker: self- and cross-attention blocks."""
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from torch import nn
 
-
-def _pair(value):
-    """Return ``value`` as a 2-tuple (unchanged if it already is a tuple or list)."""
-    if isinstance(value, tuple | list):
-        return tuple(value)
-    return (value, value)
-
-
-class Mlp(nn.Module):
-    """Two-layer MLP: ``fc1 -> act -> drop1 -> fc2 -> drop2``."""
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int | None = None,
-        out_features: int | None = None,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
-        norm_layer: Callable[..., nn.Module] | None = None,
-        bias: bool | tuple[bool, bool] = True,
-        drop: float | tuple[float, float] = 0.0,
-        use_conv: bool = False,
-    ) -> None:
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        biases = _pair(bias)
-        drops = _pair(drop)
-        linear_layer = partial(nn.Conv2d, kernel_size=1) if use_conv else nn.Linear
-        self.fc1 = linear_layer(in_features, hidden_features, bias=biases[0])
-        self.act = act_layer()
-        self.drop1 = nn.Dropout(drops[0])
-        self.fc2 = linear_layer(hidden_features, out_features, bias=biases[1])
-        self.drop2 = nn.Dropout(drops[1])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        x = self.act(x)
-        x = self.drop1(x)
-        x = self.fc2(x)
-        return self.drop2(x)
+from vggt.layers.mlp import Mlp
 
 
 class AttnBlock(nn.Module):

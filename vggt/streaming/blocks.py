@@ -1,0 +1,94 @@
+"""Transformer blocks run in place on the residual stream, a chunk of tokens at a time.
+
+Same math as `Block.forward`, built from the block's own pieces (`Attention.project`,
+`attend`, `merge`, the MLP), but the residual adds go into the stream itself and no
+temporary covers more than one chunk, except a long group's K and V. Autograd must be off.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from vggt.layers.block import Block
+from vggt.layers.mlp import Mlp
+from vggt.streaming.chunks import ChunkPolicy, chunk_bounds
+
+BlockRunner = Callable[[Block, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def run_block_(
+    block: Block, x: torch.Tensor, pos: torch.Tensor | None, chunk_tokens: int
+) -> torch.Tensor:
+    """Run `block` on x [G, N, C] (G independent groups of N tokens) in place; returns x.
+
+    Groups of at most `chunk_tokens` tokens run a few at a time; a longer group has its K and V
+    built chunk by chunk, then its queries and MLP run chunk by chunk against them.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("blocks run in place only with autograd off (torch.no_grad())")
+    groups, tokens, _ = x.shape
+    if tokens > chunk_tokens:
+        for group in range(groups):
+            part_pos = None if pos is None else pos[group : group + 1]
+            _stream_group_(block, x[group : group + 1], part_pos, chunk_tokens)
+        return x
+    for start, end in chunk_bounds(groups, max(1, chunk_tokens // tokens)):
+        part_pos = None if pos is None else pos[start:end]
+        _whole_groups_(block, x[start:end], part_pos)
+    return x
+
+
+def _whole_groups_(block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> None:
+    """The block on whole groups x [g, N, C]: one fused qkv projection, attention, residuals."""
+    _add_attention_(block, x, block.attn.project(block.norm1(x), pos, rotate_inplace=True))
+    _add_mlp_(block, x)
+
+
+def _stream_group_(block: Block, x: torch.Tensor, pos: torch.Tensor | None, chunk: int) -> None:
+    """The block on one long group x [1, N, C]: K/V chunk by chunk, then queries and MLP."""
+    attn = block.attn
+    tokens = x.shape[1]
+    keys = values = None
+    for start, end in chunk_bounds(tokens, chunk):
+        part_pos = None if pos is None else pos[:, start:end]
+        k, v = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
+        if keys is None:
+            keys = k.new_empty((*k.shape[:2], tokens, k.shape[-1]))
+            values = v.new_empty((*v.shape[:2], tokens, v.shape[-1]))
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        del k, v
+    for start, end in chunk_bounds(tokens, chunk):
+        rows = x[:, start:end]
+        part_pos = None if pos is None else pos[:, start:end]
+        q = attn.project(block.norm1(rows), part_pos, "q", rotate_inplace=True)
+        _add_attention_(block, rows, [q.pop(), keys, values])
+        _add_mlp_(block, rows)
+
+
+def _add_attention_(block: Block, rows: torch.Tensor, qkv: list[torch.Tensor]) -> None:
+    """rows += ls1(attention of [q, k, v]); empties `qkv` so q is freed as soon as it is used."""
+    heads = block.attn.attend(*qkv)
+    qkv.clear()
+    attn_out = block.attn.merge(heads)
+    del heads
+    rows.add_(block.drop_path1(block.ls1(attn_out)))
+
+
+def _add_mlp_(block: Block, rows: torch.Tensor) -> None:
+    """rows += ls2(mlp(norm2(rows))), the MLP's GELU applied in place."""
+    normed = block.norm2(rows)
+    hidden = block.mlp(normed, inplace=True) if isinstance(block.mlp, Mlp) else block.mlp(normed)
+    del normed
+    rows.add_(block.drop_path2(block.ls2(hidden)))
+
+
+class StreamedBlocks:
+    """A block runner for inference: `run_block_` with the chunk size `policy` gives the
+    stream (all G x N tokens of the call)."""
+
+    def __init__(self, policy: ChunkPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        return run_block_(block, x, pos, self.policy.chunk_tokens(x.shape[0] * x.shape[1]))
