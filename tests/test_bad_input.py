@@ -43,6 +43,20 @@ def test_bad_query_points(model: VGGT, shape: tuple, message: str) -> None:
         model(torch.rand(1, 2, 3, 140, 140), query_points=torch.rand(shape))
 
 
+def test_integer_images_are_refused(model: VGGT) -> None:
+    pixels = torch.randint(0, 256, (1, 2, 3, 56, 56), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"floating point in \[0, 1\], got torch.uint8"):
+        model(pixels)
+
+
+def test_float64_images_run_on_float32_weights(model: VGGT) -> None:
+    images = torch.rand(1, 2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(images)
+        actual = model(images.double())
+    torch.testing.assert_close(actual["depth"], expected["depth"], rtol=1e-5, atol=1e-6)
+
+
 def test_images_must_be_a_tensor(model: VGGT) -> None:
     with pytest.raises(ValueError, match="images must be"):
         model([[0.0]])

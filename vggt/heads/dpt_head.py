@@ -12,6 +12,8 @@ from vggt.heads.utils import create_uv_grid, position_grid_to_embed
 # 1.5 * 2**30 output elements: larger interpolations go batch chunk by batch chunk, as the
 # reference does, because upsampling kernels overflow 32-bit indexing beyond about 2**31.
 _INTERPOLATE_LIMIT = 1_610_612_736
+# Frames each dense prediction pass covers, as in the reference; bounds the heads' memory.
+FRAMES_CHUNK_SIZE = 8
 
 
 def custom_interpolate(
@@ -155,7 +157,7 @@ class DPTHead(nn.Module):
         aggregated_tokens_list: Sequence[torch.Tensor],
         images: torch.Tensor,
         patch_start_idx: int,
-        frames_chunk_size: int | None = 8,
+        frames_chunk_size: int | None = FRAMES_CHUNK_SIZE,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Features [B, S, C, H', W'] if feature_only, else (preds [B, S, H, W, D], conf)."""
         frames = images.shape[1]

@@ -75,9 +75,14 @@ class TrackHead(nn.Module):
             raise ValueError(f"images must be [B, S, 3, H, W], got shape {tuple(images.shape)}")
         check_query_points(query_points, images.shape[0])
         feature_maps = self.feature_extractor(aggregated_tokens_list, images, patch_start_idx)
-        if iters is None:
-            iters = self.iters
-        coord_preds, vis_scores, conf_scores = self.tracker(
-            query_points=query_points, fmaps=feature_maps, iters=iters
+        return self.track(feature_maps, query_points, iters)
+
+    def track(
+        self, feature_maps: torch.Tensor, query_points: torch.Tensor, iters: int | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """The tracker on feature maps [B, S, C, H', W'] that `feature_extractor` made."""
+        return self.tracker(
+            query_points=query_points,
+            fmaps=feature_maps,
+            iters=self.iters if iters is None else iters,
         )
-        return coord_preds, vis_scores, conf_scores

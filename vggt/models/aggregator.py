@@ -35,13 +35,19 @@ def slice_expand_and_flatten(token: torch.Tensor, batch: int, frames: int) -> to
 
 
 def check_images(images: torch.Tensor, patch_size: int) -> None:
-    """Raise ValueError unless images is [B, S, 3, H, W] with H and W multiples of the patch."""
+    """Raise ValueError unless images is a floating-point [B, S, 3, H, W] tensor with H and W
+    multiples of the patch."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a tensor, got {type(images).__name__}")
     if images.ndim != 5:
         raise ValueError(f"images must be [B, S, 3, H, W], got shape {tuple(images.shape)}")
     if images.shape[2] != 3:
         raise ValueError(f"images must have 3 channels, got {images.shape[2]}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating point in [0, 1], got {images.dtype} "
+            "(for 0..255 integer pixels pass images.float() / 255)"
+        )
     height, width = images.shape[-2:]
     if height % patch_size or width % patch_size:
         raise ValueError(
@@ -150,7 +156,9 @@ class Aggregator(nn.Module):
         dtype = self.camera_token.dtype
         mean = torch.tensor(_RESNET_MEAN, device=images.device, dtype=dtype).view(1, 1, 3, 1, 1)
         std = torch.tensor(_RESNET_STD, device=images.device, dtype=dtype).view(1, 1, 3, 1, 1)
-        images = (images - mean) / std
+        # Normalised in the input's precision, then cast to the weights' dtype: float64 input
+        # runs on float32 weights, and float32 input on cast bf16 weights without autocast.
+        images = ((images - mean) / std).to(dtype)
         flat = images.view(batch * frames, 3, height, width)
         del images
         patch_tokens = self.patch_embed(flat)

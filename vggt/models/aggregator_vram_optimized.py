@@ -6,15 +6,18 @@ kept layers, and returns them in a `LayerSelectView` indexed by absolute layer n
 """
 
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
+from torch.profiler import record_function
 
 from vggt.layers.vision_transformer import DinoVisionTransformer
 from vggt.models.aggregator import ATTENTION_TYPES, Aggregator
 from vggt.streaming.blocks import StreamedBlocks
 from vggt.streaming.chunks import ChunkPolicy
 from vggt.streaming.offload import KeptLayers, OffloadedLayer
+
+Layer = torch.Tensor | OffloadedLayer
 
 
 def normalize_layer_indices(indices: Iterable[int], depth: int) -> list[int]:
@@ -43,11 +46,26 @@ class LayerSelectView:
     `i in view` is True when layer `i` is kept. Iteration yields every layer in order when all
     are kept and raises TypeError otherwise (use `items()`), so code written for a full list
     never sees a shorter sequence. The repr shows indices and shapes, never tensor data.
+
+    Built as `LayerSelectView(layers, depth)` from a mapping of absolute index to output, or
+    as the design report does, `LayerSelectView(depth, selected_outputs, orig_indices)`.
     """
 
     __slots__ = ("_depth", "_layers")
 
-    def __init__(self, layers: Mapping[int, "torch.Tensor | OffloadedLayer"], depth: int) -> None:
+    def __init__(self, *args, **kwargs) -> None:
+        form = (
+            _mapping_form
+            if (args and isinstance(args[0], Mapping)) or "layers" in kwargs
+            else _report_form
+        )
+        try:
+            layers, depth = form(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(
+                "LayerSelectView takes (layers, depth) or (depth, selected_outputs, "
+                f"orig_indices): {error}"
+            ) from None
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         normalize_layer_indices(list(layers), depth)
@@ -124,6 +142,21 @@ class LayerSelectView:
         )
 
 
+def _mapping_form(layers: Mapping[int, Layer], depth: int) -> tuple[Mapping[int, Layer], int]:
+    return layers, depth
+
+
+def _report_form(
+    depth: int, selected_outputs: Sequence[Layer], orig_indices: Sequence[int]
+) -> tuple[Mapping[int, Layer], int]:
+    if len(selected_outputs) != len(orig_indices):
+        raise ValueError(
+            f"{len(selected_outputs)} selected outputs for {len(orig_indices)} orig_indices"
+        )
+    normalize_layer_indices(list(orig_indices), depth)
+    return dict(zip(orig_indices, selected_outputs, strict=True)), depth
+
+
 class AggregatorVramOptimized(Aggregator):
     """`Aggregator` with the same weights that stores only `selected_layer_idx` (None: all).
 
@@ -133,9 +166,9 @@ class AggregatorVramOptimized(Aggregator):
     backbone's too) runs in place through `vggt.streaming`, over chunks of 1/`token_chunks` of
     the stream (at least `min_chunk_tokens` tokens; None: the whole stream at once), building
     each long group's K/V chunk by chunk: the MLP hidden state and qkv never exist for the
-    whole sequence at once. With `offload_device` (e.g. "cpu", pinned when the model runs on
-    CUDA) and autograd off, kept layers are written straight to that device and returned as
-    `OffloadedLayer`s, which the heads read slice by slice.
+    whole sequence at once. With `offload_device` (e.g. "cpu") and autograd off, kept layers
+    go to host memory (page-locked on CUDA) while the next blocks run, and come back as
+    `OffloadedLayer`s, which `VGGTOptimized` reads frame chunk by frame chunk.
     """
 
     def __init__(
@@ -174,16 +207,21 @@ class AggregatorVramOptimized(Aggregator):
         kept = self.kept_indices
         tokens, pos = self.embed(images)
         shape = (*images.shape[:2], *tokens.shape[1:])
+        outputs = KeptLayers(kept, len(ATTENTION_TYPES), tokens.view(shape), self._offload_target())
         blocks = self.iter_blocks(tokens, pos, shape)
         del tokens
-        outputs = KeptLayers(kept, len(ATTENTION_TYPES), self._offload_target(images.device))
-        for layer, attn_type, stream in blocks:
-            if layer in outputs:
-                outputs.write(layer, ATTENTION_TYPES.index(attn_type), stream)
+        self.block_runner.before_write = outputs.before_write
+        try:
+            with record_function("aggregator.blocks"):
+                for layer, attn_type, stream in blocks:
+                    if layer in outputs:
+                        outputs.write(layer, ATTENTION_TYPES.index(attn_type), stream)
+        finally:
+            self.block_runner.before_write = None
         return LayerSelectView(outputs.finish(), self.depth), self.patch_start_idx, kept
 
-    def _offload_target(self, device: torch.device) -> torch.device | None:
-        """Where kept layers go: the offload device when it differs and autograd is off."""
+    def _offload_target(self) -> torch.device | None:
+        """Where kept layers go: the offload device in inference, else nowhere."""
         if self.offload_device is None or torch.is_grad_enabled() or self.training:
             return None
-        return None if self.offload_device == device else self.offload_device
+        return self.offload_device

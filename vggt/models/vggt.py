@@ -122,40 +122,56 @@ class VGGT(nn.Module, PyTorchModelHubMixin):
         """Run the aggregator; returns the layer outputs the heads index and patch_start_idx."""
         return self.aggregator(images)
 
+    def dense_heads(self) -> list[tuple[str, DPTHead]]:
+        """The enabled per-pixel heads, each with the prediction it fills ("depth", ...)."""
+        heads = (("depth", self.depth_head), ("world_points", self.point_head))
+        return [(name, head) for name, head in heads if head is not None]
+
     def forward(
         self, images: torch.Tensor, query_points: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """images [S, 3, H, W] or [B, S, 3, H, W] in [0, 1]; query points [N, 2] or [B, N, 2]."""
         images, query_points = batch_inputs(images, query_points)
         tokens, patch_start_idx = self.aggregate(images)
-        predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
-        heads_in_fp32 = (
-            torch.autocast("cuda", enabled=False) if images.is_cuda else contextlib.nullcontext()
-        )
-        with heads_in_fp32:
-            if self.camera_head is not None:
-                pose_enc_list = self.camera_head(tokens)
-                predictions["pose_enc"] = pose_enc_list[-1]
-                predictions["pose_enc_list"] = pose_enc_list
-            if self.depth_head is not None:
-                depth, depth_conf = self.depth_head(
-                    tokens, images=images, patch_start_idx=patch_start_idx
-                )
-                predictions["depth"] = depth
-                predictions["depth_conf"] = depth_conf
-            if self.point_head is not None:
-                points, points_conf = self.point_head(
-                    tokens, images=images, patch_start_idx=patch_start_idx
-                )
-                predictions["world_points"] = points
-                predictions["world_points_conf"] = points_conf
-        if self.track_head is not None and query_points is not None:
-            track_list, vis, conf = self.track_head(
-                tokens, images=images, patch_start_idx=patch_start_idx, query_points=query_points
-            )
-            predictions["track"] = track_list[-1]
-            predictions["vis"] = vis
-            predictions["conf"] = conf
+        predictions = self.predict(tokens, images, patch_start_idx, query_points)
         if not self.training:
             predictions["images"] = images
         return predictions
+
+    def predict(
+        self,
+        tokens: Sequence[torch.Tensor],
+        images: torch.Tensor,
+        patch_start_idx: int,
+        query_points: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Run the enabled heads on the aggregator's layer outputs."""
+        predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        with heads_in_fp32(images):
+            if self.camera_head is not None:
+                predictions.update(pose_predictions(self.camera_head(tokens)))
+            for name, head in self.dense_heads():
+                values = head(tokens, images=images, patch_start_idx=patch_start_idx)
+                predictions[name], predictions[f"{name}_conf"] = values
+        if self.track_head is not None and query_points is not None:
+            tracks = self.track_head(
+                tokens, images=images, patch_start_idx=patch_start_idx, query_points=query_points
+            )
+            predictions.update(track_predictions(tracks))
+        return predictions
+
+
+def heads_in_fp32(images: torch.Tensor) -> contextlib.AbstractContextManager:
+    """CUDA autocast off, as the reference runs its camera and dense heads in fp32."""
+    return torch.autocast("cuda", enabled=False) if images.is_cuda else contextlib.nullcontext()
+
+
+def pose_predictions(pose_enc_list: list[torch.Tensor]) -> dict[str, torch.Tensor | list]:
+    """The camera head's iterations as predictions: the last one and all of them."""
+    return {"pose_enc": pose_enc_list[-1], "pose_enc_list": pose_enc_list}
+
+
+def track_predictions(tracks: tuple) -> dict[str, torch.Tensor]:
+    """The track head's (per-iteration tracks, visibility, confidence) as predictions."""
+    track_list, vis, conf = tracks
+    return {"track": track_list[-1], "vis": vis, "conf": conf}

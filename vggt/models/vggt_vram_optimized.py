@@ -5,8 +5,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from vggt.heads.dpt_head import FRAMES_CHUNK_SIZE
 from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
-from vggt.models.vggt import VGGT
+from vggt.models.vggt import VGGT, heads_in_fp32, pose_predictions, track_predictions
+from vggt.streaming.offload import OffloadedLayer, iter_frame_chunks
 
 
 class VGGTOptimized(VGGT):
@@ -14,8 +16,8 @@ class VGGTOptimized(VGGT):
 
     `selected_layer_idx=None` keeps the union of the layers the enabled heads read
     ([4, 11, 17, 23] for the default model); an explicit selection must cover them.
-    `offload_outputs` keeps those layers in pinned host memory during inference; the heads
-    then copy back only the frames they are working on.
+    `offload_outputs` keeps those layers in (page-locked) host memory during inference; the
+    heads then read them frame chunk by frame chunk, each chunk copied back once.
     """
 
     def __init__(
@@ -64,3 +66,56 @@ class VGGTOptimized(VGGT):
     def aggregate(self, images: torch.Tensor) -> tuple[LayerSelectView, int]:
         view, patch_start_idx, _ = self.aggregator(images)
         return view, patch_start_idx
+
+    def predict(
+        self,
+        tokens: LayerSelectView,
+        images: torch.Tensor,
+        patch_start_idx: int,
+        query_points: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The heads; on offloaded layers they run frame chunk by frame chunk."""
+        if not any(isinstance(layer, OffloadedLayer) for _, layer in tokens.items()):
+            return super().predict(tokens, images, patch_start_idx, query_points)
+        return self._predict_by_frame_chunk(tokens, images, patch_start_idx, query_points)
+
+    def _predict_by_frame_chunk(
+        self,
+        view: LayerSelectView,
+        images: torch.Tensor,
+        patch_start_idx: int,
+        query_points: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Each frame chunk of the kept layers is copied back once and every head reads its
+        share: dense predictions and track features per chunk, camera tokens gathered for
+        the camera head, which attends across all frames."""
+        depth, frames = view.depth, images.shape[1]
+        track = self.track_head is not None and query_points is not None
+        predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        cameras, features = [], []
+        for start, end, chunk in iter_frame_chunks(dict(view.items()), frames, FRAMES_CHUNK_SIZE):
+            layers = LayerSelectView(chunk, depth)
+            part = images[:, start:end]
+            with heads_in_fp32(images):
+                for name, head in self.dense_heads():
+                    values = head(layers, part, patch_start_idx, frames_chunk_size=None)
+                    for key, value in zip((name, f"{name}_conf"), values, strict=True):
+                        if key not in predictions:
+                            predictions[key] = value.new_empty(
+                                (*images.shape[:2], *value.shape[2:])
+                            )
+                        predictions[key][:, start:end] = value
+            if self.camera_head is not None:
+                cameras.append(layers[-1][:, :, :1].clone())
+            if track:
+                extractor = self.track_head.feature_extractor
+                features.append(extractor(layers, part, patch_start_idx, frames_chunk_size=None))
+            del layers, chunk
+        if self.camera_head is not None:
+            camera_view = LayerSelectView({depth - 1: torch.cat(cameras, dim=1)}, depth)
+            with heads_in_fp32(images):
+                predictions.update(pose_predictions(self.camera_head(camera_view)))
+        if track:
+            maps = features[0] if len(features) == 1 else torch.cat(features, dim=1)
+            predictions.update(track_predictions(self.track_head.track(maps, query_points)))
+        return predictions

@@ -13,29 +13,43 @@ from vggt.layers.block import Block
 from vggt.layers.mlp import Mlp
 from vggt.streaming.chunks import ChunkPolicy, chunk_bounds
 
-BlockRunner = Callable[[Block, torch.Tensor, torch.Tensor | None], torch.Tensor]
+WriteGuard = Callable[[int], None]
 
 
 def run_block_(
-    block: Block, x: torch.Tensor, pos: torch.Tensor | None, chunk_tokens: int
+    block: Block,
+    x: torch.Tensor,
+    pos: torch.Tensor | None,
+    chunk_tokens: int,
+    before_write: WriteGuard | None = None,
 ) -> torch.Tensor:
     """Run `block` on x [G, N, C] (G independent groups of N tokens) in place; returns x.
 
     Groups of at most `chunk_tokens` tokens run a few at a time; a longer group has its K and V
-    built chunk by chunk, then its queries and MLP run chunk by chunk against them.
+    built chunk by chunk, then its queries and MLP run chunk by chunk against them. Before
+    overwriting the rows below flat token `end` (of x seen as [G * N, C]) it calls
+    `before_write(end)`, so copies still reading them can finish first.
     """
     if torch.is_grad_enabled():
         raise RuntimeError("blocks run in place only with autograd off (torch.no_grad())")
+    guard = before_write or _no_guard
     groups, tokens, _ = x.shape
     if tokens > chunk_tokens:
         for group in range(groups):
             part_pos = None if pos is None else pos[group : group + 1]
-            _stream_group_(block, x[group : group + 1], part_pos, chunk_tokens)
+            _stream_group_(
+                block, x[group : group + 1], part_pos, chunk_tokens, group * tokens, guard
+            )
         return x
     for start, end in chunk_bounds(groups, max(1, chunk_tokens // tokens)):
         part_pos = None if pos is None else pos[start:end]
+        guard(end * tokens)
         _whole_groups_(block, x[start:end], part_pos)
     return x
+
+
+def _no_guard(end: int) -> None:
+    """No copy reads the stream."""
 
 
 def _whole_groups_(block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> None:
@@ -44,8 +58,16 @@ def _whole_groups_(block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> N
     _add_mlp_(block, x)
 
 
-def _stream_group_(block: Block, x: torch.Tensor, pos: torch.Tensor | None, chunk: int) -> None:
-    """The block on one long group x [1, N, C]: K/V chunk by chunk, then queries and MLP."""
+def _stream_group_(
+    block: Block,
+    x: torch.Tensor,
+    pos: torch.Tensor | None,
+    chunk: int,
+    offset: int,
+    guard: WriteGuard,
+) -> None:
+    """The block on one long group x [1, N, C] starting at flat token `offset`: K/V chunk by
+    chunk, then queries and MLP."""
     attn = block.attn
     tokens = x.shape[1]
     keys = values = None
@@ -53,17 +75,31 @@ def _stream_group_(block: Block, x: torch.Tensor, pos: torch.Tensor | None, chun
         part_pos = None if pos is None else pos[:, start:end]
         k, v = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
         if keys is None:
-            keys = k.new_empty((*k.shape[:2], tokens, k.shape[-1]))
-            values = v.new_empty((*v.shape[:2], tokens, v.shape[-1]))
+            shape, dtype = (*k.shape[:2], tokens, k.shape[-1]), attention_dtype(k)
+            keys = k.new_empty(shape, dtype=dtype)
+            values = v.new_empty(shape, dtype=dtype)
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
         del k, v
     for start, end in chunk_bounds(tokens, chunk):
         rows = x[:, start:end]
         part_pos = None if pos is None else pos[:, start:end]
+        guard(offset + end)
         q = attn.project(block.norm1(rows), part_pos, "q", rotate_inplace=True)
         _add_attention_(block, rows, [q.pop(), keys, values])
         _add_mlp_(block, rows)
+
+
+def attention_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype attention computes in: autocast's where it is on for the tensor's device.
+
+    K and V kept in it take half the bytes under bf16 autocast and are not cast again for
+    every query chunk.
+    """
+    device_type = tensor.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
 
 
 def _add_attention_(block: Block, rows: torch.Tensor, qkv: list[torch.Tensor]) -> None:
@@ -85,10 +121,12 @@ def _add_mlp_(block: Block, rows: torch.Tensor) -> None:
 
 class StreamedBlocks:
     """A block runner for inference: `run_block_` with the chunk size `policy` gives the
-    stream (all G x N tokens of the call)."""
+    stream (all G x N tokens of the call) and the current `before_write` guard, if any."""
 
     def __init__(self, policy: ChunkPolicy) -> None:
         self.policy = policy
+        self.before_write: WriteGuard | None = None
 
     def __call__(self, block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
-        return run_block_(block, x, pos, self.policy.chunk_tokens(x.shape[0] * x.shape[1]))
+        chunk = self.policy.chunk_tokens(x.shape[0] * x.shape[1])
+        return run_block_(block, x, pos, chunk, self.before_write)
