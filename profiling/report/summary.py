@@ -6,21 +6,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from profiling.plots import GIB, KIB, MIB
+from profiling.units import format_bytes
 from profiling.variants import BASELINE
 
 CONFIG_FIELDS = ("device_name", "component", "precision", "height", "width", "batch")
 
 
-def format_bytes(value: float | None) -> str:
-    """KiB, MiB or GiB with the unit; `-` for None."""
-    if value is None:
-        return "-"
-    if value >= GIB:
-        return f"{value / GIB:.2f} GiB"
-    if value >= MIB:
-        return f"{value / MIB:.1f} MiB"
-    return f"{value / KIB:.1f} KiB"
+def format_size(value: float | None) -> str:
+    """KiB, MiB or GiB (two decimals) with the unit; `-` for None."""
+    return format_bytes(value, smallest="KiB", gib_digits=2)
 
 
 def format_ratio(numerator: float | None, denominator: float | None) -> str:
@@ -118,10 +112,10 @@ def config_table(records: list[dict[str, Any]]) -> list[str]:
         row = {v: by_cell.get((frames, v)) for v in variants}
         base = row.get(BASELINE)
         cells = [str(frames)]
-        for read, text in ((peak_of, format_bytes), (median_ms, format_ms)):
+        for read, text in ((peak_of, format_size), (median_ms, format_ms)):
             cells += [describe(row[v], text, ok_value(row[v], read)) for v in variants]
             cells += [format_ratio(ok_value(row[v], read), ok_value(base, read)) for v in others]
-        cells += [describe(row[v], format_bytes, ok_value(row[v], outputs_of)) for v in variants]
+        cells += [describe(row[v], format_size, ok_value(row[v], outputs_of)) for v in variants]
         cells += [format_diff(ok_value(row[v], lambda r: r.get("max_abs_diff"))) for v in others]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

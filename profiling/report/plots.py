@@ -6,17 +6,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from profiling.timelines import Timeline
+from profiling.units import byte_unit
 
-KIB = 1 << 10
-MIB = 1 << 20
-GIB = 1 << 30
 FIGSIZE = (8, 5)
 DPI = 120
-
-
-def byte_unit(largest: float) -> tuple[float, str]:
-    """Divisor and label that keep the numbers of a byte axis readable."""
-    return (GIB, "GiB") if largest >= GIB else (MIB, "MiB")
 
 
 def plot_against_frames(
@@ -32,7 +25,7 @@ def plot_against_frames(
     figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     axes = figure.subplots()
     largest = max((v for points in series.values() for v in points.values()), default=1.0)
-    divisor, unit = byte_unit(largest) if in_bytes else (1.0, "")
+    unit, divisor = byte_unit(largest, "MiB") if in_bytes else ("", 1.0)
     for variant, points in series.items():
         frames = sorted(points)
         axes.plot(frames, [points[f] / divisor for f in frames], marker="o", label=variant)
@@ -70,7 +63,7 @@ def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> No
     figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     axes = figure.subplots()
     largest = max((t.peak_bytes for t in series.values()), default=1)
-    divisor, unit = byte_unit(largest)
+    unit, divisor = byte_unit(largest, "MiB")
     for label, timeline in series.items():
         values = [b / divisor for b in timeline.bytes]
         peak = max(values, default=0.0)

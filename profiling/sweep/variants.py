@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from profiling.cases import Architecture
+from profiling.sweep.cases import Architecture
 from vggt.models.aggregator import Aggregator
 from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
 from vggt.models.vggt import VGGT
@@ -28,7 +28,6 @@ class Variant:
 
     name: str
     build: Callable[[str, Architecture], nn.Module]
-    description: str = ""
 
 
 _REGISTRY: dict[str, Variant] = {}
@@ -81,7 +80,5 @@ def build_optimized(component: str, architecture: Architecture) -> nn.Module:
     return VGGTOptimized(**architecture.model_kwargs())
 
 
-register_variant(Variant(BASELINE, build_full, "reference: every layer output materialised"))
-register_variant(
-    Variant("optimized", build_optimized, "keeps only the layer outputs the heads read")
-)
+register_variant(Variant(BASELINE, build_full))
+register_variant(Variant("optimized", build_optimized))

@@ -1,9 +1,10 @@
-"""Facts about the machine and software a sweep ran on, for the report."""
+"""Facts about the ranks, machines and software a sweep ran on, for the records and the report."""
 
 import os
 import platform
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +29,39 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
-def rank_facts(rank: int, device: torch.device) -> dict[str, Any]:
-    """What differs between ranks: host, device and threads."""
-    facts: dict[str, Any] = {
-        "rank": rank,
-        "host": socket.gethostname(),
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        facts["device_total_bytes"] = torch.cuda.get_device_properties(device).total_memory
-    return facts
+@dataclass(frozen=True)
+class RankInfo:
+    """One rank of a run: its place, attempt, host and device (total memory on CUDA)."""
+
+    rank: int
+    world_size: int
+    attempt: int
+    host: str
+    device: str
+    device_name: str
+    torch_threads: int
+    device_total_bytes: int | None
+
+    @classmethod
+    def of(cls, rank: int, world_size: int, attempt: int, device: torch.device) -> "RankInfo":
+        """Describe this process as `rank` of `world_size`, running on `device`."""
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+        return cls(
+            rank,
+            world_size,
+            attempt,
+            socket.gethostname(),
+            str(device),
+            device_name(device),
+            torch.get_num_threads(),
+            total,
+        )
+
+    def facts(self) -> dict[str, Any]:
+        """What the report lists for each rank: host, device and threads."""
+        keys = ["rank", "host", "device", "device_name", "torch_threads"]
+        keys += ["device_total_bytes"] if self.device_total_bytes is not None else []
+        return {key: getattr(self, key) for key in keys}
 
 
 def nvidia_driver() -> str | None:
@@ -57,11 +79,9 @@ def nvidia_driver() -> str | None:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
-def collect_environment(
-    world_size: int, ranks: list[dict[str, Any]], settings: dict[str, Any]
-) -> dict[str, Any]:
+def collect_environment(ranks: list[RankInfo], settings: dict[str, Any]) -> dict[str, Any]:
     """Software versions, devices of every rank, world size and the sweep's settings."""
-    gpu_names = sorted({r["device_name"] for r in ranks if r["device"].startswith("cuda")})
+    gpu_names = sorted({r.device_name for r in ranks if r.device.startswith("cuda")})
     return {
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -72,8 +92,8 @@ def collect_environment(
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "world_size": world_size,
-        "hosts": sorted({r["host"] for r in ranks}),
-        "ranks": ranks,
+        "world_size": len(ranks),
+        "hosts": sorted({r.host for r in ranks}),
+        "ranks": [r.facts() for r in ranks],
         "settings": settings,
     }

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from profiling.units import format_bytes
+
 SUMMARY_FIELDS = [
     "configuration",
     "device",
@@ -204,18 +206,6 @@ def change_rows(latest: Run, previous: Run) -> list[dict[str, Any]]:
     return rows
 
 
-def human_bytes(value: int | None) -> str:
-    """Bytes in B, KiB, MiB or GiB with one decimal; a dash when unknown."""
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB"):
-        if abs(size) < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
-
-
 def times(value: float | None) -> str:
     """A ratio as `0.87x`; a dash when unknown."""
     return "-" if value is None else f"{value:.2f}x"
@@ -259,8 +249,8 @@ def markdown(
         lines.append(
             f"| {row['configuration']} | {row['device']} | {row['variant']} "
             f"| {row['median_ms']:.2f} | {row['iqr_ms']:.2f} | {times(row['time_ratio'])} "
-            f"| {human_bytes(row['peak_bytes'])} | {times(row['peak_ratio'])} "
-            f"| {human_bytes(row['output_bytes'])} | {times(row['output_ratio'])} |"
+            f"| {format_bytes(row['peak_bytes'])} | {times(row['peak_ratio'])} "
+            f"| {format_bytes(row['output_bytes'])} | {times(row['output_ratio'])} |"
         )
     lines += ["", "## Change since the previous run", ""]
     if previous is None:
@@ -281,8 +271,8 @@ def markdown(
                 f"| {row['previous_median_ms']:.2f} | {row['latest_median_ms']:.2f} "
                 f"| {percent(row['time_change_pct'])} "
                 f"| {'yes' if row['time_within_noise'] else 'no'} "
-                f"| {human_bytes(row['previous_peak_bytes'])} "
-                f"| {human_bytes(row['latest_peak_bytes'])} | {percent(row['peak_change_pct'])} |"
+                f"| {format_bytes(row['previous_peak_bytes'])} "
+                f"| {format_bytes(row['latest_peak_bytes'])} | {percent(row['peak_change_pct'])} |"
             )
     return "\n".join(lines) + "\n"
 

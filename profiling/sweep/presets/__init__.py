@@ -1,10 +1,11 @@
-"""Sweep presets: each TOML file in this folder names an architecture and a case grid."""
+"""Sweep presets: each TOML file in this folder names an architecture and a case grid (its first
+line, a comment, says what it is for)."""
 
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiling.cases import Architecture, SweepSettings, parse_precision
+from profiling.sweep.cases import Architecture, SweepSettings, parse_precision
 
 PRESET_DIR = Path(__file__).parent
 
@@ -18,7 +19,6 @@ class Preset:
     """A named architecture and the default grid swept over it."""
 
     name: str
-    description: str
     architecture: Architecture
     settings: SweepSettings
 
@@ -59,4 +59,4 @@ def load_preset(name: str) -> Preset:
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
         raise PresetError(f"preset {name!r} ({path}) is malformed: {error}") from None
-    return Preset(name, str(data.get("description", "")), architecture, settings)
+    return Preset(name, architecture, settings)

@@ -10,7 +10,6 @@ activations) an allocator would see, without kernel workspaces or allocator frag
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,22 +21,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from profiling.cases import Architecture
 from profiling.fake_memory import LiveBytesTracker
 from profiling.presets import PresetError, load_preset
+from profiling.units import DTYPES, bytes_in, parse_bytes
 from profiling.variants import get_variant, variant_names
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 _SEARCH_LIMIT = 1 << 20
-
-
-def parse_bytes(text: str) -> int:
-    """'80GiB', '80 GB', '24g' (read as GiB) or a plain byte count -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    unit = match.group(2).upper() if match else ""
-    unit = {"K": "KIB", "M": "MIB", "G": "GIB", "T": "TIB"}.get(unit, unit)
-    if not match or unit not in _UNITS:
-        raise ValueError(f"not a memory size: {text!r} (use e.g. 80GiB, 80GB, 24G)")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 @dataclass(frozen=True)
@@ -173,7 +160,8 @@ def max_frames(
 
 
 def gib(value: int) -> str:
-    return f"{value / 2**30:.2f}"
+    """Bytes as GiB with two decimals, without the unit (the table's columns name it)."""
+    return bytes_in(value, "GiB", 2)
 
 
 def format_table(results: list[dict], args: argparse.Namespace) -> str:
