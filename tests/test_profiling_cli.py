@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from profiling.cli import parse_config
-from profiling.records import PartialLog
 from profiling.run import main
+from profiling.sweep.options import parse_config
+from profiling.sweep.records import PartialLog
+from tests.profiling_records import sample_record
 
-RUN = Path(__file__).resolve().parent.parent / "profiling" / "run.py"
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "profiling" / "run.py"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +55,7 @@ def test_unwritable_output_folder_is_refused(tmp_path: Path, capsys) -> None:
 
 
 def test_an_earlier_runs_folder_needs_resume(tmp_path: Path, capsys) -> None:
-    PartialLog(tmp_path, 0).append([{"case_id": "x"}])
+    PartialLog(tmp_path, 0).append([sample_record()])
     assert main(["--preset", "tiny", "--out", str(tmp_path)]) == 2
     assert f"pass --resume {tmp_path}" in capsys.readouterr().err
     config = parse_config(["--preset", "tiny", "--resume", str(tmp_path)], attempt=0)
@@ -61,7 +63,7 @@ def test_an_earlier_runs_folder_needs_resume(tmp_path: Path, capsys) -> None:
 
 
 def test_a_restarted_attempt_resumes_its_own_folder(tmp_path: Path) -> None:
-    PartialLog(tmp_path, 0).append([{"case_id": "x"}])
+    PartialLog(tmp_path, 0).append([sample_record()])
     config = parse_config(["--preset", "tiny", "--out", str(tmp_path)], attempt=1)
     assert config.resume
 

@@ -1,162 +1,21 @@
-"""How many frames fit? Peak memory of the aggregator or model from fake tensors, no GPU needed.
+"""The estimator's command line: estimates per variant and frame count, and the largest frame
+count that fits each memory size, as a table or as JSON.
 
     python -m profiling.estimate --preset vggt-1b --frames 1,200,1000 --dtype bf16 \\
         --device-memory 80GiB [--height H --width W] [--offload] [--json]
-
-The forward pass runs under FakeTensorMode with a tracker that counts every tensor storage
-alive on the compute device, so the figures are the peak of live tensor bytes (weights, input,
-activations) an allocator would see, without kernel workspaces or allocator fragmentation.
 """
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-import torch
-from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
-
-from profiling.cases import Architecture
-from profiling.fake_memory import LiveBytesTracker
-from profiling.presets import PresetError, load_preset
+from profiling.estimate.fake_model import FakeModel
+from profiling.estimate.fit import max_frames
+from profiling.sweep.options import UsageError, parse_counts
+from profiling.sweep.presets import load_preset
+from profiling.sweep.variants import variant_names
 from profiling.units import DTYPES, bytes_in, parse_bytes
-from profiling.variants import get_variant, variant_names
-
-_SEARCH_LIMIT = 1 << 20
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Bytes on the compute device at the peak of one forward pass, and what they are."""
-
-    variant: str
-    frames: int
-    peak_bytes: int
-    weights_bytes: int
-    input_bytes: int
-    output_bytes: int
-    transient_bytes: int
-    host_bytes: int
-
-
-class FakeModel:
-    """One variant built on fake storage (no memory), reused across frame counts."""
-
-    def __init__(
-        self,
-        variant: str,
-        component: str,
-        architecture: Architecture,
-        dtype: torch.dtype,
-        offload: bool = False,
-    ) -> None:
-        self.variant = variant
-        self.dtype = dtype
-        with torch.device("meta"):
-            module = get_variant(variant).build(component, architecture).to(dtype)
-        aggregator = getattr(module, "aggregator", module)
-        if offload and hasattr(aggregator, "offload_device"):
-            aggregator.offload_device = torch.device("meta")
-        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with self.mode:
-            self.module: nn.Module = module.to_empty(device="cpu").eval()
-        storages = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in self.weights()}
-        self.weights_bytes = sum(storages.values())
-
-    def weights(self) -> list[torch.Tensor]:
-        return [*self.module.parameters(), *self.module.buffers()]
-
-    def estimate(self, frames: int, batch: int, height: int, width: int) -> Estimate:
-        """Run one fake forward pass of `batch` x `frames` images of height x width."""
-        with self.mode:
-            images = torch.rand(batch, frames, 3, height, width, dtype=self.dtype)
-            tracker = LiveBytesTracker("cpu")
-            tracker.ignore([*self.weights(), images])
-            with tracker, torch.no_grad():
-                outputs = self.module(images)
-            device_out, host_out = _output_bytes(outputs)
-            peak = tracker.peak_bytes
-        input_bytes = images.numel() * images.element_size()
-        return Estimate(
-            variant=self.variant,
-            frames=frames,
-            peak_bytes=self.weights_bytes + input_bytes + peak,
-            weights_bytes=self.weights_bytes,
-            input_bytes=input_bytes,
-            output_bytes=device_out,
-            transient_bytes=peak - device_out,
-            host_bytes=host_out,
-        )
-
-
-def _output_bytes(outputs: object) -> tuple[int, int]:
-    """Bytes of the returned layer outputs (or predictions): (on the device, offloaded)."""
-    if isinstance(outputs, tuple):
-        outputs = outputs[0]
-    if isinstance(outputs, dict):
-        tensors = [v for v in outputs.values() if isinstance(v, torch.Tensor)]
-    elif hasattr(outputs, "items"):
-        tensors = [t for _, t in outputs.items()]
-    else:
-        tensors = list(outputs)
-    device = host = 0
-    for tensor in tensors:
-        data = getattr(tensor, "host", tensor)
-        size = data.numel() * data.element_size()
-        if data is tensor:
-            device += size
-        else:
-            host += size
-    return device, host
-
-
-def max_frames(
-    model: FakeModel,
-    budget: int,
-    batch: int,
-    height: int,
-    width: int,
-    cache: dict[int, int] | None = None,
-) -> int:
-    """Largest frame count whose peak fits `budget` bytes (0 if not even one frame fits).
-
-    Peaks grow almost linearly with the frame count, so a line through two probes lands next
-    to the answer; a gallop from there and a bisection make it exact with few passes. Pass the
-    same `cache` (frames -> peak) to search several budgets of one model and size.
-    """
-    cache = {} if cache is None else cache
-
-    def fits(frames: int) -> bool:
-        if frames not in cache:
-            cache[frames] = model.estimate(frames, batch, height, width).peak_bytes
-        return cache[frames] <= budget
-
-    if not fits(1):
-        return 0
-    probe = 32
-    fits(probe)
-    slope = max((cache[probe] - cache[1]) / (probe - 1), 1.0)
-    guess = int(min(_SEARCH_LIMIT, max(1, 1 + (budget - cache[1]) // slope)))
-    step = 1
-    if fits(guess):
-        low, high = guess, guess + step
-        while high <= _SEARCH_LIMIT and fits(high):
-            low, step = high, step * 2
-            high = low + step
-    else:
-        low, high = guess - step, guess
-        while low > 1 and not fits(low):
-            high, step = low, step * 2
-            low = max(1, high - step)
-    while high - low > 1:
-        middle = (low + high) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
-    return low
 
 
 def gib(value: int) -> str:
@@ -192,6 +51,7 @@ def format_table(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The estimator's options."""
     parser = argparse.ArgumentParser(
         prog="python -m profiling.estimate",
         description="Estimate peak device memory per frame count without a GPU.",
@@ -219,15 +79,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.frames_list = [int(f) for f in args.frames.split(",") if f.strip()]
-        if not args.frames_list or min(args.frames_list) < 1:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--frames must be positive integers separated by commas, got {args.frames!r}")
-    try:
+        args.frames_list = list(parse_counts(args.frames, "--frames"))
         args.budgets = [parse_bytes(text) for text in args.device_memory.split(",")]
         architecture = load_preset(args.preset).architecture
-    except (ValueError, PresetError) as error:
+    except (UsageError, ValueError) as error:
         parser.error(str(error))
     args.variant_list = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variant_list if v not in variant_names()]
@@ -275,6 +130,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Print the estimates as a table (or JSON with --json); argparse's exit 2 for bad usage."""
     args = parse_args(argv)
     results = run(args)
     if args.json:
@@ -294,7 +150,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(format_table(results, args))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

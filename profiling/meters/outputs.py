@@ -46,24 +46,19 @@ class OutputBytes:
 
 
 def output_bytes(
-    outputs: Mapping[str, torch.Tensor | OffloadedLayer], exclude: Iterable[torch.Tensor] = ()
+    tensors: Iterable[torch.Tensor | OffloadedLayer], exclude: Iterable[torch.Tensor] = ()
 ) -> OutputBytes:
-    """Bytes behind `outputs`, each storage once (views of one buffer count once), leaving out
+    """Bytes behind `tensors`, each storage once (views of one buffer count once), leaving out
     the storages of `exclude`; an offloaded layer's host tensor counts as host memory."""
     seen = {StorageWeakRef(tensor.untyped_storage()) for tensor in exclude}
     totals = {"device": 0, "host": 0}
-    for value in outputs.values():
+    for value in tensors:
         offloaded = isinstance(value, OffloadedLayer)
         storage = (value.host if offloaded else value).untyped_storage()
         if StorageWeakRef(storage) not in seen:
             seen.add(StorageWeakRef(storage))
             totals["host" if offloaded else "device"] += storage.nbytes()
     return OutputBytes(**totals)
-
-
-def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind `tensors`, such as a module's weights."""
-    return output_bytes(dict(enumerate(tensors))).device
 
 
 @dataclass(frozen=True)
@@ -112,22 +107,14 @@ def _max_keeping_nan(a: float, b: float) -> float:
     return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
-class BaselineComparison:
-    """Other variants' outputs, kept on the CPU until the baseline's arrive to be compared."""
-
-    def __init__(self) -> None:
-        self.waiting: dict[str, dict[str, torch.Tensor]] = {}
-
-    def keep(self, name: str, outputs: Mapping[str, torch.Tensor]) -> None:
-        """Hold a detached CPU copy of variant `name`'s outputs."""
-        self.waiting[name] = {key: t.detach().to("cpu") for key, t in outputs.items()}
-
-    def against(self, baseline: Mapping[str, torch.Tensor]) -> dict[str, Difference | ValueError]:
-        """Each waiting variant's difference from `baseline`, or the error comparing it."""
-        outcomes: dict[str, Difference | ValueError] = {}
-        for name, outputs in self.waiting.items():
-            try:
-                outcomes[name] = compare(outputs, baseline)
-            except ValueError as error:
-                outcomes[name] = error
-        return outcomes
+def compare_each(
+    variants: Mapping[str, Mapping[str, torch.Tensor]], baseline: Mapping[str, torch.Tensor]
+) -> dict[str, Difference | ValueError]:
+    """Each variant's difference from the baseline's outputs, or the error comparing them."""
+    outcomes: dict[str, Difference | ValueError] = {}
+    for name, outputs in variants.items():
+        try:
+            outcomes[name] = compare(outputs, baseline)
+        except ValueError as error:
+            outcomes[name] = error
+    return outcomes

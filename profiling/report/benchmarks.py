@@ -278,12 +278,11 @@ def markdown(
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    """Rows as CSV with a header; unknown values as empty cells."""
+    """Rows as CSV with a header; unknown values (None) as empty cells."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+        writer.writerows(rows)
 
 
 def write_report(
@@ -334,7 +333,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(report, end="")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

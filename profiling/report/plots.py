@@ -1,13 +1,18 @@
-"""PNG charts: a metric against frames per variant, and memory timelines overlaid."""
+"""PNG charts: a metric against frames per variant, and memory timelines overlaid; for a
+sweep's report, one of each per configuration."""
 
+from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from profiling.timelines import Timeline
+from profiling.report.summary import config_slug, config_title, group_by_config, variant_order
+from profiling.report.timelines import Timeline
+from profiling.sweep.records import CaseRecord
 from profiling.units import byte_unit
 
+TIMELINE_SOURCES = ("cpu-profiler", "cuda-snapshot", "nvml")
 FIGSIZE = (8, 5)
 DPI = 120
 
@@ -43,9 +48,7 @@ def plot_against_frames(
                 rotation=90,
             )
     axes.set_xscale("log", base=2)
-    ticks = sorted(
-        {f for points in series.values() for f in points} | set(_failed_frames(failures))
-    )
+    ticks = sorted({f for points in [*series.values(), *failures.values()] for f in points})
     axes.set_xticks(ticks, [str(t) for t in ticks])
     axes.minorticks_off()
     axes.set_xlabel("frames")
@@ -80,5 +83,49 @@ def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> No
     figure.savefig(path)
 
 
-def _failed_frames(failures: Mapping[str, Mapping[int, str]]) -> list[int]:
-    return [frames for failed in failures.values() for frames in failed]
+def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
+    """Peak memory and time against frames per configuration, and memory timelines."""
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    for key, config_records in group_by_config(records).items():
+        name = config_slug(key)
+        title = config_title(key)
+        failures: dict[str, dict[int, str]] = defaultdict(dict)
+        peaks: dict[str, dict[int, float]] = defaultdict(dict)
+        times: dict[str, dict[int, float]] = defaultdict(dict)
+        for record in config_records:
+            variant, frames = record.variant, record.frames
+            if record.status != "ok":
+                failures[variant][frames] = record.status
+                continue
+            if record.peak_bytes is not None:
+                peaks[variant][frames] = record.peak_bytes
+            if record.median_ms is not None:
+                times[variant][frames] = record.median_ms
+        path = plot_dir / f"peak-memory-{name}.png"
+        plot_against_frames(peaks, failures, path, f"Peak memory: {title}", "peak memory", True)
+        path = plot_dir / f"time-{name}.png"
+        plot_against_frames(times, failures, path, f"Median time: {title}", "time (ms)", False)
+        write_timeline_plots(out_dir, plot_dir, name, title, config_records)
+
+
+def write_timeline_plots(
+    out_dir: Path, plot_dir: Path, name: str, title: str, records: list[CaseRecord]
+) -> None:
+    """For each source, the variants' timelines at the largest frame count most of them have."""
+    for source in TIMELINE_SOURCES:
+        with_file = defaultdict(dict)
+        for record in records:
+            file = record.files.get(source)
+            if file and (out_dir / file).is_file():
+                with_file[record.frames][record.variant] = out_dir / file
+        if not with_file:
+            continue
+        frames = max(with_file, key=lambda count: (len(with_file[count]), count))
+        order = variant_order(records)
+        series = {
+            variant: Timeline.load(path)
+            for variant, path in sorted(with_file[frames].items(), key=lambda i: order.index(i[0]))
+        }
+        path = plot_dir / f"timeline-{source}-{name}-f{frames}.png"
+        plot_timelines(series, path, f"{source} memory, {frames} frames: {title}")

@@ -29,15 +29,8 @@ class Architecture:
     intermediate_layer_idx: tuple[int, ...]
 
     def aggregator_kwargs(self) -> dict:
-        """Keyword arguments for `Aggregator` and its subclasses."""
-        return {
-            "img_size": self.img_size,
-            "patch_size": self.patch_size,
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "patch_embed": self.patch_embed,
-        }
+        """Keyword arguments for `Aggregator` and its subclasses: every field but the heads'."""
+        return {k: v for k, v in asdict(self).items() if k != "intermediate_layer_idx"}
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for `VGGT` and its subclasses (the track head off: no queries)."""

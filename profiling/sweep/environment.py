@@ -4,7 +4,7 @@ import os
 import platform
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,6 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name for CUDA devices, the CPU model otherwise."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()
 
 
 @dataclass(frozen=True)
@@ -45,23 +38,16 @@ class RankInfo:
     @classmethod
     def of(cls, rank: int, world_size: int, attempt: int, device: torch.device) -> "RankInfo":
         """Describe this process as `rank` of `world_size`, running on `device`."""
-        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-        return cls(
-            rank,
-            world_size,
-            attempt,
-            socket.gethostname(),
-            str(device),
-            device_name(device),
-            torch.get_num_threads(),
-            total,
-        )
+        on_cuda = device.type == "cuda"
+        name = torch.cuda.get_device_name(device) if on_cuda else cpu_name()
+        total = torch.cuda.get_device_properties(device).total_memory if on_cuda else None
+        host, threads = socket.gethostname(), torch.get_num_threads()
+        return cls(rank, world_size, attempt, host, str(device), name, threads, total)
 
     def facts(self) -> dict[str, Any]:
-        """What the report lists for each rank: host, device and threads."""
-        keys = ["rank", "host", "device", "device_name", "torch_threads"]
-        keys += ["device_total_bytes"] if self.device_total_bytes is not None else []
-        return {key: getattr(self, key) for key in keys}
+        """What the report lists for each rank: host, device, threads (and CUDA memory)."""
+        left_out = ("world_size", "attempt")
+        return {k: v for k, v in asdict(self).items() if k not in left_out and v is not None}
 
 
 def nvidia_driver() -> str | None:

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from profiling.cpu_memory import trace_cpu_memory
+from profiling.meters.cpu import trace_cpu_memory
 from tests.benchmarks.configs import WARMUP_ROUNDS
 from vggt.models.aggregator_vram_optimized import LayerSelectView
 

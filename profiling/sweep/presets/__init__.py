@@ -1,5 +1,4 @@
-"""Sweep presets: each TOML file in this folder names an architecture and a case grid (its first
-line, a comment, says what it is for)."""
+"""Sweep presets: each TOML file in this folder names an architecture and a case grid."""
 
 import tomllib
 from dataclasses import dataclass
