@@ -13,6 +13,15 @@ from tests.profiling_records import sample_record
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "profiling" / "run.py"
+MEASUREMENT_STACK = (
+    "matplotlib",
+    "pynvml",
+    "tqdm",
+    "profiling.meters",
+    "profiling.report",
+    "profiling.sweep.measure",
+    "profiling.sweep.runner",
+)
 
 
 @pytest.mark.parametrize(
@@ -91,3 +100,20 @@ def test_the_script_exits_2_without_a_traceback(tmp_path: Path) -> None:
         "profiling/run.py: error: --frames must be whole numbers of at least 1, got '0'"
     ]
     assert not (tmp_path / "partial").exists()
+
+
+def test_parsing_the_options_imports_nothing_of_the_measurement_stack(tmp_path: Path) -> None:
+    script = (
+        "import sys, torch\n"
+        "before = set(sys.modules)\n"
+        "from profiling.sweep.options import parse_config\n"
+        f"parse_config(['--preset', 'tiny', '--out', {str(tmp_path)!r}], attempt=0)\n"
+        "print(*sorted(set(sys.modules) - before))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert completed.returncode == 0, completed.stderr
+    loaded = completed.stdout.split()
+    assert "profiling.sweep.options" in loaded
+    assert [name for name in loaded if name.startswith(MEASUREMENT_STACK)] == []
