@@ -16,10 +16,7 @@ COMPARE_CHUNK = 1 << 22
 
 def named_outputs(result: Any, name: str = "") -> dict[str, torch.Tensor | OffloadedLayer]:
     """Every tensor of a forward's result by name: `layer04` for an aggregator's layers (a list
-    or a view), the key for a prediction, `key.i` for the items of a listed prediction.
-
-    Tuples, such as an aggregator's (layers, patch start, kept indices), are read item by item.
-    """
+    or a view, in the tuple it returns), a prediction's key, `key.i` in a listed prediction."""
     if isinstance(result, torch.Tensor | OffloadedLayer):
         return {name: result}
     if isinstance(result, LayerSelectView | list):

@@ -108,10 +108,8 @@ class StageScheduler:
                 self.records[name].time_ms = TimeSummary.of(samples)
 
     def guarded(self, name: str, stage: Callable[[str], Any], record_history: bool) -> None:
-        """Run `stage(name)`; turn an OOM or any other exception into the variant's status.
-
-        An OOM while the allocator history is recorded also saves the snapshot at the failure.
-        """
+        """Run `stage(name)`; an OOM or any other exception becomes the variant's status, and an
+        OOM while the allocator history is recorded also saves the snapshot at the failure."""
         record = self.records[name]
         on_cuda = self.device.type == "cuda"
         history = record_history and on_cuda

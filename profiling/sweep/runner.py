@@ -31,10 +31,8 @@ def apply_memory_budget(budget_gib: float | None, device: torch.device) -> None:
 def shared_earlier_records(
     config: SweepConfig, context: RankContext, out_dir: Path, namespace: str
 ) -> list[CaseRecord]:
-    """The records of earlier runs or attempts that any rank can read from OUT/partial/.
-
-    Every rank waits here for all the others, so no rank starts the queue early.
-    """
+    """The records of earlier runs or attempts that any rank finds in OUT/partial/; every rank
+    waits here for all the others, so no rank starts the queue early."""
     found = [record.to_json() for record in read_partial_records(out_dir)] if config.resume else []
     shared = exchange(
         context.store, f"{namespace}/earlier", context.info.rank, context.info.world_size, found
@@ -82,11 +80,8 @@ def measure_pending(
 def run_sweep(
     config: SweepConfig, context: RankContext, out_dir: Path
 ) -> tuple[list[CaseRecord], dict[str, Any]] | None:
-    """Measure this rank's share of the groups not finished yet.
-
-    Rank 0 returns every record (earlier attempts included, de-duplicated) and the
-    environment once all ranks are done; the other ranks return None.
-    """
+    """Measure this rank's share of the unfinished groups. Rank 0 returns every record (earlier
+    attempts included, de-duplicated) and the environment; the other ranks return None."""
     rank = context.info
     namespace = f"profiling/attempt{rank.attempt}"
     (out_dir / TIMELINE_DIR).mkdir(parents=True, exist_ok=True)
