@@ -1,7 +1,8 @@
 """Developer sessions: `nox -s tests`, `gpu_tests`, `benchmark`, `profile`, `lint`.
 
-Sessions reuse the interpreter's site packages, so a torch already installed there (the CPU
-wheel on CI machines, a CUDA build on GPU machines) is used instead of a fresh download.
+They are defined here only; tox.ini's environments run them. Sessions reuse the interpreter's
+site packages, so a torch already installed there (the CPU wheel on CI machines, a CUDA build on
+GPU machines) is used instead of a fresh download.
 """
 
 import nox

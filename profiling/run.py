@@ -15,10 +15,11 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 elif str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from profiling import distributed, estimate  # noqa: E402
-from profiling.cli import REPORTS_DIR, UsageError, parse_config  # noqa: E402
-from profiling.report import write_report  # noqa: E402
-from profiling.sweep import run_sweep  # noqa: E402
+from profiling.estimate import cli as estimate  # noqa: E402
+from profiling.report.results import write_report  # noqa: E402
+from profiling.sweep import distributed  # noqa: E402
+from profiling.sweep.options import REPORTS_DIR, UsageError, parse_config  # noqa: E402
+from profiling.sweep.runner import run_sweep  # noqa: E402
 
 EXIT_USAGE = 2
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from profiling.bench_report import main
+from profiling.report.benchmarks import main
 
 GROUP = "aggregator B1 S2 56x56"
 

@@ -5,10 +5,13 @@ import json
 import pytest
 import torch
 
-from profiling.cpu_memory import peak_live_bytes
-from profiling.estimate import FakeModel, main, max_frames, parse_bytes
-from profiling.presets import load_preset
-from profiling.variants import get_variant
+from profiling.estimate.cli import main
+from profiling.estimate.fake_model import FakeModel
+from profiling.estimate.fit import max_frames
+from profiling.meters.cpu import peak_live_bytes
+from profiling.sweep.presets import load_preset
+from profiling.sweep.variants import get_variant
+from profiling.units import parse_bytes
 from tests.helpers import seeded_images
 
 CPU_SMALL = load_preset("cpu-small").architecture
@@ -94,8 +97,8 @@ def test_cli_table(capsys: pytest.CaptureFixture) -> None:
     ("argv", "message"),
     [
         (["--preset", "nope"], "unknown preset"),
-        (["--frames", "0"], "--frames must be positive"),
-        (["--frames", "a,b"], "--frames must be positive"),
+        (["--frames", "0"], "--frames must be whole numbers of at least 1, got '0'"),
+        (["--frames", "a,b"], "--frames must be whole numbers of at least 1, got 'a'"),
         (["--device-memory", "lots"], "not a memory size"),
         (["--height", "500"], "multiples of the patch size"),
         (["--variants", "full,fast"], "unknown variants"),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from profiling.cpu_memory import peak_live_bytes
+from profiling.meters.cpu import peak_live_bytes
 from tests.helpers import MEMORY_AGGREGATOR, seeded_images
 from vggt.models.aggregator import Aggregator
 from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized

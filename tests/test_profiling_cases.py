@@ -5,10 +5,16 @@ import dataclasses
 import pytest
 import torch
 
-from profiling.cases import Architecture, Precision, SweepSettings, build_groups, parse_precision
-from profiling.models import ModelCache
-from profiling.presets import PresetError, load_preset, preset_names
-from profiling.variants import BASELINE, get_variant, register_variant, variant_names
+from profiling.sweep.cases import (
+    Architecture,
+    Precision,
+    SweepSettings,
+    build_groups,
+    parse_precision,
+)
+from profiling.sweep.models import ModelCache
+from profiling.sweep.presets import PresetError, load_preset, preset_names
+from profiling.sweep.variants import BASELINE, get_variant, register_variant, variant_names
 
 TINY = load_preset("tiny")
 

@@ -6,11 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from profiling.cli import parse_config
-from profiling.records import PartialLog
 from profiling.run import main
+from profiling.sweep.options import parse_config
+from profiling.sweep.records import PartialLog
+from tests.profiling_records import sample_record
 
-RUN = Path(__file__).resolve().parent.parent / "profiling" / "run.py"
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "profiling" / "run.py"
+MEASUREMENT_STACK = (
+    "matplotlib",
+    "pynvml",
+    "tqdm",
+    "profiling.meters",
+    "profiling.report",
+    "profiling.sweep.measure",
+    "profiling.sweep.runner",
+)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +64,7 @@ def test_unwritable_output_folder_is_refused(tmp_path: Path, capsys) -> None:
 
 
 def test_an_earlier_runs_folder_needs_resume(tmp_path: Path, capsys) -> None:
-    PartialLog(tmp_path, 0).append([{"case_id": "x"}])
+    PartialLog(tmp_path, 0).append([sample_record()])
     assert main(["--preset", "tiny", "--out", str(tmp_path)]) == 2
     assert f"pass --resume {tmp_path}" in capsys.readouterr().err
     config = parse_config(["--preset", "tiny", "--resume", str(tmp_path)], attempt=0)
@@ -61,7 +72,7 @@ def test_an_earlier_runs_folder_needs_resume(tmp_path: Path, capsys) -> None:
 
 
 def test_a_restarted_attempt_resumes_its_own_folder(tmp_path: Path) -> None:
-    PartialLog(tmp_path, 0).append([{"case_id": "x"}])
+    PartialLog(tmp_path, 0).append([sample_record()])
     config = parse_config(["--preset", "tiny", "--out", str(tmp_path)], attempt=1)
     assert config.resume
 
@@ -89,3 +100,20 @@ def test_the_script_exits_2_without_a_traceback(tmp_path: Path) -> None:
         "profiling/run.py: error: --frames must be whole numbers of at least 1, got '0'"
     ]
     assert not (tmp_path / "partial").exists()
+
+
+def test_parsing_the_options_imports_nothing_of_the_measurement_stack(tmp_path: Path) -> None:
+    script = (
+        "import sys, torch\n"
+        "before = set(sys.modules)\n"
+        "from profiling.sweep.options import parse_config\n"
+        f"parse_config(['--preset', 'tiny', '--out', {str(tmp_path)!r}], attempt=0)\n"
+        "print(*sorted(set(sys.modules) - before))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert completed.returncode == 0, completed.stderr
+    loaded = completed.stdout.split()
+    assert "profiling.sweep.options" in loaded
+    assert [name for name in loaded if name.startswith(MEASUREMENT_STACK)] == []

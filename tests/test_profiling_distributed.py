@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiling.cases import build_groups
-from profiling.presets import load_preset
-from profiling.variants import Variant, build_full, register_variant, variant_names
+from profiling.sweep.cases import build_groups
+from profiling.sweep.presets import load_preset
+from profiling.sweep.variants import Variant, build_full, register_variant, variant_names
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "profiling" / "run.py"
@@ -54,10 +54,9 @@ def _with_hook(hook):
 def register_variants() -> None:
     """Called by profiling/run.py --variant-module tests.test_profiling_distributed."""
     if "oom" not in variant_names():
-        register_variant(Variant("oom", _with_hook(_raise_oom), "raises OOM from 2 frames"))
+        register_variant(Variant("oom", _with_hook(_raise_oom)))
     if "killer" not in variant_names():
-        hook = _kill_rank_1_on_its_second_configuration
-        register_variant(Variant("killer", _with_hook(hook), "SIGKILLs rank 1 once"))
+        register_variant(Variant("killer", _with_hook(_kill_rank_1_on_its_second_configuration)))
 
 
 def torchrun(cwd: Path, *arguments: str, restarts: int = 0) -> subprocess.CompletedProcess:

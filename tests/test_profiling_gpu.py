@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiling.cases import build_groups
-from profiling.measure import measure_group
-from profiling.models import ModelCache
-from profiling.nvml_sampler import NvmlSampler
-from profiling.presets import load_preset
+from profiling.meters.nvml import NvmlSampler
+from profiling.sweep.cases import build_groups
+from profiling.sweep.environment import RankInfo
+from profiling.sweep.measure import measure_group
+from profiling.sweep.models import ModelCache
+from profiling.sweep.presets import load_preset
 
 RUN = Path(__file__).resolve().parent.parent / "profiling" / "run.py"
 TIMEOUT_S = 300
@@ -46,21 +47,23 @@ def test_a_cuda_group_saves_snapshots_and_timelines(tmp_path: Path) -> None:
     group = build_groups(tiny.architecture, grid)[0]
     timeline_dir = tmp_path / "timelines"
     timeline_dir.mkdir()
-    cache = ModelCache(torch.device("cuda", 0), seed=0)
-    results = measure_group(group, cache, 1, 2, timeline_dir, seed=0)
-    for name, result in results.items():
-        assert result.status == "ok", (name, result.error)
-        figures = result.figures
-        assert figures["peak_bytes"] == figures["cuda_max_allocated_bytes"] > 0
-        assert figures["cuda_max_reserved_bytes"] >= figures["cuda_max_allocated_bytes"]
-        snapshot = pickle.loads((tmp_path / result.files["memory_snapshot"]).read_bytes())
+    device = torch.device("cuda", 0)
+    cache = ModelCache(device, seed=0)
+    rank = RankInfo.of(0, 1, 0, device)
+    records = measure_group(group, cache, rank, 1, 2, timeline_dir, seed=0)
+    for record in records:
+        assert record.status == "ok", (record.variant, record.error)
+        assert record.peak_bytes == record.cuda_max_allocated_bytes > 0
+        assert record.cuda_max_reserved_bytes >= record.cuda_max_allocated_bytes
+        snapshot = pickle.loads((tmp_path / record.files["memory_snapshot"]).read_bytes())
         assert "segments" in snapshot and "device_traces" in snapshot
-        assert (tmp_path / result.files["memory_snapshot_png"]).is_file()
-        timeline = json.loads((tmp_path / result.files["cuda-snapshot"]).read_text())
+        assert (tmp_path / record.files["memory_snapshot_png"]).is_file()
+        timeline = json.loads((tmp_path / record.files["cuda-snapshot"]).read_text())
         assert max(timeline["bytes"]) > 0
-        if "nvml" in result.files:
-            assert figures["nvml_peak_used_bytes"] > 0
-    assert results["optimized"].max_abs_diff == 0.0
+        if "nvml" in record.files:
+            assert record.nvml_peak_used_bytes > 0
+    assert records[1].variant == "optimized"
+    assert records[1].max_abs_diff == 0.0
 
 
 @pytest.mark.gpu

@@ -6,19 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiling import variants
-from profiling.cases import build_groups
-from profiling.measure import measure_group
-from profiling.models import ModelCache
-from profiling.outputs import compare, named_tensors, storage_bytes
-from profiling.presets import load_preset
-from profiling.records import RunInfo, make_records
-from profiling.timelines import Timeline, from_cuda_snapshot, thin
-from profiling.variants import Variant, build_full
-from vggt.models.aggregator_vram_optimized import LayerSelectView
+from profiling.meters.outputs import OutputBytes, compare, named_outputs, output_bytes
+from profiling.report.timelines import Timeline, from_cuda_snapshot, thin
+from profiling.sweep import variants
+from profiling.sweep.cases import build_groups
+from profiling.sweep.measure import measure_group
+from profiling.sweep.models import ModelCache
+from profiling.sweep.presets import load_preset
+from profiling.sweep.variants import Variant, build_full
+from tests.profiling_records import RANK
+from vggt.models.aggregator_vram_optimized import LayerSelectView, OffloadedLayer
 
 TINY = load_preset("tiny")
-INFO = RunInfo(0, 1, 0, "host", "cpu", "cpu", 1, 2)
+CPU = torch.device("cpu")
 
 
 def tiny_group(variant_names: tuple[str, ...], frames: int = 2):
@@ -55,59 +55,68 @@ def test_full_and_optimized_are_measured_and_agree(tmp_path: Path) -> None:
     group = tiny_group(("full", "optimized"))
     timeline_dir = tmp_path / "timelines"
     timeline_dir.mkdir()
-    results = measure_group(group, ModelCache(torch.device("cpu"), 0), 1, 3, timeline_dir, seed=0)
-    full, optimized = results["full"], results["optimized"]
-    for result in (full, optimized):
-        assert result.status == "ok"
-        assert len(result.times_ms) == 3
-        assert result.figures["peak_bytes"] > 0
-        assert result.figures["cpu_max_rss_bytes"] > 0
-        assert (tmp_path / result.files["cpu-profiler"]).is_file()
-    assert optimized.figures["output_bytes"] < full.figures["output_bytes"]
-    assert optimized.figures["weight_bytes"] == full.figures["weight_bytes"]
+    records = measure_group(group, ModelCache(CPU, 0), RANK, 1, 3, timeline_dir, seed=0)
+    full, optimized = records
+    for record in records:
+        assert record.status == "ok"
+        assert record.time_ms.repeats == 3
+        assert record.peak_bytes > 0
+        assert record.cpu_max_rss_bytes > 0
+        assert (tmp_path / record.files["cpu-profiler"]).is_file()
+    assert optimized.output_bytes < full.output_bytes
+    assert optimized.weight_bytes == full.weight_bytes
     assert optimized.max_abs_diff == 0.0
     assert optimized.max_rel_diff == 0.0
     depth, kept = TINY.architecture.depth, len(TINY.architecture.head_layers())
-    assert optimized.figures["output_bytes"] * depth == full.figures["output_bytes"] * kept
+    assert optimized.output_bytes * depth == full.output_bytes * kept
 
 
 def test_an_oom_and_an_error_stay_with_their_variant(tmp_path: Path, extra_variants) -> None:
     group = tiny_group(("full", "oom", "broken", "optimized"))
-    results = measure_group(group, ModelCache(torch.device("cpu"), 0), 1, 2, tmp_path, seed=0)
-    assert results["oom"].status == "oom"
-    assert "injected" in results["oom"].error
-    assert results["broken"].status == "error"
-    assert results["broken"].error == "RuntimeError: bad thing"
-    assert results["full"].status == results["optimized"].status == "ok"
-    assert results["optimized"].max_abs_diff == 0.0
-    records = make_records(group, results, INFO)
-    assert [r["status"] for r in records] == ["ok", "oom", "error", "ok"]
-    assert records[1]["time_ms"] is None
-    assert records[3]["time_ms"]["repeats"] == 2
+    records = measure_group(group, ModelCache(CPU, 0), RANK, 1, 2, tmp_path, seed=0)
+    full, oom, broken, optimized = records
+    assert oom.status == "oom"
+    assert "injected" in oom.error
+    assert broken.status == "error"
+    assert broken.error == "RuntimeError: bad thing"
+    assert full.status == optimized.status == "ok"
+    assert optimized.max_abs_diff == 0.0
+    assert [r.status for r in records] == ["ok", "oom", "error", "ok"]
+    assert oom.time_ms is None
+    assert optimized.time_ms.repeats == 2
 
 
 def test_a_build_failure_fails_every_variant_of_the_group(tmp_path: Path) -> None:
     broken = dataclasses.replace(TINY.architecture, num_heads=5)
     group = dataclasses.replace(tiny_group(("full", "optimized")), architecture=broken)
-    results = measure_group(group, ModelCache(torch.device("cpu"), 0), 1, 1, tmp_path, seed=0)
-    assert {r.status for r in results.values()} == {"error"}
+    records = measure_group(group, ModelCache(CPU, 0), RANK, 1, 1, tmp_path, seed=0)
+    assert {r.status for r in records} == {"error"}
 
 
-def test_named_tensors_reads_lists_views_and_prediction_dicts() -> None:
+def test_named_outputs_reads_lists_views_and_prediction_dicts() -> None:
     a, b = torch.zeros(2), torch.ones(3)
-    assert list(named_tensors(([a, b], 5))) == ["layer00", "layer01"]
+    assert list(named_outputs(([a, b], 5))) == ["layer00", "layer01"]
     view = LayerSelectView({1: b}, depth=4)
-    assert list(named_tensors((view, 5, [1]))) == ["layer01"]
-    assert list(named_tensors({"depth": a, "pose_enc_list": [a, b]})) == [
+    assert list(named_outputs((view, 5, [1]))) == ["layer01"]
+    assert list(named_outputs({"depth": a, "pose_enc_list": [a, b]})) == [
         "depth",
         "pose_enc_list.0",
         "pose_enc_list.1",
     ]
 
 
-def test_storage_bytes_counts_shared_storage_once() -> None:
+def test_output_bytes_counts_shared_storage_once() -> None:
     base = torch.zeros(10)
-    assert storage_bytes({"x": base[:5], "y": base[5:], "z": torch.zeros(2)}) == 48
+    tensors = {"x": base[:5], "y": base[5:], "z": torch.zeros(2)}
+    assert output_bytes(tensors.values()) == OutputBytes(device=48, host=0)
+    assert output_bytes(tensors.values(), exclude=[base]) == OutputBytes(device=8, host=0)
+
+
+def test_offloaded_layers_count_as_host_memory() -> None:
+    view = LayerSelectView({0: OffloadedLayer(torch.zeros(4), CPU), 2: torch.zeros(1)}, depth=3)
+    outputs = named_outputs((view, 5, [0, 2]))
+    assert list(outputs) == ["layer00", "layer02"]
+    assert output_bytes(outputs.values()) == OutputBytes(device=4, host=16)
 
 
 def test_compare_reports_absolute_and_relative_differences() -> None:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from profiling.records import PartialLog, deduplicate, read_partial_records
-from profiling.work_queue import WorkQueue, collect, exchange, publish
+from profiling.sweep.records import CaseRecord, PartialLog, deduplicate, read_partial_records
+from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
+from tests.profiling_records import sample_record
 
 
 def test_every_position_is_claimed_exactly_once_across_threads() -> None:
@@ -40,8 +41,8 @@ def test_exchange_and_collect_return_values_in_rank_order() -> None:
     assert collect(store, "k", 2) == [{"from": 0}, {"from": 1}]
 
 
-def record(case_id: str, finished_at: str, status: str = "ok") -> dict:
-    return {"case_id": case_id, "finished_at": finished_at, "status": status}
+def record(case_id: str, finished_at: str, status: str = "ok") -> CaseRecord:
+    return sample_record(case_id=case_id, finished_at=finished_at, status=status)
 
 
 def test_partial_log_round_trips_and_survives_a_torn_line(tmp_path: Path) -> None:
@@ -51,18 +52,18 @@ def test_partial_log_round_trips_and_survives_a_torn_line(tmp_path: Path) -> Non
         file.write('{"case_id": "c", "finis')
     log.append([record("d", "2")])
     assert log.path.name == "rank3.jsonl"
-    assert [r["case_id"] for r in read_partial_records(tmp_path)] == ["a", "b", "d"]
+    assert [r.case_id for r in read_partial_records(tmp_path)] == ["a", "b", "d"]
 
 
 def test_reading_merges_every_rank_file(tmp_path: Path) -> None:
     PartialLog(tmp_path, 0).append([record("a", "1")])
     PartialLog(tmp_path, 1).append([record("b", "1")])
-    assert sorted(r["case_id"] for r in read_partial_records(tmp_path)) == ["a", "b"]
+    assert sorted(r.case_id for r in read_partial_records(tmp_path)) == ["a", "b"]
     assert read_partial_records(tmp_path / "missing") == []
 
 
 def test_deduplicate_keeps_the_latest_record_of_each_case() -> None:
     records = [record("b", "1"), record("a", "1", "oom"), record("a", "2"), record("b", "0")]
     kept = deduplicate(records)
-    assert [(r["case_id"], r["finished_at"]) for r in kept] == [("a", "2"), ("b", "1")]
-    assert json.dumps(kept)
+    assert [(r.case_id, r.finished_at) for r in kept] == [("a", "2"), ("b", "1")]
+    assert json.dumps([r.to_json() for r in kept])

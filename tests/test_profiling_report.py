@@ -1,47 +1,110 @@
 """The report rank 0 writes: results.json, results.csv, summary.md and plots."""
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from profiling.environment import collect_environment, rank_facts
-from profiling.report import write_report
-from profiling.timelines import Timeline
+from profiling.report.results import write_report
+from profiling.report.timelines import Timeline
+from profiling.sweep.cases import build_groups
+from profiling.sweep.environment import collect_environment
+from profiling.sweep.measure import measure_group
+from profiling.sweep.models import ModelCache
+from profiling.sweep.presets import load_preset
+from profiling.sweep.records import CaseRecord, PartialLog, TimeSummary, read_partial_records
+from tests.profiling_records import RANK, sample_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIB = 1 << 20
+# The results.json and results.csv contract of a CPU case, as the dict records wrote it.
+CASE_KEYS = [
+    "case_id",
+    "group_id",
+    "variant",
+    "component",
+    "frames",
+    "batch",
+    "height",
+    "width",
+    "dtype",
+    "dtype_mode",
+    "precision",
+    "architecture",
+    "device",
+    "device_name",
+    "rank",
+    "world_size",
+    "attempt",
+    "host",
+    "status",
+    "error",
+    "time_ms",
+    "peak_bytes",
+    "activation_peak_bytes",
+    "cuda_max_allocated_bytes",
+    "cuda_max_reserved_bytes",
+    "nvml_peak_used_bytes",
+    "nvml_sample_rate_hz",
+    "cpu_peak_live_bytes",
+    "cpu_max_rss_bytes",
+    "output_bytes",
+    "weight_bytes",
+    "input_bytes",
+    "max_abs_diff",
+    "max_rel_diff",
+    "compared_to",
+    "warmup",
+    "repeats",
+    "files",
+    "finished_at",
+]
+CSV_HEADER = (
+    "case_id,group_id,variant,component,frames,batch,height,width,dtype,dtype_mode,precision,"
+    "architecture,device,device_name,rank,world_size,attempt,host,status,error,time_ms_median"
+    ",time_ms_min,time_ms_max,time_ms_iqr,time_ms_repeats,peak_bytes,activation_peak_bytes,cu"
+    "da_max_allocated_bytes,cuda_max_reserved_bytes,nvml_peak_used_bytes,nvml_sample_rate_hz,"
+    "cpu_peak_live_bytes,cpu_max_rss_bytes,output_bytes,weight_bytes,input_bytes,max_abs_diff"
+    ",max_rel_diff,compared_to,warmup,repeats,files_cpu-profiler,finished_at"
+)
+ENVIRONMENT_KEYS = [
+    "torch",
+    "cuda",
+    "cudnn",
+    "nvidia_driver",
+    "gpu_names",
+    "python",
+    "platform",
+    "cpu",
+    "cpu_count",
+    "world_size",
+    "hosts",
+    "ranks",
+    "settings",
+]
 
 
-def record(variant: str, frames: int, peak_mib: float | None, ms: float | None, **extra) -> dict:
+def record(variant: str, frames: int, peak_mib: float | None, ms: float | None, **extra):
     status = extra.pop("status", "ok")
-    return {
-        "case_id": f"aggregator-{variant}-fp32-b1-f{frames}-56x56-abc",
-        "variant": variant,
-        "component": "aggregator",
-        "frames": frames,
-        "batch": 1,
-        "height": 56,
-        "width": 56,
-        "dtype": "fp32",
-        "dtype_mode": "autocast",
-        "precision": "fp32",
-        "device": "cpu",
-        "device_name": "Test CPU",
-        "rank": 0,
-        "status": status,
-        "error": None if status == "ok" else "injected",
-        "time_ms": None if ms is None else {"median": ms, "min": ms, "max": ms, "iqr": 0.0},
-        "peak_bytes": None if peak_mib is None else int(peak_mib * MIB),
-        "output_bytes": None if peak_mib is None else int(peak_mib * MIB / 2),
-        "max_abs_diff": None if variant == "full" or status != "ok" else 0.0,
-        "files": extra.pop("files", {}),
+    return sample_record(
+        case_id=f"aggregator-{variant}-fp32-b1-f{frames}-56x56-abc",
+        variant=variant,
+        frames=frames,
+        device_name="Test CPU",
+        status=status,
+        error=None if status == "ok" else "injected",
+        time_ms=None if ms is None else TimeSummary(ms, ms, ms, 0.0, 1),
+        peak_bytes=None if peak_mib is None else int(peak_mib * MIB),
+        output_bytes=None if peak_mib is None else int(peak_mib * MIB / 2),
+        max_abs_diff=None if variant == "full" or status != "ok" else 0.0,
+        files=extra.pop("files", {}),
         **extra,
-    }
+    )
 
 
-def sample_records(tmp_path: Path) -> list[dict]:
+def sample_records(tmp_path: Path) -> list[CaseRecord]:
     (tmp_path / "timelines").mkdir(parents=True, exist_ok=True)
     files = {}
     for variant, peak in (("full", 8 * MIB), ("optimized", 2 * MIB)):
@@ -59,8 +122,7 @@ def sample_records(tmp_path: Path) -> list[dict]:
 
 
 def environment() -> dict:
-    facts = [rank_facts(0, torch.device("cpu"))]
-    return collect_environment(1, facts, {"preset": "tiny", "memory_budget_gib": None})
+    return collect_environment([RANK], {"preset": "tiny", "memory_budget_gib": None})
 
 
 def test_report_files_exist_and_parse(tmp_path: Path) -> None:
@@ -98,3 +160,28 @@ def test_summary_sets_full_against_optimized_with_ratios(tmp_path: Path) -> None
     assert "- full: largest frame count that ran: 4; out of memory from 8 frames" in summary
     assert "- optimized: largest frame count that ran: 8" in summary
     assert "## Environment" in summary and "| world size | 1 |" in summary
+
+
+def test_results_keep_their_keys_columns_and_nesting(tmp_path: Path) -> None:
+    tiny = load_preset("tiny")
+    group = build_groups(tiny.architecture, dataclasses.replace(tiny.settings, frames=(1,)))[0]
+    (tmp_path / "timelines").mkdir()
+    cache = ModelCache(torch.device("cpu"), seed=0)
+    records = measure_group(group, cache, RANK, 1, 2, tmp_path / "timelines", seed=0)
+    write_report(tmp_path, records, environment())
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert list(document["environment"]) == ENVIRONMENT_KEYS
+    assert list(document["environment"]["ranks"][0]) == [
+        "rank",
+        "host",
+        "device",
+        "device_name",
+        "torch_threads",
+    ]
+    for case in document["cases"]:
+        assert list(case) == CASE_KEYS
+        assert list(case["time_ms"]) == ["median", "min", "max", "iqr", "repeats"]
+        assert list(case["files"]) == ["cpu-profiler"]
+    assert (tmp_path / "results.csv").read_text().splitlines()[0] == CSV_HEADER
+    PartialLog(tmp_path, 0).append(records)
+    assert read_partial_records(tmp_path) == records

@@ -9,8 +9,10 @@ HEAD_LAYERS = (2, 5, 8, 11)
 # The whole model on that aggregator; the track head is off since no query points are given.
 MODEL = {**AGGREGATOR, "intermediate_layer_idx": HEAD_LAYERS, "enable_track": False}
 
+VARIANTS = ("full", "optimized")
 FRAMES = (2, 8)
 BATCH = 1
+SIZE = AGGREGATOR["img_size"]
 WARMUP_ROUNDS = 1
 AGGREGATOR_ROUNDS = 20
 MODEL_ROUNDS = 5

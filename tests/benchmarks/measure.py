@@ -1,41 +1,17 @@
 """Time one forward pass with pytest-benchmark and attach its peak and output memory."""
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from profiling.cpu_memory import trace_cpu_memory
+from profiling.meters.cpu import trace_cpu_memory
+from profiling.meters.cuda import measure_cuda_peak
+from profiling.meters.outputs import named_outputs, output_bytes
 from tests.benchmarks.configs import WARMUP_ROUNDS
-from vggt.models.aggregator_vram_optimized import LayerSelectView
 
-
-def tensors_in(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a forward's result: nested lists, tuples, dicts and layer views."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, LayerSelectView):
-        for _, tensor in value.items():
-            yield tensor
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from tensors_in(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from tensors_in(item)
-
-
-def output_bytes(value: Any, inputs: torch.Tensor) -> int:
-    """Bytes of the distinct storages a result holds, not counting the input's."""
-    seen = {inputs.untyped_storage().data_ptr()}
-    total = 0
-    for tensor in tensors_in(value):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-    return total
+CUDA_PEAK_SOURCE = "cuda max_memory_allocated above the bytes allocated before the call"
 
 
 def peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int, str]:
@@ -44,13 +20,16 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int, s
     if device.type != "cuda":
         result, trace = trace_cpu_memory(fn)
         return result, trace.peak_bytes, "cpu profiler peak live tensor bytes"
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    result = fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - before
-    return result, peak, "cuda max_memory_allocated above the bytes allocated before the call"
+    result, peak = measure_cuda_peak(fn, device)
+    return result, peak.above_start_bytes, CUDA_PEAK_SOURCE
+
+
+def with_shared_weights(
+    full: torch.nn.Module, optimized: torch.nn.Module, device: torch.device
+) -> dict[str, torch.nn.Module]:
+    """Both variants in eval mode on `device`, the optimized one holding the full one's weights."""
+    optimized.load_state_dict(full.state_dict())
+    return {"full": full.eval().to(device), "optimized": optimized.eval().to(device)}
 
 
 def bench_forward(
@@ -87,5 +66,5 @@ def bench_forward(
         torch=torch.__version__,
         peak_bytes=peak,
         peak_source=source,
-        output_bytes=output_bytes(result, images),
+        output_bytes=output_bytes(named_outputs(result).values(), exclude=[images]).device,
     )

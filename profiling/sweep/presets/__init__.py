@@ -4,7 +4,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiling.cases import Architecture, SweepSettings, parse_precision
+from profiling.sweep.cases import Architecture, SweepSettings, parse_precision
 
 PRESET_DIR = Path(__file__).parent
 
@@ -18,7 +18,6 @@ class Preset:
     """A named architecture and the default grid swept over it."""
 
     name: str
-    description: str
     architecture: Architecture
     settings: SweepSettings
 
@@ -59,4 +58,4 @@ def load_preset(name: str) -> Preset:
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
         raise PresetError(f"preset {name!r} ({path}) is malformed: {error}") from None
-    return Preset(name, str(data.get("description", "")), architecture, settings)
+    return Preset(name, architecture, settings)

@@ -1,9 +1,10 @@
-"""CUDA allocator history: recording it around a run and saving snapshots for memory_viz."""
+"""The CUDA allocator: peaks of one call, and history recorded around it as memory_viz snapshots."""
 
 import contextlib
 import inspect
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,33 @@ import torch
 
 # Allocator events kept per recorded run (each holds a Python stack of a few KB).
 HISTORY_MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class CudaPeak:
+    """Allocator figures of one call: bytes allocated before it, and the peaks during it."""
+
+    start_bytes: int
+    max_allocated_bytes: int
+    max_reserved_bytes: int
+
+    @property
+    def above_start_bytes(self) -> int:
+        """The peak above what was allocated before the call (its activations and outputs)."""
+        return self.max_allocated_bytes - self.start_bytes
+
+
+def measure_cuda_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, CudaPeak]:
+    """Run `fn()` between synchronizations with the peak counters reset; its result and peaks."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    result = fn()
+    torch.cuda.synchronize(device)
+    peak = CudaPeak(
+        start, torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+    )
+    return result, peak
 
 
 @contextlib.contextmanager

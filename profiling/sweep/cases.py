@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from profiling.units import DTYPES
+
 DTYPE_MODES = ("autocast", "cast")
 COMPONENTS = ("aggregator", "model")
 # Camera and register tokens that the aggregator puts before the patch tokens of each frame.
@@ -28,15 +29,8 @@ class Architecture:
     intermediate_layer_idx: tuple[int, ...]
 
     def aggregator_kwargs(self) -> dict:
-        """Keyword arguments for `Aggregator` and its subclasses."""
-        return {
-            "img_size": self.img_size,
-            "patch_size": self.patch_size,
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "patch_embed": self.patch_embed,
-        }
+        """Keyword arguments for `Aggregator` and its subclasses: every field but the heads'."""
+        return {k: v for k, v in asdict(self).items() if k != "intermediate_layer_idx"}
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for `VGGT` and its subclasses (the track head off: no queries)."""
@@ -100,28 +94,6 @@ class SweepSettings:
 
 
 @dataclass(frozen=True)
-class Case:
-    """One variant at one configuration: the unit that gets a record in the report."""
-
-    variant: str
-    component: str
-    frames: int
-    batch: int
-    height: int
-    width: int
-    precision: Precision
-    architecture_tag: str
-
-    @property
-    def case_id(self) -> str:
-        """Stable across runs and ranks; names every axis and the architecture."""
-        return (
-            f"{self.component}-{self.variant}-{self.precision.label}-b{self.batch}"
-            f"-f{self.frames}-{self.height}x{self.width}-{self.architecture_tag}"
-        )
-
-
-@dataclass(frozen=True)
 class CaseGroup:
     """The variants of one configuration, measured together so their runs can interleave."""
 
@@ -142,22 +114,9 @@ class CaseGroup:
             f"-{self.height}x{self.width}-{self.architecture.tag()}"
         )
 
-    def cases(self) -> list[Case]:
+    def cases(self) -> list["Case"]:
         """One case per variant, in the group's variant order."""
-        tag = self.architecture.tag()
-        return [
-            Case(
-                variant,
-                self.component,
-                self.frames,
-                self.batch,
-                self.height,
-                self.width,
-                self.precision,
-                tag,
-            )
-            for variant in self.variants
-        ]
+        return [Case(self, variant) for variant in self.variants]
 
     def cost(self) -> float:
         """Rough forward FLOPs of all variants: linear layers plus frame and global attention."""
@@ -171,6 +130,23 @@ class CaseGroup:
         global_attention = 4 * self.batch * (self.frames * tokens) ** 2 * dim
         cost = arch.depth * (2 * linear + frame_attention + global_attention) * len(self.variants)
         return cost * (MODEL_COST_FACTOR if self.component == "model" else 1.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One variant of a group: the unit that gets a record in the report."""
+
+    group: CaseGroup
+    variant: str
+
+    @property
+    def case_id(self) -> str:
+        """Stable across runs and ranks; names every axis and the architecture."""
+        group = self.group
+        return (
+            f"{group.component}-{self.variant}-{group.precision.label}-b{group.batch}"
+            f"-f{group.frames}-{group.height}x{group.width}-{group.architecture.tag()}"
+        )
 
 
 def build_groups(architecture: Architecture, settings: SweepSettings) -> list[CaseGroup]:

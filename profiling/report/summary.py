@@ -6,21 +6,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from profiling.plots import GIB, KIB, MIB
-from profiling.variants import BASELINE
+from profiling.sweep.records import CaseRecord
+from profiling.sweep.variants import BASELINE
+from profiling.units import format_bytes
 
-CONFIG_FIELDS = ("device_name", "component", "precision", "height", "width", "batch")
 
-
-def format_bytes(value: float | None) -> str:
-    """KiB, MiB or GiB with the unit; `-` for None."""
-    if value is None:
-        return "-"
-    if value >= GIB:
-        return f"{value / GIB:.2f} GiB"
-    if value >= MIB:
-        return f"{value / MIB:.1f} MiB"
-    return f"{value / KIB:.1f} KiB"
+def format_size(value: float | None) -> str:
+    """KiB, MiB or GiB (two decimals) with the unit; `-` for None."""
+    return format_bytes(value, smallest="KiB", gib_digits=2)
 
 
 def format_ratio(numerator: float | None, denominator: float | None) -> str:
@@ -37,21 +30,16 @@ def format_diff(value: float | None) -> str:
     return "nan" if math.isnan(value) else f"{value:.2e}"
 
 
-def median_ms(record: dict[str, Any]) -> float | None:
-    """The median time of a record, None when it has no timings."""
-    return record["time_ms"]["median"] if record.get("time_ms") else None
-
-
 def slug(text: str) -> str:
     """Lower-case letters, digits and dashes, for file names."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
 
 
-def group_by_config(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """Records keyed by CONFIG_FIELDS, in a stable order."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        groups[tuple(record[field] for field in CONFIG_FIELDS)].append(record)
+def group_by_config(records: Iterable[CaseRecord]) -> dict[tuple, list[CaseRecord]]:
+    """Records keyed by device, component, precision, image size and batch, in a stable order."""
+    groups: dict[tuple, list[CaseRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.device_name, r.component, r.precision, r.height, r.width, r.batch)].append(r)
     return dict(sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))))
 
 
@@ -67,36 +55,26 @@ def config_slug(key: tuple) -> str:
     return f"{component}-{precision}-{height}x{width}-b{batch}-{slug(device)}"
 
 
-def variant_order(records: Iterable[dict[str, Any]]) -> list[str]:
+def variant_order(records: Iterable[CaseRecord]) -> list[str]:
     """The baseline first, then the other variants by name."""
-    names = {record["variant"] for record in records}
+    names = {record.variant for record in records}
     return sorted(names, key=lambda name: (name != BASELINE, name))
 
 
-def ok_value(record: dict[str, Any] | None, read: Callable[[dict], Any]) -> Any:
-    """`read(record)` for a record that ran, None for a missing or failed one."""
-    if record is None or record["status"] != "ok":
+def ok_value(record: CaseRecord | None, name: str) -> Any:
+    """The record's field `name` if it ran, None for a missing or failed record."""
+    if record is None or record.status != "ok":
         return None
-    return read(record)
+    return getattr(record, name)
 
 
-def describe(record: dict[str, Any] | None, text: Callable[[Any], str], value: Any) -> str:
+def describe(record: CaseRecord | None, text: Callable[[Any], str], value: Any) -> str:
     """A table cell: `-` when missing, the status when failed, else `text(value)`."""
     if record is None:
         return "-"
-    if record["status"] != "ok":
-        return record["status"].upper()
+    if record.status != "ok":
+        return record.status.upper()
     return text(value)
-
-
-def peak_of(record: dict[str, Any]) -> float | None:
-    """The record's primary peak."""
-    return record.get("peak_bytes")
-
-
-def outputs_of(record: dict[str, Any]) -> float | None:
-    """The bytes of the outputs the record's forward returned."""
-    return record.get("output_bytes")
 
 
 def format_ms(value: float | None) -> str:
@@ -104,35 +82,35 @@ def format_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def config_table(records: list[dict[str, Any]]) -> list[str]:
+def config_table(records: list[CaseRecord]) -> list[str]:
     """Frames as rows; peaks, times and outputs per variant; ratios against the baseline."""
     variants = variant_order(records)
     others = [name for name in variants if name != BASELINE] if BASELINE in variants else []
-    by_cell = {(r["frames"], r["variant"]): r for r in records}
+    by_cell = {(r.frames, r.variant): r for r in records}
     header = ["frames"]
     header += [f"{v} peak" for v in variants] + [f"{v}/{BASELINE} peak" for v in others]
     header += [f"{v} ms" for v in variants] + [f"{v}/{BASELINE} time" for v in others]
     header += [f"{v} outputs" for v in variants] + [f"{v} max abs diff" for v in others]
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    for frames in sorted({r["frames"] for r in records}):
+    for frames in sorted({r.frames for r in records}):
         row = {v: by_cell.get((frames, v)) for v in variants}
         base = row.get(BASELINE)
         cells = [str(frames)]
-        for read, text in ((peak_of, format_bytes), (median_ms, format_ms)):
-            cells += [describe(row[v], text, ok_value(row[v], read)) for v in variants]
-            cells += [format_ratio(ok_value(row[v], read), ok_value(base, read)) for v in others]
-        cells += [describe(row[v], format_bytes, ok_value(row[v], outputs_of)) for v in variants]
-        cells += [format_diff(ok_value(row[v], lambda r: r.get("max_abs_diff"))) for v in others]
+        for name, text in (("peak_bytes", format_size), ("median_ms", format_ms)):
+            cells += [describe(row[v], text, ok_value(row[v], name)) for v in variants]
+            cells += [format_ratio(ok_value(row[v], name), ok_value(base, name)) for v in others]
+        cells += [describe(row[v], format_size, ok_value(row[v], "output_bytes")) for v in variants]
+        cells += [format_diff(ok_value(row[v], "max_abs_diff")) for v in others]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def largest_fitting(records: list[dict[str, Any]]) -> list[str]:
+def largest_fitting(records: list[CaseRecord]) -> list[str]:
     """Per variant: the largest frame count that ran and the smallest that ran out of memory."""
     lines = []
     for variant in variant_order(records):
-        ran = [r["frames"] for r in records if r["variant"] == variant and r["status"] == "ok"]
-        oom = [r["frames"] for r in records if r["variant"] == variant and r["status"] == "oom"]
+        ran = [r.frames for r in records if r.variant == variant and r.status == "ok"]
+        oom = [r.frames for r in records if r.variant == variant and r.status == "oom"]
         text = f"- {variant}: largest frame count that ran: {max(ran) if ran else 'none'}"
         if oom:
             text += f"; out of memory from {min(oom)} frames"
@@ -157,11 +135,11 @@ def environment_table(environment: dict[str, Any]) -> list[str]:
     return ["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
 
 
-def summary_markdown(records: list[dict[str, Any]], environment: dict[str, Any]) -> str:
+def summary_markdown(records: list[CaseRecord], environment: dict[str, Any]) -> str:
     """Status counts, one table per device and configuration, and the environment."""
     counts = defaultdict(int)
     for record in records:
-        counts[record["status"]] += 1
+        counts[record.status] += 1
     status_text = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     lines = [
         "# Profiling summary",

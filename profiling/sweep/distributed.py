@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from profiling.sweep.environment import RankInfo
+
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 OUT_KEY = "profiling/out"
 
@@ -16,9 +18,7 @@ OUT_KEY = "profiling/out"
 class RankContext:
     """This process's place in the run and the store all ranks share (across attempts too)."""
 
-    rank: int
-    world_size: int
-    attempt: int
+    info: RankInfo
     device: torch.device
     store: dist.Store
     launched_by_torchrun: bool
@@ -40,7 +40,8 @@ def start(device_type: str) -> RankContext:
         device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        return RankContext(0, 1, restart_count(), device, dist.HashStore(), False)
+        info = RankInfo.of(0, 1, restart_count(), device)
+        return RankContext(info, device, dist.HashStore(), False)
     store, rank, world_size = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     attempt = restart_count()
@@ -61,7 +62,7 @@ def start(device_type: str) -> RankContext:
         world_size=world_size,
         timeout=PROCESS_GROUP_TIMEOUT,
     )
-    return RankContext(rank, world_size, attempt, device, store, True)
+    return RankContext(RankInfo.of(rank, world_size, attempt, device), device, store, True)
 
 
 def stop(context: RankContext) -> None:

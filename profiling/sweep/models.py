@@ -6,14 +6,12 @@ and given deterministic weights, and every other variant loads that state dict w
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from profiling.cases import Architecture, CaseGroup, Precision
-from profiling.outputs import storage_bytes
-from profiling.variants import get_variant
+from profiling.sweep.cases import CaseGroup
+from profiling.sweep.variants import get_variant
 
 LAYER_SCALE_INIT = 0.1
 VECTOR_NOISE = 0.02
@@ -39,36 +37,22 @@ def init_weights(module: nn.Module, seed: int) -> None:
                 tensor.normal_(generator=generator).mul_(VECTOR_NOISE)
 
 
-def tensor_bytes(module: nn.Module) -> int:
-    """Bytes of the module's distinct parameter and buffer storages."""
-    return storage_bytes(module.state_dict())
-
-
-@dataclass(frozen=True)
-class ModelKey:
-    """What makes two configurations share their modules."""
-
-    component: str
-    architecture: Architecture
-    precision: Precision
-    variants: tuple[str, ...]
-
-
 class ModelCache:
     """Keeps the modules of the last configuration so frame counts and sizes reuse them."""
 
     def __init__(self, device: torch.device, seed: int) -> None:
         self.device = device
         self.seed = seed
-        self._key: ModelKey | None = None
+        self._key: tuple | None = None
         self._modules: dict[str, nn.Module] = {}
 
     def modules_for(self, group: CaseGroup) -> dict[str, nn.Module]:
         """Variant name -> module in eval mode for this group, building them on a key change."""
-        key = ModelKey(group.component, group.architecture, group.precision, group.variants)
+        # What makes two configurations share their modules.
+        key = (group.component, group.architecture, group.precision, group.variants)
         if key != self._key:
             self.clear()
-            self._modules = build_shared(key, self.device, self.seed)
+            self._modules = build_shared(group, self.device, self.seed)
             self._key = key
         return self._modules
 
@@ -78,19 +62,20 @@ class ModelCache:
         self._key = None
 
 
-def build_shared(key: ModelKey, device: torch.device, seed: int) -> dict[str, nn.Module]:
-    """Build every variant of `key` on `device`, all holding the first variant's weights."""
+def build_shared(group: CaseGroup, device: torch.device, seed: int) -> dict[str, nn.Module]:
+    """Build every variant of `group` on `device`, all holding the first variant's weights."""
     with torch.device("meta"):
         modules = {
-            name: get_variant(name).build(key.component, key.architecture) for name in key.variants
+            name: get_variant(name).build(group.component, group.architecture)
+            for name in group.variants
         }
-    first = modules[key.variants[0]]
+    first = modules[group.variants[0]]
     first.to_empty(device=device)
     init_weights(first, seed)
-    if key.precision.mode == "cast":
-        first.to(key.precision.torch_dtype)
+    if group.precision.mode == "cast":
+        first.to(group.precision.torch_dtype)
     state = first.state_dict()
-    for name in key.variants[1:]:
+    for name in group.variants[1:]:
         modules[name].load_state_dict(state, assign=True)
     for module in modules.values():
         module.eval()

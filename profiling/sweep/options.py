@@ -4,19 +4,26 @@ Every problem becomes a `UsageError` with one line of text; run.py prints it and
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from profiling.cases import COMPONENTS, DTYPE_MODES, Architecture, SweepSettings, parse_precision
-from profiling.presets import PresetError, load_preset
-from profiling.records import PARTIAL_DIR
-from profiling.variants import get_variant, load_variant_module
+from profiling.sweep.cases import (
+    COMPONENTS,
+    DTYPE_MODES,
+    Architecture,
+    SweepSettings,
+    parse_precision,
+)
+from profiling.sweep.presets import load_preset
+from profiling.sweep.records import has_partial_results
+from profiling.sweep.variants import get_variant, load_variant_module
 
 GPU_PRESET = "vggt-1b"
 CPU_PRESET = "cpu-small"
@@ -25,6 +32,15 @@ REPORTS_DIR = Path("reports")
 
 class UsageError(Exception):
     """A bad command line; the message is one line."""
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn a ValueError of the block (an unknown preset, variant or dtype) into a UsageError."""
+    try:
+        yield
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--preset",
-        help=f"a preset of profiling/presets/ (default: "
+        help=f"a preset of profiling/sweep/presets/ (default: "
         f"{GPU_PRESET} with CUDA, {CPU_PRESET} without)",
     )
     parser.add_argument("--variants", help="variants to compare, e.g. full,optimized")
@@ -177,11 +193,6 @@ def check_writable(folder: Path) -> None:
         raise UsageError(f"cannot write to the output folder {folder}: {error.strerror}") from None
 
 
-def has_partial_results(folder: Path) -> bool:
-    """Whether `folder` holds a non-empty partial log of an earlier run."""
-    return any(path.stat().st_size > 0 for path in (folder / PARTIAL_DIR).glob("*.jsonl"))
-
-
 def choose_out_dir(args: argparse.Namespace, attempt: int) -> tuple[Path | None, bool]:
     """The output folder (None for the default) and whether earlier results are resumed."""
     if args.resume is not None:
@@ -210,10 +221,8 @@ def precision_changes(args: argparse.Namespace, settings: SweepSettings) -> tupl
         names = [precision.dtype for precision in settings.precisions]
     else:
         names = split_list(args.dtype)
-    try:
+    with usage_errors():
         return tuple(parse_precision(name, mode) for name in names)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
 
 
 def axis_changes(args: argparse.Namespace, settings: SweepSettings) -> dict:
@@ -246,11 +255,9 @@ def check_settings(settings: SweepSettings, patch_size: int) -> None:
     """UsageError for unknown variants or components, empty axes, or unfit image sizes."""
     if not settings.variants:
         raise UsageError("--variants must name at least one variant")
-    for name in settings.variants:
-        try:
+    with usage_errors():
+        for name in settings.variants:
             get_variant(name)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
     if len(set(settings.variants)) != len(settings.variants):
         raise UsageError(f"--variants names a variant twice: {','.join(settings.variants)}")
     for component in settings.components:
@@ -282,15 +289,10 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
     args = build_parser().parse_args(argv)
     device_type = resolve_device(args.device)
     preset_name = args.preset or (GPU_PRESET if device_type == "cuda" else CPU_PRESET)
-    try:
+    with usage_errors():
         preset = load_preset(preset_name)
-    except PresetError as error:
-        raise UsageError(str(error)) from None
-    for module in args.variant_module:
-        try:
+        for module in args.variant_module:
             load_variant_module(module)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
     settings = dataclasses.replace(preset.settings, **axis_changes(args, preset.settings))
     check_settings(settings, preset.architecture.patch_size)
     check_memory_budget(args.memory_budget, device_type)

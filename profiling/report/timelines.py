@@ -1,12 +1,12 @@
 """Memory-over-time series from the CPU profiler, CUDA snapshots and NVML, saved as JSON."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from profiling.cpu_memory import MemoryTrace
-from profiling.nvml_sampler import NvmlSamples
+from profiling.meters.cpu import MemoryTrace
+from profiling.meters.nvml import NvmlSamples
 
 # Longest series written; a longer one keeps the highest point of each equal stretch.
 MAX_POINTS = 20_000
@@ -32,13 +32,7 @@ class Timeline:
     def save(self, path: Path) -> None:
         """Write as JSON, thinned to at most MAX_POINTS points with peaks kept."""
         times, values = thin(self.times_s, self.bytes, MAX_POINTS)
-        data = {
-            "source": self.source,
-            "times_s": times,
-            "bytes": values,
-            "time_axis": self.time_axis,
-        }
-        path.write_text(json.dumps(data))
+        path.write_text(json.dumps({**asdict(self), "times_s": times, "bytes": values}))
 
     @classmethod
     def load(cls, path: Path) -> "Timeline":
@@ -61,7 +55,7 @@ def thin(times: list[float], values: list[int], limit: int) -> tuple[list[float]
 
 
 def from_cpu_trace(trace: MemoryTrace) -> Timeline:
-    """Live tensor bytes from profiling.cpu_memory's trace."""
+    """Live tensor bytes from the CPU profiler's trace."""
     return Timeline(
         "cpu-profiler", [t / 1e9 for t in trace.times_ns], [int(b) for b in trace.live_bytes]
     )
@@ -94,10 +88,3 @@ def from_cuda_snapshot(snapshot: dict[str, Any], device_index: int, base_bytes: 
             times.append((event["time_us"] - start_us) / 1e6)
         values.append(live)
     return Timeline("cuda-snapshot", times, values, "events" if start_us is None else "seconds")
-
-
-def save_timeline(timeline: Timeline, folder: Path, case_id: str) -> str:
-    """Write `<case_id>.<source>.json` into `folder`; return the file name."""
-    name = f"{case_id}.{timeline.source}.json"
-    timeline.save(folder / name)
-    return name

@@ -4,7 +4,8 @@ A variant builds a module for a component ("aggregator" or "model") from an `Arc
 All variants of a configuration must share one state dict: the sweep initialises the first
 variant's weights and loads them into the others, so they run with the very same tensors.
 More variants come from `--variant-module NAME`: the module is imported and its
-`register_variants()` is called, which calls `register_variant` here.
+`register_variants()` is called, which calls `register_variant` here. The builders import the
+model classes when they run, so checking variant names on the command line stays light.
 """
 
 import importlib
@@ -13,11 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from profiling.cases import Architecture
-from vggt.models.aggregator import Aggregator
-from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
-from vggt.models.vggt import VGGT
-from vggt.models.vggt_vram_optimized import VGGTOptimized
+from profiling.sweep.cases import Architecture
 
 BASELINE = "full"
 
@@ -28,7 +25,6 @@ class Variant:
 
     name: str
     build: Callable[[str, Architecture], nn.Module]
-    description: str = ""
 
 
 _REGISTRY: dict[str, Variant] = {}
@@ -67,6 +63,9 @@ def load_variant_module(module_name: str) -> None:
 
 def build_full(component: str, architecture: Architecture) -> nn.Module:
     """The reference modules: `Aggregator` returning every layer, or `VGGT`."""
+    from vggt.models.aggregator import Aggregator
+    from vggt.models.vggt import VGGT
+
     if component == "aggregator":
         return Aggregator(**architecture.aggregator_kwargs())
     return VGGT(**architecture.model_kwargs())
@@ -74,6 +73,9 @@ def build_full(component: str, architecture: Architecture) -> nn.Module:
 
 def build_optimized(component: str, architecture: Architecture) -> nn.Module:
     """The modules that keep only the layers the heads read."""
+    from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
+    from vggt.models.vggt_vram_optimized import VGGTOptimized
+
     if component == "aggregator":
         return AggregatorVramOptimized(
             **architecture.aggregator_kwargs(), selected_layer_idx=architecture.head_layers()
@@ -81,7 +83,5 @@ def build_optimized(component: str, architecture: Architecture) -> nn.Module:
     return VGGTOptimized(**architecture.model_kwargs())
 
 
-register_variant(Variant(BASELINE, build_full, "reference: every layer output materialised"))
-register_variant(
-    Variant("optimized", build_optimized, "keeps only the layer outputs the heads read")
-)
+register_variant(Variant(BASELINE, build_full))
+register_variant(Variant("optimized", build_optimized))

@@ -1,0 +1,117 @@
+"""What a forward returned: its tensors by name, their bytes, and differences between variants."""
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from vggt.models.aggregator_vram_optimized import LayerSelectView, OffloadedLayer
+
+# Elements compared at once, to bound the float64 temporaries of a comparison.
+COMPARE_CHUNK = 1 << 22
+
+
+def named_outputs(result: Any, name: str = "") -> dict[str, torch.Tensor | OffloadedLayer]:
+    """Every tensor of a forward's result by name: `layer04` for an aggregator's layers (a list
+    or a view, in the tuple it returns), a prediction's key, `key.i` in a listed prediction."""
+    if isinstance(result, torch.Tensor | OffloadedLayer):
+        return {name: result}
+    if isinstance(result, LayerSelectView | list):
+        items = result.items() if isinstance(result, LayerSelectView) else enumerate(result)
+        children = [(f"{name}.{i}" if name else f"layer{i:02d}", value) for i, value in items]
+    elif isinstance(result, Mapping):
+        children = list(result.items())
+    elif isinstance(result, tuple):
+        children = [(name, item) for item in result]
+    else:
+        return {}
+    found: dict[str, torch.Tensor | OffloadedLayer] = {}
+    for child, value in children:
+        found.update(named_outputs(value, child))
+    return found
+
+
+@dataclass(frozen=True)
+class OutputBytes:
+    """Bytes of the distinct storages a result holds: on its device, and offloaded to the host."""
+
+    device: int
+    host: int
+
+
+def output_bytes(
+    tensors: Iterable[torch.Tensor | OffloadedLayer], exclude: Iterable[torch.Tensor] = ()
+) -> OutputBytes:
+    """Bytes behind `tensors`, each storage once (views of one buffer count once), leaving out
+    the storages of `exclude`; an offloaded layer's host tensor counts as host memory."""
+    seen = {StorageWeakRef(tensor.untyped_storage()) for tensor in exclude}
+    totals = {"device": 0, "host": 0}
+    for value in tensors:
+        offloaded = isinstance(value, OffloadedLayer)
+        storage = (value.host if offloaded else value).untyped_storage()
+        if StorageWeakRef(storage) not in seen:
+            seen.add(StorageWeakRef(storage))
+            totals["host" if offloaded else "device"] += storage.nbytes()
+    return OutputBytes(**totals)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Largest absolute difference, and that relative to the baseline's largest magnitude."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    compared: int
+
+
+def compare(
+    outputs: Mapping[str, torch.Tensor], baseline: Mapping[str, torch.Tensor]
+) -> Difference:
+    """Compare the tensors both hold, chunk by chunk in float64 on the CPU.
+
+    ValueError when they share no name or a shared name has different shapes.
+    """
+    shared = [name for name in outputs if name in baseline]
+    if not shared:
+        raise ValueError("the outputs share no tensor name with the baseline's")
+    max_abs = 0.0
+    max_rel = 0.0
+    for name in shared:
+        ours, reference = outputs[name], baseline[name]
+        if ours.shape != reference.shape:
+            raise ValueError(
+                f"{name}: shape {tuple(ours.shape)} differs from the baseline's "
+                f"{tuple(reference.shape)}"
+            )
+        ours, reference = ours.reshape(-1), reference.reshape(-1)
+        tensor_abs = 0.0
+        magnitude = 0.0
+        for start in range(0, ours.numel(), COMPARE_CHUNK):
+            a = ours[start : start + COMPARE_CHUNK].to("cpu", torch.float64)
+            b = reference[start : start + COMPARE_CHUNK].to("cpu", torch.float64)
+            tensor_abs = _max_keeping_nan(tensor_abs, (a - b).abs().max().item())
+            magnitude = _max_keeping_nan(magnitude, b.abs().max().item())
+        max_abs = _max_keeping_nan(max_abs, tensor_abs)
+        if magnitude != 0:
+            max_rel = _max_keeping_nan(max_rel, tensor_abs / magnitude)
+    return Difference(max_abs, max_rel, len(shared))
+
+
+def _max_keeping_nan(a: float, b: float) -> float:
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def compare_each(
+    variants: Mapping[str, Mapping[str, torch.Tensor]], baseline: Mapping[str, torch.Tensor]
+) -> dict[str, Difference | ValueError]:
+    """Each variant's difference from the baseline's outputs, or the error comparing them."""
+    outcomes: dict[str, Difference | ValueError] = {}
+    for name, outputs in variants.items():
+        try:
+            outcomes[name] = compare(outputs, baseline)
+        except ValueError as error:
+            outcomes[name] = error
+    return outcomes

@@ -1,0 +1,1 @@
+"""What a sweep and the benchmarks leave behind: results, summary.md, plots and timelines."""

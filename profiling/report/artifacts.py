@@ -1,0 +1,39 @@
+"""The files one case leaves under timelines/: memory timelines as JSON, and CUDA allocator
+snapshots as pickles (for pytorch.org/memory_viz) and PNGs, each noted in the case's record."""
+
+from pathlib import Path
+
+import torch
+
+from profiling.meters import cuda
+from profiling.report.plots import plot_timelines
+from profiling.report.timelines import Timeline, from_cuda_snapshot
+from profiling.sweep.records import CaseRecord
+
+TIMELINE_DIR = "timelines"
+
+
+def save_timeline(folder: Path, record: CaseRecord, timeline: Timeline) -> None:
+    """Write `<case_id>.<source>.json` into `folder` (OUT/timelines)."""
+    name = f"{record.case_id}.{timeline.source}.json"
+    timeline.save(folder / name)
+    record.files[timeline.source] = f"{TIMELINE_DIR}/{name}"
+
+
+def save_snapshot(
+    folder: Path, record: CaseRecord, label: str, device: torch.device, base_bytes: int
+) -> None:
+    """Pickle the allocator snapshot taken now and plot its timeline as a PNG; the `memory`
+    snapshot's timeline is saved as JSON too. `base_bytes`: allocated when recording began."""
+    stem = f"{record.case_id}.{label}.snapshot"
+    snapshot = cuda.take_snapshot()
+    cuda.save_snapshot(snapshot, folder / f"{stem}.pickle")
+    record.files[f"{label}_snapshot"] = f"{TIMELINE_DIR}/{stem}.pickle"
+    index = device.index if device.index is not None else 0
+    timeline = from_cuda_snapshot(snapshot, index, base_bytes)
+    del snapshot
+    if label == "memory":
+        save_timeline(folder, record, timeline)
+    title = f"{record.case_id} ({label})"
+    plot_timelines({record.variant: timeline}, folder / f"{stem}.png", title)
+    record.files[f"{label}_snapshot_png"] = f"{TIMELINE_DIR}/{stem}.png"

@@ -1,0 +1,131 @@
+"""PNG charts: a metric against frames per variant, and memory timelines overlaid; for a
+sweep's report, one of each per configuration."""
+
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from profiling.report.summary import config_slug, config_title, group_by_config, variant_order
+from profiling.report.timelines import Timeline
+from profiling.sweep.records import CaseRecord
+from profiling.units import byte_unit
+
+TIMELINE_SOURCES = ("cpu-profiler", "cuda-snapshot", "nvml")
+FIGSIZE = (8, 5)
+DPI = 120
+
+
+def plot_against_frames(
+    series: Mapping[str, Mapping[int, float]],
+    failures: Mapping[str, Mapping[int, str]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    in_bytes: bool,
+) -> None:
+    """One line per variant of `series[variant][frames] = value`; failed frame counts are
+    marked on the x axis with their status (oom, error)."""
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    largest = max((v for points in series.values() for v in points.values()), default=1.0)
+    unit, divisor = byte_unit(largest, "MiB") if in_bytes else ("", 1.0)
+    for variant, points in series.items():
+        frames = sorted(points)
+        axes.plot(frames, [points[f] / divisor for f in frames], marker="o", label=variant)
+    for variant, failed in failures.items():
+        for frames, status in sorted(failed.items()):
+            axes.plot([frames], [0], marker="x", color="red", markersize=10, clip_on=False)
+            axes.annotate(
+                f"{variant}: {status}",
+                (frames, 0),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+                fontsize=8,
+                color="red",
+                rotation=90,
+            )
+    axes.set_xscale("log", base=2)
+    ticks = sorted({f for points in [*series.values(), *failures.values()] for f in points})
+    axes.set_xticks(ticks, [str(t) for t in ticks])
+    axes.minorticks_off()
+    axes.set_xlabel("frames")
+    axes.set_ylabel(f"{ylabel} ({unit})" if unit else ylabel)
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(True, which="both", alpha=0.3)
+    if series:
+        axes.legend()
+    figure.savefig(path)
+
+
+def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> None:
+    """Bytes over time, one line per label (a variant, or a variant and a source)."""
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    largest = max((t.peak_bytes for t in series.values()), default=1)
+    unit, divisor = byte_unit(largest, "MiB")
+    for label, timeline in series.items():
+        values = [b / divisor for b in timeline.bytes]
+        peak = max(values, default=0.0)
+        axes.step(timeline.times_s, values, where="post", label=f"{label} (peak {peak:.2f} {unit})")
+    axes_kinds = {t.time_axis for t in series.values()}
+    in_seconds = axes_kinds <= {"seconds"}
+    axes.set_xlabel("seconds from the start of the forward" if in_seconds else "allocator event")
+    axes.set_ylabel(f"memory ({unit})")
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    if series:
+        axes.legend()
+    figure.savefig(path)
+
+
+def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
+    """Peak memory and time against frames per configuration, and memory timelines."""
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    for key, config_records in group_by_config(records).items():
+        name = config_slug(key)
+        title = config_title(key)
+        failures: dict[str, dict[int, str]] = defaultdict(dict)
+        peaks: dict[str, dict[int, float]] = defaultdict(dict)
+        times: dict[str, dict[int, float]] = defaultdict(dict)
+        for record in config_records:
+            variant, frames = record.variant, record.frames
+            if record.status != "ok":
+                failures[variant][frames] = record.status
+                continue
+            if record.peak_bytes is not None:
+                peaks[variant][frames] = record.peak_bytes
+            if record.median_ms is not None:
+                times[variant][frames] = record.median_ms
+        path = plot_dir / f"peak-memory-{name}.png"
+        plot_against_frames(peaks, failures, path, f"Peak memory: {title}", "peak memory", True)
+        path = plot_dir / f"time-{name}.png"
+        plot_against_frames(times, failures, path, f"Median time: {title}", "time (ms)", False)
+        write_timeline_plots(out_dir, plot_dir, name, title, config_records)
+
+
+def write_timeline_plots(
+    out_dir: Path, plot_dir: Path, name: str, title: str, records: list[CaseRecord]
+) -> None:
+    """For each source, the variants' timelines at the largest frame count most of them have."""
+    for source in TIMELINE_SOURCES:
+        with_file = defaultdict(dict)
+        for record in records:
+            file = record.files.get(source)
+            if file and (out_dir / file).is_file():
+                with_file[record.frames][record.variant] = out_dir / file
+        if not with_file:
+            continue
+        frames = max(with_file, key=lambda count: (len(with_file[count]), count))
+        order = variant_order(records)
+        series = {
+            variant: Timeline.load(path)
+            for variant, path in sorted(with_file[frames].items(), key=lambda i: order.index(i[0]))
+        }
+        path = plot_dir / f"timeline-{source}-{name}-f{frames}.png"
+        plot_timelines(series, path, f"{source} memory, {frames} frames: {title}")

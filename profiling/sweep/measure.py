@@ -1,0 +1,201 @@
+"""Measures the variants of one configuration: warm-up, memory, equality and timed repeats.
+
+Order of work for a group: warm-up runs with the variants interleaved (their order reversed
+every other round); one memory run per variant, each after gc, empty_cache and a peak reset
+(non-baseline variants first, so their outputs can wait on the CPU for the baseline's); then
+the timed repeats, interleaved the same way. A variant that fails is recorded as `oom` or
+`error`, its memory freed, and left out of the remaining runs while the others go on.
+"""
+
+import contextlib
+import functools
+import gc
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from profiling.meters import cuda
+from profiling.meters.outputs import compare_each, named_outputs, output_bytes
+from profiling.meters.timing import time_call_ms
+from profiling.report.artifacts import save_snapshot
+from profiling.sweep.cases import CaseGroup, Precision
+from profiling.sweep.environment import RankInfo
+from profiling.sweep.memory_run import cpu_memory_run, cuda_memory_run
+from profiling.sweep.models import ModelCache
+from profiling.sweep.records import CaseRecord, TimeSummary, one_line
+from profiling.sweep.variants import BASELINE
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect garbage and hand cached CUDA blocks back so the next run starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def seeded_images(group: CaseGroup, device: torch.device, seed: int) -> torch.Tensor:
+    """Uniform [B, S, 3, H, W] images in [0, 1], the same on every rank and device."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (group.batch, group.frames, 3, group.height, group.width)
+    return torch.rand(shape, generator=generator).to(device)
+
+
+def autocast_for(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Autocast to the case's dtype, or nothing for fp32."""
+    if precision.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=precision.torch_dtype)
+
+
+class StageScheduler:
+    """Runs the stages of one group on prepared modules and input, filling the records."""
+
+    def __init__(
+        self,
+        group: CaseGroup,
+        modules: dict[str, nn.Module],
+        images: torch.Tensor,
+        records: dict[str, CaseRecord],
+        timeline_dir: Path,
+    ) -> None:
+        self.group = group
+        self.modules = modules
+        self.images = images
+        self.device = images.device
+        self.records = records
+        self.timeline_dir = timeline_dir
+        self.times_ms: dict[str, list[float]] = {name: [] for name in group.variants}
+        # Outputs of the other variants, on the CPU, until the baseline's arrive.
+        self.waiting: dict[str, dict[str, torch.Tensor]] = {}
+        weights = output_bytes(modules[group.variants[0]].state_dict().values()).device
+        for record in records.values():
+            record.weight_bytes = weights
+            record.input_bytes = images.numel() * images.element_size()
+
+    def alive(self) -> list[str]:
+        """Variants that have not failed, in group order."""
+        return [name for name in self.group.variants if self.records[name].status == "ok"]
+
+    def in_turn(self, round_number: int) -> list[str]:
+        """The live variants, reversed every other round (ABBA) so no variant always runs
+        right after the same other one."""
+        names = self.alive()
+        return names if round_number % 2 == 0 else names[::-1]
+
+    def forward(self, name: str) -> Any:
+        """One inference forward of variant `name` on the group's input."""
+        with torch.no_grad(), autocast_for(self.device, self.group.precision):
+            return self.modules[name](self.images)
+
+    def run(self, warmup: int, repeats: int) -> None:
+        """All stages, then each variant's time summary."""
+        for round_number in range(warmup):
+            for name in self.in_turn(round_number):
+                self.guarded(name, self.forward, record_history=True)
+        for name in sorted(self.alive(), key=lambda variant: variant == BASELINE):
+            self.guarded(name, self.memory_run, record_history=True)
+        self.waiting.clear()
+        for round_number in range(repeats):
+            for name in self.in_turn(round_number):
+                self.guarded(name, self.timed_run, record_history=False)
+        for name, samples in self.times_ms.items():
+            if samples:
+                self.records[name].time_ms = TimeSummary.of(samples)
+
+    def guarded(self, name: str, stage: Callable[[str], Any], record_history: bool) -> None:
+        """Run `stage(name)`; an OOM or any other exception becomes the variant's status, and an
+        OOM while the allocator history is recorded also saves the snapshot at the failure."""
+        record = self.records[name]
+        on_cuda = self.device.type == "cuda"
+        history = record_history and on_cuda
+        start_bytes = torch.cuda.memory_allocated(self.device) if on_cuda else 0
+        with cuda.recording_history(history):
+            try:
+                stage(name)
+            except torch.cuda.OutOfMemoryError as error:
+                record.fail("oom", error)
+                if history:
+                    record.error += self.save_oom_snapshot(record, start_bytes)
+            except Exception as error:
+                record.fail("error", error)
+        if record.status != "ok":
+            self.waiting.pop(name, None)
+            free_memory(self.device)
+
+    def save_oom_snapshot(self, record: CaseRecord, start_bytes: int) -> str:
+        """Save the snapshot at an OOM; return a note for the error message if that fails."""
+        try:
+            save_snapshot(self.timeline_dir, record, "oom", self.device, start_bytes)
+        except Exception as error:
+            return f" (the OOM snapshot could not be saved: {one_line(error)})"
+        return ""
+
+    def timed_run(self, name: str) -> None:
+        """A timed forward, appended to the variant's samples."""
+        self.times_ms[name].append(time_call_ms(functools.partial(self.forward, name), self.device))
+
+    def memory_run(self, name: str) -> None:
+        """Peaks and timeline of one forward; then output bytes and the baseline comparison."""
+        free_memory(self.device)
+        record = self.records[name]
+        forward = functools.partial(self.forward, name)
+        if self.device.type == "cuda":
+            outputs = cuda_memory_run(forward, self.device, record, self.timeline_dir)
+        else:
+            outputs = cpu_memory_run(forward, record, self.timeline_dir)
+        tensors = named_outputs(outputs)
+        record.output_bytes = output_bytes(tensors.values()).device
+        if name == BASELINE:
+            self.compare_with(tensors)
+        elif BASELINE in self.alive():
+            self.waiting[name] = {key: t.detach().to("cpu") for key, t in tensors.items()}
+
+    def compare_with(self, baseline: dict[str, torch.Tensor]) -> None:
+        """Record each waiting variant's difference from the baseline outputs (0 for itself)."""
+        own = self.records[BASELINE]
+        own.max_abs_diff, own.max_rel_diff, own.compared_to = 0.0, 0.0, BASELINE
+        for name, outcome in compare_each(self.waiting, baseline).items():
+            record = self.records[name]
+            if isinstance(outcome, ValueError):
+                record.error = f"comparison failed: {outcome}"
+            else:
+                record.max_abs_diff = outcome.max_abs_diff
+                record.max_rel_diff = outcome.max_rel_diff
+                record.compared_to = BASELINE
+
+
+def measure_group(
+    group: CaseGroup,
+    cache: ModelCache,
+    rank: RankInfo,
+    warmup: int,
+    repeats: int,
+    timeline_dir: Path,
+    seed: int,
+) -> list[CaseRecord]:
+    """The records of every variant of `group`; a failure to build or to make the input fails
+    them all."""
+    records = {
+        case.variant: CaseRecord.start(case, rank, warmup, repeats) for case in group.cases()
+    }
+    device = cache.device
+    try:
+        modules = cache.modules_for(group)
+        images = seeded_images(group, device, seed)
+    except Exception as error:
+        status = "oom" if isinstance(error, torch.cuda.OutOfMemoryError) else "error"
+        for record in records.values():
+            record.fail(status, error)
+    else:
+        StageScheduler(group, modules, images, records, timeline_dir).run(warmup, repeats)
+        del images, modules
+    free_memory(device)
+    finished_at = datetime.now(UTC).isoformat()
+    for record in records.values():
+        record.finished_at = finished_at
+    return list(records.values())

@@ -1,0 +1,185 @@
+"""Per-case records: the typed result of one case, appended durably to a rank's partial log,
+read back on resume, and de-duplicated by case id for the report."""
+
+import dataclasses
+import json
+import os
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiling.sweep.cases import Case
+from profiling.sweep.environment import RankInfo
+
+PARTIAL_DIR = "partial"
+MAX_MESSAGE = 500
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: message` on one line, cut to MAX_MESSAGE characters."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text[:MAX_MESSAGE]
+
+
+@dataclass(frozen=True)
+class TimeSummary:
+    """Median, min, max, interquartile range and count of timing samples, in milliseconds."""
+
+    median: float
+    min: float
+    max: float
+    iqr: float
+    repeats: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "TimeSummary":
+        """The summary of timing samples (ms); ValueError for none."""
+        ordered = sorted(samples)
+        iqr = 0.0
+        if len(ordered) > 1:
+            quartiles = statistics.quantiles(ordered, n=4, method="inclusive")
+            iqr = quartiles[2] - quartiles[0]
+        return cls(statistics.median(ordered), ordered[0], ordered[-1], iqr, len(ordered))
+
+
+@dataclass
+class CaseRecord:
+    """One case's result; the field order is the key order of results.json and the column
+    order of results.csv (`time_ms` and `files` nested in JSON, `time_ms_median` in CSV)."""
+
+    case_id: str
+    group_id: str
+    variant: str
+    component: str
+    frames: int
+    batch: int
+    height: int
+    width: int
+    dtype: str
+    dtype_mode: str
+    precision: str
+    architecture: str
+    device: str
+    device_name: str
+    rank: int
+    world_size: int
+    attempt: int
+    host: str
+    status: str = "ok"
+    error: str | None = None
+    time_ms: TimeSummary | None = None
+    peak_bytes: int | None = None
+    activation_peak_bytes: int | None = None
+    cuda_max_allocated_bytes: int | None = None
+    cuda_max_reserved_bytes: int | None = None
+    nvml_peak_used_bytes: int | None = None
+    nvml_sample_rate_hz: float | None = None
+    cpu_peak_live_bytes: int | None = None
+    cpu_max_rss_bytes: int | None = None
+    output_bytes: int | None = None
+    weight_bytes: int | None = None
+    input_bytes: int | None = None
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    compared_to: str | None = None
+    warmup: int = 0
+    repeats: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+    finished_at: str = ""
+
+    @classmethod
+    def start(cls, case: Case, rank: RankInfo, warmup: int, repeats: int) -> "CaseRecord":
+        """The record of `case` before any figure is in: what, where and how often it runs."""
+        group = case.group
+        return cls(
+            case_id=case.case_id,
+            group_id=group.group_id,
+            variant=case.variant,
+            component=group.component,
+            frames=group.frames,
+            batch=group.batch,
+            height=group.height,
+            width=group.width,
+            dtype=group.precision.dtype,
+            dtype_mode=group.precision.mode,
+            precision=group.precision.label,
+            architecture=group.architecture.tag(),
+            device=rank.device,
+            device_name=rank.device_name,
+            rank=rank.rank,
+            world_size=rank.world_size,
+            attempt=rank.attempt,
+            host=rank.host,
+            warmup=warmup,
+            repeats=repeats,
+        )
+
+    @property
+    def median_ms(self) -> float | None:
+        """The median time, None when no timed run finished."""
+        return self.time_ms.median if self.time_ms else None
+
+    def fail(self, status: str, error: BaseException) -> None:
+        """Mark the case `oom` or `error` with the exception's one-line message."""
+        self.status, self.error = status, one_line(error)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as results.json and the partial log hold it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CaseRecord":
+        """A record from `to_json`'s dict; TypeError or KeyError if it is not one."""
+        time_ms = None if data["time_ms"] is None else TimeSummary(**data["time_ms"])
+        return cls(**{**data, "time_ms": time_ms})
+
+
+class PartialLog:
+    """`OUT/partial/rank<k>.jsonl`: each group's records appended, flushed and fsynced at once."""
+
+    def __init__(self, out_dir: Path, rank: int) -> None:
+        folder = out_dir / PARTIAL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"rank{rank}.jsonl"
+
+    def append(self, records: Iterable[CaseRecord]) -> None:
+        """Append one JSON line per record; a torn last line of a killed run is closed first."""
+        text = "".join(json.dumps(record.to_json()) + "\n" for record in records)
+        with self.path.open("a+b") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell() > 0:
+                file.seek(-1, os.SEEK_END)
+                if file.read(1) != b"\n":
+                    text = "\n" + text
+            file.write(text.encode())
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def has_partial_results(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a non-empty partial log of an earlier run."""
+    return any(path.stat().st_size > 0 for path in (out_dir / PARTIAL_DIR).glob("*.jsonl"))
+
+
+def read_partial_records(out_dir: Path) -> list[CaseRecord]:
+    """Every complete record in `OUT/partial/*.jsonl`; torn or foreign lines are skipped."""
+    records = []
+    for path in sorted((out_dir / PARTIAL_DIR).glob("*.jsonl")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                records.append(CaseRecord.from_json(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, KeyError):
+                continue
+    return records
+
+
+def deduplicate(records: Iterable[CaseRecord]) -> list[CaseRecord]:
+    """One record per case id, the most recently finished, sorted by case id."""
+    latest: dict[str, CaseRecord] = {}
+    for record in records:
+        kept = latest.get(record.case_id)
+        if kept is None or record.finished_at >= kept.finished_at:
+            latest[record.case_id] = record
+    return [latest[case_id] for case_id in sorted(latest)]

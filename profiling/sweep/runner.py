@@ -1,0 +1,102 @@
+"""Runs a sweep on this rank: skip finished cases, take groups from the shared queue, measure
+them, log each group's records at once, and hand everything to rank 0 at the end."""
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from profiling.report.artifacts import TIMELINE_DIR
+from profiling.sweep.cases import CaseGroup, build_groups
+from profiling.sweep.distributed import RankContext
+from profiling.sweep.environment import RankInfo, collect_environment
+from profiling.sweep.measure import measure_group
+from profiling.sweep.models import ModelCache
+from profiling.sweep.options import SweepConfig
+from profiling.sweep.records import CaseRecord, PartialLog, deduplicate, read_partial_records
+from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
+
+
+def apply_memory_budget(budget_gib: float | None, device: torch.device) -> None:
+    """Cap this process's CUDA caching allocator at `budget_gib` of the device's memory."""
+    if budget_gib is None:
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(budget_gib * 2**30 / total, device)
+
+
+def shared_earlier_records(
+    config: SweepConfig, context: RankContext, out_dir: Path, namespace: str
+) -> list[CaseRecord]:
+    """The records of earlier runs or attempts that any rank finds in OUT/partial/; every rank
+    waits here for all the others, so no rank starts the queue early."""
+    found = [record.to_json() for record in read_partial_records(out_dir)] if config.resume else []
+    shared = exchange(
+        context.store, f"{namespace}/earlier", context.info.rank, context.info.world_size, found
+    )
+    return [CaseRecord.from_json(record) for rank_records in shared for record in rank_records]
+
+
+def measure_pending(
+    config: SweepConfig,
+    context: RankContext,
+    out_dir: Path,
+    pending: list[CaseGroup],
+    queue: WorkQueue,
+) -> list[CaseRecord]:
+    """Take groups from the queue until it is empty; log and return their records."""
+    rank = context.info
+    log = PartialLog(out_dir, rank.rank)
+    cache = ModelCache(context.device, config.seed)
+    settings = config.settings
+    produced: list[CaseRecord] = []
+    progress = tqdm(
+        desc=f"rank {rank.rank}",
+        unit="config",
+        position=rank.rank,
+        file=sys.stderr,
+        disable=config.quiet,
+        dynamic_ncols=True,
+    )
+    with progress:
+        progress.set_postfix_str(f"{len(pending)} configurations in the queue")
+        for position in queue:
+            group = pending[position]
+            progress.set_postfix_str(group.group_id)
+            timeline_dir = out_dir / TIMELINE_DIR
+            records = measure_group(
+                group, cache, rank, settings.warmup, settings.repeats, timeline_dir, config.seed
+            )
+            log.append(records)
+            produced += records
+            progress.update(1)
+    cache.clear()
+    return produced
+
+
+def run_sweep(
+    config: SweepConfig, context: RankContext, out_dir: Path
+) -> tuple[list[CaseRecord], dict[str, Any]] | None:
+    """Measure this rank's share of the unfinished groups. Rank 0 returns every record (earlier
+    attempts included, de-duplicated) and the environment; the other ranks return None."""
+    rank = context.info
+    namespace = f"profiling/attempt{rank.attempt}"
+    (out_dir / TIMELINE_DIR).mkdir(parents=True, exist_ok=True)
+    apply_memory_budget(config.memory_budget_gib, context.device)
+    earlier = shared_earlier_records(config, context, out_dir, namespace)
+    finished = {record.case_id for record in earlier}
+    groups = build_groups(config.architecture, config.settings)
+    pending = [g for g in groups if any(c.case_id not in finished for c in g.cases())]
+    queue = WorkQueue(context.store, f"{namespace}/queue", len(pending))
+    produced = measure_pending(config, context, out_dir, pending, queue)
+    done = {"records": [r.to_json() for r in produced], "rank": dataclasses.asdict(rank)}
+    publish(context.store, f"{namespace}/done", rank.rank, done)
+    if rank.rank != 0:
+        return None
+    reports = collect(context.store, f"{namespace}/done", rank.world_size)
+    produced = [CaseRecord.from_json(r) for report in reports for r in report["records"]]
+    ranks = [RankInfo(**report["rank"]) for report in reports]
+    return deduplicate(earlier + produced), collect_environment(ranks, config.describe())
