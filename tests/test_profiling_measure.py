@@ -15,7 +15,8 @@ from profiling.sweep.models import ModelCache
 from profiling.sweep.presets import load_preset
 from profiling.sweep.variants import Variant, build_full
 from tests.profiling_records import RANK
-from vggt.models.aggregator_vram_optimized import LayerSelectView, OffloadedLayer
+from vggt.models.aggregator_vram_optimized import LayerSelectView
+from vggt.streaming.offload import HostStore, OffloadedLayer
 
 TINY = load_preset("tiny")
 CPU = torch.device("cpu")
@@ -113,7 +114,9 @@ def test_output_bytes_counts_shared_storage_once() -> None:
 
 
 def test_offloaded_layers_count_as_host_memory() -> None:
-    view = LayerSelectView({0: OffloadedLayer(torch.zeros(4), CPU), 2: torch.zeros(1)}, depth=3)
+    store = HostStore(16, CPU, CPU)
+    layer = OffloadedLayer(store.tensor(0, (2, 1, 1, 1, 2), torch.float32), store)
+    view = LayerSelectView({0: layer, 2: torch.zeros(1)}, depth=3)
     outputs = named_outputs((view, 5, [0, 2]))
     assert list(outputs) == ["layer00", "layer02"]
     assert output_bytes(outputs.values()) == OutputBytes(device=4, host=16)

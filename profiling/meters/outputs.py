@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from vggt.models.aggregator_vram_optimized import LayerSelectView, OffloadedLayer
+from vggt.models.aggregator_vram_optimized import LayerSelectView
+from vggt.streaming.offload import OffloadedLayer
 
 # Elements compared at once, to bound the float64 temporaries of a comparison.
 COMPARE_CHUNK = 1 << 22
@@ -46,15 +47,18 @@ def output_bytes(
     tensors: Iterable[torch.Tensor | OffloadedLayer], exclude: Iterable[torch.Tensor] = ()
 ) -> OutputBytes:
     """Bytes behind `tensors`, each storage once (views of one buffer count once), leaving out
-    the storages of `exclude`; an offloaded layer's host tensor counts as host memory."""
+    the storages of `exclude`; an offloaded layer counts its own bytes (the kept layers share
+    one host block) as host memory."""
     seen = {StorageWeakRef(tensor.untyped_storage()) for tensor in exclude}
     totals = {"device": 0, "host": 0}
     for value in tensors:
-        offloaded = isinstance(value, OffloadedLayer)
-        storage = (value.host if offloaded else value).untyped_storage()
+        if isinstance(value, OffloadedLayer):
+            totals["host"] += value.host.numel() * value.host.element_size()
+            continue
+        storage = value.untyped_storage()
         if StorageWeakRef(storage) not in seen:
             seen.add(StorageWeakRef(storage))
-            totals["host" if offloaded else "device"] += storage.nbytes()
+            totals["device"] += storage.nbytes()
     return OutputBytes(**totals)
 
 
