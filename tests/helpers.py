@@ -54,3 +54,13 @@ def seeded_images(batch: int, frames: int, height: int, width: int, seed: int = 
     return torch.rand(
         batch, frames, 3, height, width, generator=torch.Generator().manual_seed(seed)
     )
+
+
+def assert_same_predictions(actual: dict, expected: dict) -> None:
+    """Both prediction dicts hold the same names and bit-identical tensors (lists item by item)."""
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        values = value if isinstance(value, list) else [value]
+        others = actual[name] if isinstance(value, list) else [actual[name]]
+        for a, b in zip(others, values, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

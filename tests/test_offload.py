@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from tests.helpers import SMALL_VGGT, seeded_images
+from tests.helpers import SMALL_VGGT, assert_same_predictions, seeded_images
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 from vggt.streaming import offload
 from vggt.streaming.offload import OffloadedLayer
@@ -24,15 +24,6 @@ def paired_models(device: torch.device, **config) -> tuple[VGGTOptimized, VGGTOp
     offloaded = VGGTOptimized(**SMALL_VGGT, **config, offload_outputs=True).to(device).eval()
     offloaded.load_state_dict(on_device.state_dict())
     return on_device, offloaded
-
-
-def assert_same_predictions(actual: dict, expected: dict) -> None:
-    assert actual.keys() == expected.keys()
-    for name, value in expected.items():
-        values = value if isinstance(value, list) else [value]
-        others = actual[name] if isinstance(value, list) else [actual[name]]
-        for a, b in zip(others, values, strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from tests.helpers import SMALL_AGGREGATOR, SMALL_VGGT, rel_l2, seeded_images
+from tests.helpers import (
+    SMALL_AGGREGATOR,
+    SMALL_VGGT,
+    assert_same_predictions,
+    rel_l2,
+    seeded_images,
+)
 from vggt.heads.camera_head import CameraHead
 from vggt.heads.dpt_head import DPTHead
 from vggt.models.aggregator import Aggregator
@@ -150,12 +156,7 @@ def test_predictions_equal_vggt() -> None:
     with torch.no_grad():
         expected = full(images, query_points=points)
         actual = optimized(images, query_points=points)
-    assert expected.keys() == actual.keys()
-    for name, value in expected.items():
-        values = value if isinstance(value, list) else [value]
-        others = actual[name] if isinstance(value, list) else [actual[name]]
-        for a, b in zip(others, values, strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert_same_predictions(actual, expected)
 
 
 def test_aggregator_gradients_equal_baseline() -> None:
