@@ -42,7 +42,7 @@ def test_optimized_peak_is_under_022_of_full_at_8_frames(aggregators: tuple) -> 
 def test_layer_selection_alone_is_under_030_of_full(aggregators: tuple) -> None:
     full, optimized = aggregators
     unchunked = AggregatorVramOptimized(
-        **MEMORY_AGGREGATOR, selected_layer_idx=KEPT, token_chunks=None
+        **MEMORY_AGGREGATOR, selected_layer_idx=KEPT, transient_budget=None
     ).eval()
     unchunked.load_state_dict(optimized.state_dict())
     chunked_peak, unchunked_peak = peak(optimized, 8), peak(unchunked, 8)

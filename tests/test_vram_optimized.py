@@ -280,16 +280,16 @@ class TestLayerSelectView:
 
 
 @pytest.mark.parametrize(
-    ("token_chunks", "min_chunk_tokens"),
-    [(8, 1), (3, 1), (8, 40), (2, 256)],
-    ids=["streamed-frames-and-global", "three-chunks", "frame-groups", "unchunked-small"],
+    ("transient_budget", "min_chunk_tokens"),
+    [(1.0, 1), (2.5, 1), (1.0, 40), (1.0, 256)],
+    ids=["streamed-frames-and-global", "global-in-two-chunks", "frame-groups", "unchunked-small"],
 )
-def test_chunked_blocks_equal_unchunked(token_chunks: int, min_chunk_tokens: int) -> None:
+def test_chunked_blocks_equal_unchunked(transient_budget: float, min_chunk_tokens: int) -> None:
     full, _ = paired_aggregators(SMALL_AGGREGATOR, [0, 3, 5])
     chunked = AggregatorVramOptimized(
         **SMALL_AGGREGATOR,
         selected_layer_idx=[0, 3, 5],
-        token_chunks=token_chunks,
+        transient_budget=transient_budget,
         min_chunk_tokens=min_chunk_tokens,
     ).eval()
     chunked.load_state_dict(full.state_dict())
@@ -302,12 +302,16 @@ def test_chunked_blocks_equal_unchunked(token_chunks: int, min_chunk_tokens: int
 
 
 def test_chunk_size_follows_the_stream() -> None:
-    policy = ChunkPolicy(token_chunks=8, min_chunk_tokens=256)
-    assert policy.chunk_tokens(100 * 1374) == -(-100 * 1374 // 8)
-    assert policy.chunk_tokens(21) == 256
-    assert ChunkPolicy(token_chunks=None).chunk_tokens(100 * 1374) == 100 * 1374
-    with pytest.raises(ValueError, match="token_chunks"):
-        AggregatorVramOptimized(**SMALL_AGGREGATOR, token_chunks=0)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    policy = ChunkPolicy(transient_budget=1.0)
+    assert policy.chunk_tokens(100 * 1374, cpu) == -(-100 * 1374 // 8)
+    assert policy.chunk_tokens(100 * 1374, cuda) == 17175
+    assert policy.chunk_tokens(8 * 1374, cuda) == 16384
+    assert policy.chunk_tokens(21, cpu) == 256
+    assert ChunkPolicy(0.5, min_chunk_tokens=4).chunk_tokens(800, cpu) == 50
+    assert ChunkPolicy(transient_budget=None).chunk_tokens(100 * 1374, cpu) == 100 * 1374
+    with pytest.raises(ValueError, match="transient_budget"):
+        AggregatorVramOptimized(**SMALL_AGGREGATOR, transient_budget=0)
     with pytest.raises(ValueError, match="min_chunk_tokens"):
         AggregatorVramOptimized(**SMALL_AGGREGATOR, min_chunk_tokens=0)
 
@@ -344,7 +348,7 @@ def test_streamed_blocks_under_cpu_autocast_match_unstreamed_ones() -> None:
         **SMALL_AGGREGATOR, selected_layer_idx=[1, 3, 5], min_chunk_tokens=16
     ).eval()
     streamed.load_state_dict(whole.state_dict())
-    whole.block_runner.policy = ChunkPolicy(token_chunks=None)
+    whole.block_runner.policy = ChunkPolicy(transient_budget=None)
     images = seeded_images(2, 3, 56, 70)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert attention_dtype(images) == torch.bfloat16

@@ -10,9 +10,11 @@ HEAD_LAYERS = (2, 5, 8, 11)
 MODEL = {**AGGREGATOR, "intermediate_layer_idx": HEAD_LAYERS, "enable_track": False}
 
 VARIANTS = ("full", "optimized")
-FRAMES = (2, 8)
+# (frames, image side): at 56 px every block runs on whole groups; at 224 px and 8 frames
+# (2088 tokens) the optimized blocks run in chunks of 261 tokens and stream global K/V.
+SHAPES = ((2, 56), (8, 56), (8, 224))
 BATCH = 1
-SIZE = AGGREGATOR["img_size"]
+PATCH_SIZE = AGGREGATOR["patch_size"]
 WARMUP_ROUNDS = 1
 AGGREGATOR_ROUNDS = 20
 MODEL_ROUNDS = 5

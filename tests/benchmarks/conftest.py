@@ -1,12 +1,12 @@
 """Benchmark set-up: one CPU thread, so timings hold steady on a shared machine; each benchmark
-runs per frame count and variant on seeded images."""
+runs per shape (frames, image side) and variant on seeded images."""
 
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from tests.benchmarks.configs import BATCH, FRAMES, SIZE, VARIANTS
+from tests.benchmarks.configs import BATCH, SHAPES, VARIANTS
 from tests.helpers import seeded_images
 
 
@@ -20,9 +20,9 @@ def single_cpu_thread(device: torch.device) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=FRAMES, ids=lambda frames: f"S{frames}")
-def frames(request: pytest.FixtureRequest) -> int:
-    """Each frame count the benchmarks compare."""
+@pytest.fixture(params=SHAPES, ids=lambda shape: f"S{shape[0]}-{shape[1]}px")
+def shape(request: pytest.FixtureRequest) -> tuple[int, int]:
+    """Each (frame count, image side) the benchmarks compare."""
     return request.param
 
 
@@ -33,6 +33,7 @@ def variant(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def images(frames: int, device: torch.device) -> torch.Tensor:
-    """Seeded [BATCH, frames, 3, SIZE, SIZE] images on the benchmark device."""
-    return seeded_images(BATCH, frames, SIZE, SIZE).to(device)
+def images(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Seeded [BATCH, frames, 3, side, side] images on the benchmark device."""
+    frames, side = shape
+    return seeded_images(BATCH, frames, side, side).to(device)

@@ -17,7 +17,6 @@ def models(device: torch.device) -> dict[str, torch.nn.Module]:
     return with_shared_weights(VGGT(**MODEL), VGGTOptimized(**MODEL), device)
 
 
-@pytest.mark.usefixtures("frames")
 def test_model(
     benchmark: BenchmarkFixture,
     models: dict[str, torch.nn.Module],

@@ -163,26 +163,27 @@ class AggregatorVramOptimized(Aggregator):
     forward returns `(view, patch_start_idx, kept_indices)`. A dropped layer is never
     concatenated; a kept one is written half by half into its output buffer, so no
     intermediate outlives the block that made it. Without autograd, every block (the DINOv2
-    backbone's too) runs in place through `vggt.streaming`, over chunks of 1/`token_chunks` of
-    the stream (at least `min_chunk_tokens` tokens; None: the whole stream at once), building
-    each long group's K/V chunk by chunk: the MLP hidden state and qkv never exist for the
-    whole sequence at once. With `offload_device` (e.g. "cpu") and autograd off, kept layers
-    go to host memory (page-locked on CUDA) while the next blocks run, and come back as
-    `OffloadedLayer`s, which `VGGTOptimized` reads frame chunk by frame chunk.
+    backbone's too) runs in place through `vggt.streaming`, in token chunks whose temporaries
+    stay within `transient_budget` times the residual stream (`ChunkPolicy`; None: the whole
+    stream at once), building each long group's K/V chunk by chunk: the MLP hidden state and
+    qkv never exist for the whole sequence at once. With `offload_device` (e.g. "cpu") and
+    autograd off, kept layers go to host memory (page-locked on CUDA) while the next blocks
+    run, and come back as `OffloadedLayer`s, which `VGGTOptimized` reads frame chunk by frame
+    chunk.
     """
 
     def __init__(
         self,
         *args,
         selected_layer_idx: Iterable[int] | None = None,
-        token_chunks: int | None = 8,
-        min_chunk_tokens: int = 512,
+        transient_budget: float | None = 1.0,
+        min_chunk_tokens: int | None = None,
         offload_device: str | torch.device | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.offload_device = None if offload_device is None else torch.device(offload_device)
-        self.block_runner = StreamedBlocks(ChunkPolicy(token_chunks, min_chunk_tokens))
+        self.block_runner = StreamedBlocks(ChunkPolicy(transient_budget, min_chunk_tokens))
         if isinstance(self.patch_embed, DinoVisionTransformer):
             self.patch_embed.block_runner = self.block_runner
         self.selected_layer_idx: list[int] | None = None

@@ -11,7 +11,7 @@ import torch
 
 from vggt.layers.block import Block
 from vggt.layers.mlp import Mlp
-from vggt.streaming.chunks import ChunkPolicy, chunk_bounds
+from vggt.streaming.chunks import ChunkPolicy, chunk_bounds, chunk_count
 
 WriteGuard = Callable[[int], None]
 
@@ -25,8 +25,9 @@ def run_block_(
 ) -> torch.Tensor:
     """Run `block` on x [G, N, C] (G independent groups of N tokens) in place; returns x.
 
-    Groups of at most `chunk_tokens` tokens run a few at a time; a longer group has its K and V
-    built chunk by chunk, then its queries and MLP run chunk by chunk against them. Before
+    Groups of about `chunk_tokens` tokens or fewer run a few at a time; a group that makes
+    several chunks has its q, K and V built chunk by chunk, then its attention and MLP run
+    chunk by chunk against them. Before
     overwriting the rows below flat token `end` (of x seen as [G * N, C]) it calls
     `before_write(end)`, so copies still reading them can finish first.
     """
@@ -34,14 +35,14 @@ def run_block_(
         raise RuntimeError("blocks run in place only with autograd off (torch.no_grad())")
     guard = before_write or _no_guard
     groups, tokens, _ = x.shape
-    if tokens > chunk_tokens:
+    if chunk_count(tokens, chunk_tokens) > 1:
         for group in range(groups):
             part_pos = None if pos is None else pos[group : group + 1]
             _stream_group_(
                 block, x[group : group + 1], part_pos, chunk_tokens, group * tokens, guard
             )
         return x
-    for start, end in chunk_bounds(groups, max(1, chunk_tokens // tokens)):
+    for start, end in chunk_bounds(groups, max(1, round(chunk_tokens / tokens))):
         part_pos = None if pos is None else pos[start:end]
         guard(end * tokens)
         _whole_groups_(block, x[start:end], part_pos)
@@ -70,23 +71,25 @@ def _stream_group_(
     chunk, then queries and MLP."""
     attn = block.attn
     tokens = x.shape[1]
-    keys = values = None
+    queries, keys, values = [], None, None
     for start, end in chunk_bounds(tokens, chunk):
         part_pos = None if pos is None else pos[:, start:end]
-        k, v = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
+        q, k, v = attn.project(block.norm1(x[:, start:end]), part_pos, rotate_inplace=True)
         if keys is None:
             shape, dtype = (*k.shape[:2], tokens, k.shape[-1]), attention_dtype(k)
             keys = k.new_empty(shape, dtype=dtype)
             values = v.new_empty(shape, dtype=dtype)
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
-        del k, v
+        # q must not keep the chunk's whole qkv projection alive (it does when q is a view)
+        shared = q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+        queries.append(q.to(dtype, copy=shared))
+        del q, k, v
+    queries.reverse()
     for start, end in chunk_bounds(tokens, chunk):
         rows = x[:, start:end]
-        part_pos = None if pos is None else pos[:, start:end]
         guard(offset + end)
-        q = attn.project(block.norm1(rows), part_pos, "q", rotate_inplace=True)
-        _add_attention_(block, rows, [q.pop(), keys, values])
+        _add_attention_(block, rows, [queries.pop(), keys, values])
         _add_mlp_(block, rows)
 
 
@@ -128,5 +131,5 @@ class StreamedBlocks:
         self.before_write: WriteGuard | None = None
 
     def __call__(self, block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
-        chunk = self.policy.chunk_tokens(x.shape[0] * x.shape[1])
+        chunk = self.policy.chunk_tokens(x.shape[0] * x.shape[1], x.device)
         return run_block_(block, x, pos, chunk, self.before_write)

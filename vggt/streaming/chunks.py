@@ -3,10 +3,25 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
+
+# C-wide tensors per token a chunk holds at once, at most: its normalised input, q, k and v,
+# the attention output and projection, the MLP's input and output and its 4 C hidden state
+# (they are never all alive together; this bounds the live ones).
+TRANSIENT_WIDTHS = 8
+# Fewest tokens per chunk by device: below these the matrix products leave the device idle.
+MIN_CHUNK_TOKENS = {"cuda": 16384, "cpu": 256}
+
+
+def chunk_count(length: int, chunk: int) -> int:
+    """How many near-equal chunks of about `chunk` items `length` items make (at least one):
+    the nearest count, so no chunk is under 2/3 or over 3/2 of `chunk` needlessly."""
+    return max(1, round(length / chunk))
+
 
 def chunk_bounds(length: int, chunk: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of near-equal consecutive chunks of at most `chunk` items over range(length)."""
-    count = -(-length // chunk)
+    """(start, end) of `chunk_count(length, chunk)` near-equal consecutive chunks."""
+    count = chunk_count(length, chunk)
     size = -(-length // count)
     for start in range(0, length, size):
         yield start, min(start + size, length)
@@ -14,22 +29,25 @@ def chunk_bounds(length: int, chunk: int) -> Iterator[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class ChunkPolicy:
-    """Tokens per chunk: 1/`token_chunks` of the residual stream, at least `min_chunk_tokens`.
+    """Tokens per chunk of an in-place block: enough to keep one chunk's temporaries within
+    `transient_budget` times the residual stream's bytes, never fewer than `min_chunk_tokens`
+    (None: the device's entry of MIN_CHUNK_TOKENS). `transient_budget=None` runs each block
+    on the whole stream at once, still in place."""
 
-    `token_chunks=None` (or 1) runs each block on the whole stream at once, still in place.
-    """
-
-    token_chunks: int | None = 8
-    min_chunk_tokens: int = 512
+    transient_budget: float | None = 1.0
+    min_chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.token_chunks is not None and self.token_chunks < 1:
-            raise ValueError(f"token_chunks must be at least 1 or None, got {self.token_chunks}")
-        if self.min_chunk_tokens < 1:
+        if self.transient_budget is not None and self.transient_budget <= 0:
+            raise ValueError(
+                f"transient_budget must be positive or None, got {self.transient_budget}"
+            )
+        if self.min_chunk_tokens is not None and self.min_chunk_tokens < 1:
             raise ValueError(f"min_chunk_tokens must be positive, got {self.min_chunk_tokens}")
 
-    def chunk_tokens(self, total_tokens: int) -> int:
-        """Tokens per chunk for a stream of `total_tokens` (the whole stream when unchunked)."""
-        if self.token_chunks is None or self.token_chunks == 1:
+    def chunk_tokens(self, total_tokens: int, device: torch.device) -> int:
+        """Tokens per chunk for a stream of `total_tokens` on `device`."""
+        if self.transient_budget is None:
             return total_tokens
-        return max(self.min_chunk_tokens, -(-total_tokens // self.token_chunks))
+        floor = self.min_chunk_tokens or MIN_CHUNK_TOKENS.get(device.type, MIN_CHUNK_TOKENS["cpu"])
+        return max(floor, -(-int(total_tokens * self.transient_budget) // TRANSIENT_WIDTHS))
