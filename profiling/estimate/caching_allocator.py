@@ -1,0 +1,152 @@
+"""A model of PyTorch's CUDA caching allocator with its default settings (no expandable
+segments, no max_split_size), after c10/cuda/CUDACachingAllocator.cpp: replaying a program's
+allocations and frees through it gives the bytes the allocator reserves from the device.
+
+Rules: request sizes round up to a multiple of 512 B (at least 512 B); requests up to 1 MiB
+come from the small pool, larger ones from the large pool. A request takes the smallest cached
+free block of its pool that fits (the lower address on a tie), split when the remainder is at
+least 512 B (small pool) or over 1 MiB (large pool). With no such block a new segment is
+reserved: 2 MiB for a small request, 20 MiB for one under 10 MiB, else the request rounded up
+to 2 MiB. A freed block merges with the free blocks next to it in its segment. Segments are
+never released, so the peak reserved bytes of a replay bound what the real allocator needs
+(which on a failed cudaMalloc frees its cached segments and retries).
+"""
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+MIN_BLOCK_BYTES = 512
+SMALL_REQUEST_BYTES = 1 << 20
+SMALL_SEGMENT_BYTES = 2 << 20
+MID_SEGMENT_BYTES = 20 << 20
+MIN_LARGE_SEGMENT_REQUEST = 10 << 20
+LARGE_SEGMENT_ROUNDING = 2 << 20
+
+
+def round_request(nbytes: int) -> int:
+    """The bytes the allocator hands out for a request: a multiple of 512, at least 512."""
+    return max(MIN_BLOCK_BYTES, -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES)
+
+
+def segment_bytes(rounded: int) -> int:
+    """Bytes of the segment reserved for a rounded request that no cached block can serve."""
+    if rounded <= SMALL_REQUEST_BYTES:
+        return SMALL_SEGMENT_BYTES
+    if rounded < MIN_LARGE_SEGMENT_REQUEST:
+        return MID_SEGMENT_BYTES
+    return -(-rounded // LARGE_SEGMENT_ROUNDING) * LARGE_SEGMENT_ROUNDING
+
+
+def splits(block_bytes: int, rounded: int) -> bool:
+    """Whether a block serving a rounded request gives its remainder back as a free block."""
+    remainder = block_bytes - rounded
+    if rounded <= SMALL_REQUEST_BYTES:
+        return remainder >= MIN_BLOCK_BYTES
+    return remainder > SMALL_REQUEST_BYTES
+
+
+@dataclass(eq=False)
+class Block:
+    """A piece of a segment at a (made-up) device address, free or handed out."""
+
+    address: int
+    size: int
+    small_pool: bool
+    allocated: bool = False
+    previous: "Block | None" = None
+    next: "Block | None" = None
+
+
+class CachingAllocatorModel:
+    """Reserved and allocated bytes of a sequence of `malloc` and `free` calls."""
+
+    def __init__(self) -> None:
+        self.reserved_bytes = 0
+        self.peak_reserved_bytes = 0
+        self.allocated_bytes = 0
+        self.peak_allocated_bytes = 0
+        self.segments = 0
+        self._next_address = 0
+        # Free blocks by pool, sorted by (size, address) as the allocator's block sets are.
+        self._free_keys: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
+        self._free_blocks: dict[tuple[int, int], Block] = {}
+
+    def malloc(self, nbytes: int) -> Block:
+        """Hand out a block for a request of `nbytes` bytes."""
+        rounded = round_request(nbytes)
+        small = rounded <= SMALL_REQUEST_BYTES
+        block = self._take_free(rounded, small) or self._new_segment(rounded, small)
+        if splits(block.size, rounded):
+            rest = Block(block.address + rounded, block.size - rounded, small, False, block)
+            rest.next, block.next = block.next, rest
+            if rest.next is not None:
+                rest.next.previous = rest
+            block.size = rounded
+            self._add_free(rest)
+        block.allocated = True
+        self.allocated_bytes += block.size
+        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        return block
+
+    def free(self, block: Block) -> None:
+        """Return a block to its pool, merged with the free blocks around it."""
+        if not block.allocated:
+            raise ValueError("this block is not allocated")
+        block.allocated = False
+        self.allocated_bytes -= block.size
+        for neighbour in (block.previous, block.next):
+            if neighbour is not None and not neighbour.allocated:
+                self._remove_free(neighbour)
+                block = self._merge(block, neighbour)
+        self._add_free(block)
+
+    def _take_free(self, rounded: int, small: bool) -> Block | None:
+        keys = self._free_keys[small]
+        index = bisect.bisect_left(keys, (rounded, -1))
+        if index == len(keys):
+            return None
+        return self._free_blocks.pop(keys.pop(index))
+
+    def _new_segment(self, rounded: int, small: bool) -> Block:
+        size = segment_bytes(rounded)
+        block = Block(self._next_address, size, small)
+        self._next_address += size
+        self.reserved_bytes += size
+        self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
+        self.segments += 1
+        return block
+
+    def _add_free(self, block: Block) -> None:
+        key = (block.size, block.address)
+        bisect.insort(self._free_keys[block.small_pool], key)
+        self._free_blocks[key] = block
+
+    def _remove_free(self, block: Block) -> None:
+        key = (block.size, block.address)
+        keys = self._free_keys[block.small_pool]
+        del keys[bisect.bisect_left(keys, key)]
+        del self._free_blocks[key]
+
+    @staticmethod
+    def _merge(block: Block, neighbour: Block) -> Block:
+        """One free block covering two adjacent ones of a segment."""
+        first, second = (
+            (neighbour, block) if neighbour.address < block.address else (block, neighbour)
+        )
+        first.size += second.size
+        first.next = second.next
+        if second.next is not None:
+            second.next.previous = first
+        return first
+
+
+def replay(events: Iterable[tuple[int, int]], allocator: CachingAllocatorModel) -> None:
+    """Feed a tracker's `(key, signed bytes)` events to `allocator`: +n allocates n bytes for
+    `key`, -n frees the block of `key`."""
+    blocks: dict[int, Block] = {}
+    for key, delta in events:
+        if delta > 0:
+            blocks[key] = allocator.malloc(delta)
+        else:
+            allocator.free(blocks.pop(key))

@@ -1,0 +1,138 @@
+"""The caching-allocator model on hand-written request sequences."""
+
+import pytest
+
+from profiling.estimate.caching_allocator import CachingAllocatorModel, replay, round_request
+
+KIB = 1 << 10
+MIB = 1 << 20
+
+
+def test_requests_round_to_512_bytes() -> None:
+    assert round_request(1) == 512
+    assert round_request(512) == 512
+    assert round_request(513) == 1024
+    assert round_request(3 * MIB + 1) == 3 * MIB + 512
+
+
+def test_a_3_mib_request_reserves_a_20_mib_segment() -> None:
+    allocator = CachingAllocatorModel()
+    allocator.malloc(3 * MIB)
+    assert allocator.reserved_bytes == 20 * MIB
+    assert allocator.allocated_bytes == 3 * MIB
+    allocator.malloc(3 * MIB)
+    assert allocator.reserved_bytes == 20 * MIB
+    assert allocator.segments == 1
+
+
+def test_segments_of_large_requests_round_to_2_mib() -> None:
+    allocator = CachingAllocatorModel()
+    allocator.malloc(10 * MIB)
+    assert allocator.reserved_bytes == 10 * MIB
+    allocator.malloc(11 * MIB + 1)
+    assert allocator.reserved_bytes == 22 * MIB
+    allocator.malloc(9 * MIB + 512 * KIB)
+    assert allocator.reserved_bytes == 42 * MIB
+
+
+def test_a_freed_block_is_split_for_a_smaller_request() -> None:
+    allocator = CachingAllocatorModel()
+    allocator.free(allocator.malloc(100 * MIB))
+    allocator.malloc(60 * MIB)
+    assert allocator.reserved_bytes == 100 * MIB
+    assert allocator.allocated_bytes == 60 * MIB
+    allocator.malloc(40 * MIB)
+    assert allocator.reserved_bytes == 100 * MIB
+    assert allocator.segments == 1
+
+
+def test_a_remainder_over_1_mib_splits_off_and_1_mib_does_not() -> None:
+    splitting = CachingAllocatorModel()
+    splitting.free(splitting.malloc(12 * MIB))
+    splitting.malloc(10 * MIB + 512 * KIB)
+    assert splitting.allocated_bytes == 10 * MIB + 512 * KIB
+    whole = CachingAllocatorModel()
+    whole.free(whole.malloc(12 * MIB))
+    whole.malloc(11 * MIB)
+    assert whole.allocated_bytes == 12 * MIB
+    assert whole.peak_allocated_bytes == 12 * MIB
+
+
+def test_small_requests_share_a_2_mib_segment() -> None:
+    allocator = CachingAllocatorModel()
+    for _ in range(20):
+        allocator.malloc(100 * KIB)
+    assert allocator.reserved_bytes == 2 * MIB
+    assert allocator.allocated_bytes == 20 * 100 * KIB
+    allocator.malloc(100 * KIB)
+    assert allocator.reserved_bytes == 4 * MIB
+
+
+def test_pools_do_not_share_blocks() -> None:
+    allocator = CachingAllocatorModel()
+    allocator.free(allocator.malloc(20 * MIB))
+    allocator.malloc(4 * KIB)
+    assert allocator.reserved_bytes == 22 * MIB
+    allocator.free(allocator.malloc(MIB))
+    allocator.malloc(MIB + 512)
+    assert allocator.reserved_bytes == 22 * MIB
+
+
+def test_smallest_fitting_block_is_used() -> None:
+    allocator = CachingAllocatorModel()
+    thirty = allocator.malloc(30 * MIB)
+    fifty = allocator.malloc(50 * MIB)
+    allocator.free(fifty)
+    allocator.free(thirty)
+    allocator.malloc(25 * MIB)
+    allocator.malloc(45 * MIB)
+    assert allocator.reserved_bytes == 80 * MIB
+    assert allocator.allocated_bytes == 70 * MIB
+
+
+def test_freed_neighbours_merge_back_into_the_segment() -> None:
+    allocator = CachingAllocatorModel()
+    first = allocator.malloc(4 * MIB)
+    second = allocator.malloc(4 * MIB)
+    third = allocator.malloc(4 * MIB)
+    allocator.free(second)
+    allocator.free(first)
+    allocator.free(third)
+    allocator.malloc(20 * MIB)
+    assert allocator.reserved_bytes == 20 * MIB
+    assert allocator.segments == 1
+
+
+def test_blocks_of_different_segments_never_merge() -> None:
+    allocator = CachingAllocatorModel()
+    first = allocator.malloc(12 * MIB)
+    second = allocator.malloc(12 * MIB)
+    allocator.free(first)
+    allocator.free(second)
+    allocator.malloc(24 * MIB)
+    assert allocator.reserved_bytes == 48 * MIB
+
+
+def test_peak_reserved_outlives_frees() -> None:
+    allocator = CachingAllocatorModel()
+    allocator.free(allocator.malloc(64 * MIB))
+    allocator.malloc(MIB + 512)
+    assert allocator.allocated_bytes == MIB + 512
+    assert allocator.reserved_bytes == allocator.peak_reserved_bytes == 64 * MIB
+    assert allocator.peak_allocated_bytes == 64 * MIB
+
+
+def test_freeing_a_free_block_is_refused() -> None:
+    allocator = CachingAllocatorModel()
+    block = allocator.malloc(KIB)
+    allocator.free(block)
+    with pytest.raises(ValueError, match="not allocated"):
+        allocator.free(block)
+
+
+def test_replay_of_signed_events() -> None:
+    allocator = CachingAllocatorModel()
+    replay([(1, 30 * MIB), (2, 3 * MIB), (1, -30 * MIB), (3, 24 * MIB), (2, -3 * MIB)], allocator)
+    assert allocator.reserved_bytes == 50 * MIB
+    assert allocator.peak_allocated_bytes == 33 * MIB
+    assert allocator.allocated_bytes == 24 * MIB
