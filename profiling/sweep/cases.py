@@ -1,5 +1,6 @@
 """The case grid: which model, variants and input shapes a sweep measures, in what order."""
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -66,6 +67,17 @@ class Precision:
     def torch_dtype(self) -> torch.dtype:
         """The torch dtype that weights are cast to or autocast runs in."""
         return DTYPES[self.dtype]
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype the weights are held in: the case's dtype when cast, else fp32."""
+        return self.torch_dtype if self.mode == "cast" else torch.float32
+
+    def autocast(self, device_type: str) -> contextlib.AbstractContextManager:
+        """Autocast to the case's dtype on `device_type`, or nothing for fp32."""
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.torch_dtype)
 
 
 def parse_precision(text: str, default_mode: str) -> Precision:

@@ -7,7 +7,6 @@ the timed repeats, interleaved the same way. A variant that fails is recorded as
 `error`, its memory freed, and left out of the remaining runs while the others go on.
 """
 
-import contextlib
 import functools
 import gc
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from profiling.meters import cuda
 from profiling.meters.outputs import compare_each, named_outputs, output_bytes
 from profiling.meters.timing import time_call_ms
 from profiling.report.artifacts import save_snapshot
-from profiling.sweep.cases import CaseGroup, Precision
+from profiling.sweep.cases import CaseGroup
 from profiling.sweep.environment import RankInfo
 from profiling.sweep.memory_run import cpu_memory_run, cuda_memory_run
 from profiling.sweep.models import ModelCache
@@ -43,13 +42,6 @@ def seeded_images(group: CaseGroup, device: torch.device, seed: int) -> torch.Te
     generator = torch.Generator().manual_seed(seed)
     shape = (group.batch, group.frames, 3, group.height, group.width)
     return torch.rand(shape, generator=generator).to(device)
-
-
-def autocast_for(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    """Autocast to the case's dtype, or nothing for fp32."""
-    if precision.dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=precision.torch_dtype)
 
 
 class StageScheduler:
@@ -89,7 +81,7 @@ class StageScheduler:
 
     def forward(self, name: str) -> Any:
         """One inference forward of variant `name` on the group's input."""
-        with torch.no_grad(), autocast_for(self.device, self.group.precision):
+        with torch.no_grad(), self.group.precision.autocast(self.device.type):
             return self.modules[name](self.images)
 
     def run(self, warmup: int, repeats: int) -> None:
