@@ -150,3 +150,12 @@ def replay(events: Iterable[tuple[int, int]], allocator: CachingAllocatorModel) 
             blocks[key] = allocator.malloc(delta)
         else:
             allocator.free(blocks.pop(key))
+
+
+def peak_rounded_bytes(events: Iterable[tuple[int, int]]) -> int:
+    """Peak live bytes of signed allocation events, each request rounded as the allocator does."""
+    live = peak = 0
+    for _, delta in events:
+        live += round_request(delta) if delta > 0 else -round_request(-delta)
+        peak = max(peak, live)
+    return peak

@@ -1,21 +1,27 @@
 """The estimator's command line: estimates per variant and frame count, and the largest frame
-count that fits each memory size, as a table or as JSON.
+count that fits each device memory size, as a table or as JSON.
 
     python -m profiling.estimate --preset vggt-1b --frames 1,200,1000 --dtype bf16 \\
-        --device-memory 80GiB [--height H --width W] [--offload] [--json]
+        --dtype-mode autocast --device-memory 24GiB,80GiB [--height H --width W] [--offload] \\
+        [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--json]
 """
 
 import argparse
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from profiling.estimate.fake_model import FakeModel
-from profiling.estimate.fit import max_frames
+from profiling.estimate.fake_model import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FakeModel
+from profiling.estimate.fit import max_frames_by_budget
+from profiling.sweep.cases import DTYPE_MODES, parse_precision
 from profiling.sweep.options import UsageError, parse_counts
 from profiling.sweep.presets import load_preset
 from profiling.sweep.variants import variant_names
-from profiling.units import DTYPES, bytes_in, parse_bytes
+from profiling.units import DTYPES, bytes_in, format_bytes, parse_bytes
+
+FITS_RULE = "a frame count fits M when reserved bound + CUDA context <= M"
+CONTEXT_NOTE = "an assumption, measured by python -m profiling.gpu_check on a GPU"
 
 
 def gib(value: int) -> str:
@@ -23,30 +29,50 @@ def gib(value: int) -> str:
     return bytes_in(value, "GiB", 2)
 
 
-def format_table(results: list[dict], args: argparse.Namespace) -> str:
-    """The human-readable report: one row per variant and frame count, then the fit."""
-    budget = args.budgets[0]
+def precision_text(args: argparse.Namespace) -> str:
+    """The precision as run: `fp32`, or the dtype, the mode and what the mode means."""
+    if args.dtype == "fp32":
+        return "fp32 (no autocast)"
+    weights = f"{args.dtype} weights" if args.dtype_mode == "cast" else "fp32 weights"
+    return f"{args.dtype} {args.dtype_mode} ({weights} under {args.dtype} autocast)"
+
+
+def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float) -> str:
+    """The human-readable report: one row per variant and frame count, then the fits."""
+    budgets = args.budgets
     lines = [
-        f"Estimated peak memory (fake tensors, no GPU): preset {args.preset}, {args.component}, "
-        f"{args.height}x{args.width}, {args.dtype}, batch {args.batch}"
-        + (", layer outputs offloaded to host" if args.offload else ""),
+        f"Estimated device memory (fake tensors, no GPU): preset {args.preset}, "
+        f"{args.component}, {args.height}x{args.width}, {precision_text(args)}, "
+        f"batch {args.batch}" + (", layer outputs offloaded to host" if args.offload else ""),
         "",
-        "| variant | frames | peak GiB | weights | kept outputs | transient | host | "
-        f"fits {gib(budget)} GiB |",
-        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+        "| variant | frames | live peak GiB | allocated | reserved bound | weights | "
+        "kept outputs | transient | host | "
+        + " | ".join(f"fits {gib(budget)} GiB" for budget in budgets)
+        + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ":---:|" * len(budgets),
     ]
     for result in results:
         for row in result["estimates"]:
+            fits = ["yes" if row["required_bytes"] <= budget else "no" for budget in budgets]
             lines.append(
                 f"| {row['variant']} | {row['frames']} | {gib(row['peak_bytes'])} | "
+                f"{gib(row['allocated_bytes'])} | {gib(row['reserved_bound_bytes'])} | "
                 f"{gib(row['weights_bytes'])} | {gib(row['output_bytes'])} | "
                 f"{gib(row['transient_bytes'])} | {gib(row['host_bytes'])} | "
-                f"{'yes' if row['peak_bytes'] <= budget else 'no'} |"
+                + " | ".join(fits)
+                + " |"
             )
-    lines.append("")
+    lines += [
+        "",
+        f"CUDA context: {format_bytes(args.cuda_context_bytes, gib_digits=2)} ({CONTEXT_NOTE}); "
+        f"allocated includes a cuBLAS workspace of "
+        f"{format_bytes(args.cublas_workspace_bytes)}; {FITS_RULE}.",
+    ]
     for result in results:
         for size, frames in result["max_frames_by_budget"].items():
             lines.append(f"{result['variant']}: at most {frames} frames fit {gib(int(size))} GiB")
+    passes = sum(result["fake_passes"] for result in results)
+    lines.append(f"{passes} fake passes in {elapsed_s:.0f} s")
     return "\n".join(lines)
 
 
@@ -54,11 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The estimator's options."""
     parser = argparse.ArgumentParser(
         prog="python -m profiling.estimate",
-        description="Estimate peak device memory per frame count without a GPU.",
+        description="Estimate device memory per frame count without a GPU.",
     )
     parser.add_argument("--preset", default="vggt-1b", help="architecture preset")
     parser.add_argument("--frames", default="1,200,1000", help="comma-separated frame counts")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument(
+        "--dtype-mode",
+        default="autocast",
+        choices=DTYPE_MODES,
+        help="autocast: fp32 weights under autocast to --dtype; cast: weights cast to --dtype, "
+        "also under autocast (as profiling/run.py); fp32 runs without autocast",
+    )
     parser.add_argument(
         "--device-memory",
         default="80GiB",
@@ -70,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", default="full,optimized", help="comma-separated")
     parser.add_argument("--component", default="aggregator", choices=["aggregator", "model"])
     parser.add_argument("--offload", action="store_true", help="kept layers in host memory")
+    parser.add_argument(
+        "--cublas-workspace",
+        default=format_bytes(CUBLAS_WORKSPACE_BYTES),
+        help="cuBLAS workspace of the compute stream (default: %(default)s, as on compute "
+        "capability >= 9.0)",
+    )
+    parser.add_argument(
+        "--cuda-context",
+        default=format_bytes(CUDA_CONTEXT_BYTES),
+        help="CUDA context and kernels, outside the allocator (default: %(default)s, an "
+        "assumption)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -81,9 +126,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         args.frames_list = list(parse_counts(args.frames, "--frames"))
         args.budgets = [parse_bytes(text) for text in args.device_memory.split(",")]
+        args.cublas_workspace_bytes = parse_bytes(args.cublas_workspace)
+        args.cuda_context_bytes = parse_bytes(args.cuda_context)
         architecture = load_preset(args.preset).architecture
     except (UsageError, ValueError) as error:
         parser.error(str(error))
+    args.dtype_mode = parse_precision(args.dtype, args.dtype_mode).mode
     args.variant_list = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variant_list if v not in variant_names()]
     if unknown:
@@ -95,10 +143,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--height and --width must be multiples of the patch size {patch}")
     if args.batch < 1:
         parser.error("--batch must be at least 1")
-    if args.component == "model" and args.dtype != "fp32":
-        parser.error(
-            "the whole model runs its heads in fp32: use --dtype fp32 or --component aggregator"
-        )
     return args
 
 
@@ -106,23 +150,28 @@ def run(args: argparse.Namespace) -> list[dict]:
     """Estimates per variant and frame count, and each variant's largest fitting frame count."""
     results = []
     architecture = load_preset(args.preset).architecture
+    size = (args.batch, args.height, args.width)
     for variant in args.variant_list:
-        model = FakeModel(variant, args.component, architecture, DTYPES[args.dtype], args.offload)
-        estimates = [
-            model.estimate(frames, args.batch, args.height, args.width)
-            for frames in args.frames_list
-        ]
-        cache = {e.frames: e.peak_bytes for e in estimates}
-        fits = {
-            str(budget): max_frames(model, budget, args.batch, args.height, args.width, cache)
-            for budget in args.budgets
-        }
+        model = FakeModel(
+            variant,
+            args.component,
+            architecture,
+            DTYPES[args.dtype],
+            args.dtype_mode,
+            args.offload,
+            cublas_workspace_bytes=args.cublas_workspace_bytes,
+            cuda_context_bytes=args.cuda_context_bytes,
+        )
+        cache = {frames: model.estimate(frames, *size) for frames in args.frames_list}
+        estimates = [cache[frames] for frames in args.frames_list]
+        fits = max_frames_by_budget(model, args.budgets, *size, cache)
         results.append(
             {
                 "variant": variant,
                 "peaks": {str(e.frames): e.peak_bytes for e in estimates},
-                "max_frames": fits[str(args.budgets[0])],
-                "max_frames_by_budget": fits,
+                "max_frames": fits[args.budgets[0]],
+                "max_frames_by_budget": {str(budget): frames for budget, frames in fits.items()},
+                "fake_passes": model.passes,
                 "estimates": [asdict(e) for e in estimates],
             }
         )
@@ -132,21 +181,28 @@ def run(args: argparse.Namespace) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the estimates as a table (or JSON with --json); argparse's exit 2 for bad usage."""
     args = parse_args(argv)
+    started = time.perf_counter()
     results = run(args)
+    elapsed_s = time.perf_counter() - started
     if args.json:
         document = {
             "preset": args.preset,
             "component": args.component,
             "dtype": args.dtype,
+            "dtype_mode": args.dtype_mode,
             "height": args.height,
             "width": args.width,
             "batch": args.batch,
             "offload": args.offload,
+            "cublas_workspace_bytes": args.cublas_workspace_bytes,
+            "cuda_context_bytes": args.cuda_context_bytes,
+            "fits_rule": FITS_RULE,
             "device_memory_bytes": args.budgets[0],
             "device_memory_list": args.budgets,
+            "elapsed_s": round(elapsed_s, 1),
             "variants": results,
         }
         print(json.dumps(document, indent=2))
     else:
-        print(format_table(results, args))
+        print(format_table(results, args, elapsed_s))
     return 0

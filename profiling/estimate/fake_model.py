@@ -1,35 +1,83 @@
-"""A variant built on fake tensors, and the bytes one forward pass of it holds on the compute
-device at its peak: weights, input, kept outputs and transient activations, counted as live
-tensor storages (no kernel workspaces, no allocator fragmentation)."""
+"""A variant built on fake tensors, and what one forward pass of it needs on a CUDA device:
+live tensor bytes at the peak (weights, input, kept outputs, transient activations), the
+caching allocator's view of them (allocated bytes, a bound on reserved bytes) and the CUDA
+context.
 
+Precision follows the sweep (profiling/run.py): `autocast` runs fp32 weights under autocast to
+the dtype, `cast` casts the weights to it and also runs under autocast, fp32 runs without
+autocast; the images are fp32, as users pass them. The fake pass runs on the CPU under CPU
+autocast, which differs from CUDA autocast in one known way: it leaves layer_norm in its input
+dtype where CUDA autocast runs it in fp32. That changes the q/k-norm outputs (and, with cast
+weights, the block norms' outputs): chunk-sized temporaries. Under autocast the residual stream
+and the kept layer outputs are fp32 (fp32 camera and register tokens join the patch tokens).
+With `--component model` the heads run in fp32 on CUDA but under autocast here.
+"""
+
+import contextlib
+import dataclasses
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
 
+from profiling.estimate.caching_allocator import (
+    CachingAllocatorModel,
+    peak_rounded_bytes,
+    replay,
+    round_request,
+)
 from profiling.meters.fake import LiveBytesTracker
 from profiling.meters.outputs import named_outputs, output_bytes
-from profiling.sweep.cases import Architecture
+from profiling.sweep.cases import Architecture, parse_precision
 from profiling.sweep.variants import get_variant
+from profiling.units import DTYPES
+from vggt.streaming.blocks import StreamedBlocks
+from vggt.streaming.chunks import MIN_CHUNK_TOKENS
+
+# cuBLAS/cuBLASLt workspace PyTorch allocates for the compute stream on compute capability
+# >= 9.0 (Hopper): 4096 KiB x 8, taken from the caching allocator at the first matmul.
+CUBLAS_WORKSPACE_BYTES = 32 << 20
+# An assumption, measured by `python -m profiling.gpu_check` on a GPU: the CUDA context and the
+# loaded kernels, device memory outside the caching allocator.
+CUDA_CONTEXT_BYTES = 600 << 20
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """Bytes on the compute device at the peak of one forward pass, and what they are."""
+    """What one forward pass needs on the device, in bytes.
+
+    `peak_bytes`: live tensor bytes at the peak (weights + input + activations), of which
+    `output_bytes` are kept outputs and `transient_bytes` the rest of the activations.
+    `allocated_bytes`: that peak with each allocation rounded as the caching allocator rounds
+    it, plus the cuBLAS workspace. `reserved_bound_bytes`: the peak reserved bytes of a replay
+    through a model of the caching allocator. `required_bytes`: reserved bound + CUDA context,
+    what must fit in the device's memory.
+    """
 
     variant: str
     frames: int
+    dtype_mode: str
     peak_bytes: int
     weights_bytes: int
     input_bytes: int
     output_bytes: int
     transient_bytes: int
     host_bytes: int
+    allocated_bytes: int
+    reserved_bound_bytes: int
+    cuda_context_bytes: int
+    required_bytes: int
 
 
 class FakeModel:
-    """One variant built on fake storage (no memory), reused across frame counts."""
+    """One variant built on fake storage (no memory), reused across frame counts.
+
+    `target_device` is the device type the estimate is for: the streamed blocks take its
+    minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_TOKENS). `passes` counts fake passes.
+    """
 
     def __init__(
         self,
@@ -37,42 +85,115 @@ class FakeModel:
         component: str,
         architecture: Architecture,
         dtype: torch.dtype,
+        dtype_mode: str = "autocast",
         offload: bool = False,
+        target_device: str = "cuda",
+        cublas_workspace_bytes: int = CUBLAS_WORKSPACE_BYTES,
+        cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     ) -> None:
+        names = {value: name for name, value in DTYPES.items()}
+        if dtype not in names:
+            raise ValueError(f"unsupported dtype {dtype}; choose from {', '.join(DTYPES)}")
+        if target_device not in MIN_CHUNK_TOKENS:
+            raise ValueError(f"unknown target device {target_device!r}")
         self.variant = variant
-        self.dtype = dtype
+        self.target_device = target_device
+        self.precision = parse_precision(names[dtype], dtype_mode)
+        self.cublas_workspace_bytes = cublas_workspace_bytes
+        self.cuda_context_bytes = cuda_context_bytes
+        self.passes = 0
         with torch.device("meta"):
-            module = get_variant(variant).build(component, architecture).to(dtype)
+            module = get_variant(variant).build(component, architecture)
+            module = module.to(self.precision.weights_dtype)
         aggregator = getattr(module, "aggregator", module)
         if offload and hasattr(aggregator, "offload_device"):
             aggregator.offload_device = torch.device("meta")
-        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        runner = getattr(aggregator, "block_runner", None)
+        if isinstance(runner, StreamedBlocks) and runner.policy.min_chunk_tokens is None:
+            minimum = MIN_CHUNK_TOKENS[target_device]
+            runner.policy = dataclasses.replace(runner.policy, min_chunk_tokens=minimum)
+        self.chunk_runner = runner if isinstance(runner, StreamedBlocks) else None
+        self.mode = LiveBytesTracker("cpu")
         with self.mode:
             self.module: nn.Module = module.to_empty(device="cpu").eval()
-        self.weights_bytes = output_bytes(self.weights()).device
+        storages = {
+            StorageWeakRef(t.untyped_storage()): t.untyped_storage() for t in self.weights()
+        }
+        self.weight_storage_bytes = [storage.nbytes() for storage in storages.values()]
+        self.weights_bytes = sum(self.weight_storage_bytes)
+
+    @property
+    def dtype_mode(self) -> str:
+        """`autocast` or `cast` (fp32 counts as `autocast`: it runs without autocast)."""
+        return self.precision.mode
+
+    def affine_from(self, batch: int, height: int, width: int) -> int:
+        """The fewest frames at which every streamed chunk is over the device's minimum (1 with
+        no streamed blocks): from there chunks grow with the frame count, and so does the peak,
+        near affinely."""
+        if self.chunk_runner is None:
+            return 1
+        policy = self.chunk_runner.policy
+        aggregator = getattr(self.module, "aggregator", self.module)
+        patches = (height // aggregator.patch_size) * (width // aggregator.patch_size)
+        tokens = batch * (aggregator.patch_start_idx + patches)
+        device = torch.device(self.target_device)
+
+        def over_minimum(frames: int) -> bool:
+            return policy.chunk_tokens(frames * tokens, device) > policy.min_chunk_tokens
+
+        low, high = 0, 1
+        while not over_minimum(high):
+            low, high = high, 2 * high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if over_minimum(middle) else (middle, high)
+        return high
 
     def weights(self) -> list[torch.Tensor]:
         """The module's parameters and buffers (fake tensors)."""
         return [*self.module.parameters(), *self.module.buffers()]
 
     def estimate(self, frames: int, batch: int, height: int, width: int) -> Estimate:
-        """Run one fake forward pass of `batch` x `frames` images of height x width."""
-        with self.mode:
-            images = torch.rand(batch, frames, 3, height, width, dtype=self.dtype)
-            tracker = LiveBytesTracker("cpu")
-            tracker.ignore([*self.weights(), images])
-            with tracker, torch.no_grad():
+        """Run one fake forward pass of `batch` x `frames` fp32 images of height x width."""
+        self.passes += 1
+        with self.mode, frozen_garbage():
+            images = torch.rand(batch, frames, 3, height, width)
+            existing = [*self.weights(), images]
+            tracking = self.mode.track(existing, record_events=True)
+            with tracking as live, torch.no_grad(), self.precision.autocast("cpu"):
                 outputs = self.module(images)
             kept = output_bytes(named_outputs(outputs).values())
-            peak = tracker.peak_bytes
         input_bytes = images.numel() * images.element_size()
+        resident = [*self.weight_storage_bytes, input_bytes, self.cublas_workspace_bytes]
+        allocator = CachingAllocatorModel()
+        for nbytes in resident:
+            allocator.malloc(nbytes)
+        replay(live.events, allocator)
+        reserved = allocator.peak_reserved_bytes
         return Estimate(
             variant=self.variant,
             frames=frames,
-            peak_bytes=self.weights_bytes + input_bytes + peak,
+            dtype_mode=self.dtype_mode,
+            peak_bytes=self.weights_bytes + input_bytes + live.peak_bytes,
             weights_bytes=self.weights_bytes,
             input_bytes=input_bytes,
             output_bytes=kept.device,
-            transient_bytes=peak - kept.device,
+            transient_bytes=live.peak_bytes - kept.device,
             host_bytes=kept.host,
+            allocated_bytes=sum(map(round_request, resident)) + peak_rounded_bytes(live.events),
+            reserved_bound_bytes=reserved,
+            cuda_context_bytes=self.cuda_context_bytes,
+            required_bytes=reserved + self.cuda_context_bytes,
         )
+
+
+@contextlib.contextmanager
+def frozen_garbage() -> Iterator[None]:
+    """Keep the objects that exist now out of garbage collections until the block ends: a fake
+    pass creates many objects, and rescanning the model's at every collection costs time."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
