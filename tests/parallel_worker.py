@@ -24,7 +24,8 @@ import torch.distributed as dist  # noqa: E402
 from profiling.meters.cpu import peak_live_bytes  # noqa: E402
 from profiling.sweep.presets import load_preset  # noqa: E402
 from profiling.sweep.variants import get_variant  # noqa: E402
-from tests.helpers import SMALL_VGGT, rel_l2, seeded_images  # noqa: E402
+from tests.helpers import GOLDEN_FILE, SMALL_VGGT, manifest, rel_l2, seeded_images  # noqa: E402
+from tests.recipe import recipe_images, recipe_query_points, recipe_state_dict  # noqa: E402
 from vggt.models.vggt_vram_optimized import VGGTOptimized  # noqa: E402
 from vggt.parallel.group import SequenceGroup, split_evenly, starts  # noqa: E402
 from vggt.streaming.chunks import ChunkPolicy  # noqa: E402
@@ -86,12 +87,42 @@ def memory_case(case: dict, group: SequenceGroup) -> dict:
     return result
 
 
+def golden_case(case: dict, group: SequenceGroup) -> dict:
+    """Relative L2 errors of this rank's kept layers and predictions against the golden
+    reference outputs (full VGGT-1B from the recipe weights)."""
+    golden = torch.load(GOLDEN_FILE, weights_only=True)
+    recipe = golden["recipe"]
+    with torch.device("meta"):
+        model = VGGTOptimized()
+    weights = recipe_state_dict(manifest(), seed=recipe["weights_seed"])
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.eval().parallelize(group, case["attention"])
+    batch, frames, _, height, width = recipe["images"]
+    images = recipe_images(batch, frames, height, width, seed=recipe["images_seed"])
+    count = recipe["query_points"][1]
+    points = recipe_query_points(batch, count, height, width, seed=recipe["query_points_seed"])
+    mine = my_frames({"frames": frames}, group.rank, group.world_size)
+    with torch.no_grad():
+        view, _, _ = model.aggregator(images[:, mine])
+        predictions = model(images[:, mine], query_points=points)
+    errors = {
+        f"layer{i}": rel_l2(t, golden[f"aggregator.layer{i}"][:, mine]) for i, t in view.items()
+    }
+    for name in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
+        errors[name] = rel_l2(predictions[name], golden[name][:, mine])
+    poses = torch.stack(predictions["pose_enc_list"])
+    errors["pose_enc_list"] = rel_l2(poses, golden["pose_enc_list"][:, :, mine])
+    for name in ("track", "vis", "conf"):
+        errors[name] = rel_l2(predictions[name], golden[name][:, mine])
+    return {"errors": errors, "frames": [mine.start, mine.stop]}
+
+
 def main(cases_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo")
     group = SequenceGroup()
     findings = {}
     for case in json.loads(Path(cases_file).read_text()):
-        run = memory_case if case.get("memory") else compare_case
+        run = RUNS[case.get("kind", "compare")]
         try:
             findings[case["name"]] = run(case, group)
         except ValueError as error:
@@ -100,6 +131,8 @@ def main(cases_file: str, out_dir: str) -> None:
     out.write_text(json.dumps(findings))
     dist.destroy_process_group()
 
+
+RUNS = {"compare": compare_case, "memory": memory_case, "golden": golden_case}
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

@@ -61,7 +61,7 @@ def test_two_ranks(tmp_path: Path) -> None:
         {"name": "ulysses-7-b2", "attention": "ulysses", "frames": 7, "batch": 2},
         {"name": "ring-5", "attention": "ring", "frames": 5, "batch": 1, "tracks": False},
         {"name": "one-frame", "attention": "ulysses", "frames": 1, "batch": 1},
-        {"name": "memory", "attention": "ulysses", "frames": 16, "memory": True},
+        {"name": "memory", "kind": "memory", "attention": "ulysses", "frames": 16},
     ]
     findings = run_cases(tmp_path, 2, cases)
     for name in ("ulysses-5", "ulysses-7-b2", "ring-5"):
