@@ -21,7 +21,8 @@ from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
 
 
 def apply_memory_budget(budget_gib: float | None, device: torch.device) -> None:
-    """Cap this process's CUDA caching allocator at `budget_gib` of the device's memory."""
+    """Cap this process's CUDA caching allocator at `budget_gib` (set_per_process_memory_fraction):
+    what PyTorch reserves, not the CUDA context nor other processes' memory."""
     if budget_gib is None:
         return
     total = torch.cuda.get_device_properties(device).total_memory
