@@ -67,14 +67,15 @@ def counted(values: tuple[int, ...]) -> str:
 
 
 def gpu_plan() -> Plan:
-    """VGGT-1B's aggregator at 518x518, sized for about seven minutes on one H100 or H200."""
+    """VGGT-1B's aggregator at 518x518, sized for about seven minutes on one H100 or H200. The
+    memory cap is tried with bf16 weights, the precision of the README's estimator table."""
     return Plan(
         model="VGGT-1B (preset vggt-1b), random seeded weights",
         architecture=load_preset("vggt-1b").architecture,
         side=518,
         frames=(1, 8, 100, 200),
         precisions=(README_PRECISION, CAST_PRECISION),
-        budget_precision=README_PRECISION,
+        budget_precision=CAST_PRECISION,
         budget_frames=100,
         offload_frames=200,
         chunk_frames=(8, 200),
