@@ -3,6 +3,7 @@ summary, results, plots), the time budget, errors kept to their step, a killed r
 and the pieces that choose a memory cap and read pytest's summary."""
 
 import json
+import multiprocessing.context
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ import torch
 
 from profiling.evidence import aggregator, cli, runner
 from profiling.evidence.context import Context
-from profiling.evidence.estimates import EstimateFigures, EstimateJob, estimate_jobs, estimate_point
+from profiling.evidence.estimates import (
+    EstimateFigures,
+    EstimateJob,
+    EstimatePool,
+    estimate_jobs,
+    estimate_point,
+)
 from profiling.evidence.gpu_tests import summary_line
 from profiling.evidence.memory_budget import choose_cap, fit_need, memory_cap
 from profiling.evidence.plan import README_PRECISION, dry_run_plan
@@ -44,7 +51,7 @@ class FakeClock:
 class NoEstimates:
     """Stands in for the estimate workers when the steps are stubs."""
 
-    def __init__(self, jobs: list) -> None:
+    def __init__(self, jobs: list, log: Path) -> None:
         self.jobs = jobs
 
     def close(self) -> None:
@@ -229,6 +236,18 @@ def test_estimates_start_with_the_memory_budgets_points_and_fall_back_to_the_pea
     )
     assert figures.allocated_bytes == figures.peak_bytes > figures.weights_bytes > 0
     assert figures.reserved_bound_bytes is None and figures.cuda_context_bytes == 0
+
+
+def test_estimates_whose_workers_cannot_start_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_processes(context: object, *arguments: object) -> None:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnContext, "Pool", no_processes)
+    jobs = estimate_jobs(dry_run_plan())
+    pool = EstimatePool(jobs, Path("unused.log"))
+    with pytest.raises(RuntimeError, match="did not start: OSError: no more processes"):
+        pool.result(jobs[0], 1.0)
+    pool.close()
 
 
 def test_pytests_summary_line_is_found() -> None:

@@ -5,14 +5,18 @@ the GPU steps run (one fake pass of VGGT-1B takes tens of seconds of one CPU cor
 """
 
 import multiprocessing
+import multiprocessing.pool
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from profiling.estimate.fake_model import FakeModel
 from profiling.evidence.plan import Plan
+from profiling.native_stderr import STDERR_FD
 from profiling.sweep.cases import Architecture, Precision
+from profiling.sweep.records import one_line
 
 MAX_WORKERS = 8
 # CPU cores left to the process that drives the GPU.
@@ -80,6 +84,14 @@ def estimate_jobs(plan: Plan) -> list[EstimateJob]:
     return budget + [job for job in grid if job not in budget]
 
 
+def log_stderr_to(path: Path) -> None:
+    """Pool initializer: this worker's stderr (file descriptor 2, the fake tensors' warnings
+    among it) appends to `path` instead of the console."""
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, STDERR_FD)
+    os.close(log)
+
+
 def worker_count(jobs: int) -> int:
     """Workers for `jobs` estimates: the cores beyond CORES_KEPT, at least 1, at most 8."""
     spare = (os.cpu_count() or 1) - CORES_KEPT
@@ -87,20 +99,31 @@ def worker_count(jobs: int) -> int:
 
 
 class EstimatePool:
-    """Estimates of `jobs` computing in spawned processes from construction on."""
+    """Estimates of `jobs` computing in spawned processes from construction on, their stderr
+    appended to `log`; when the processes cannot start, every result raises that reason."""
 
-    def __init__(self, jobs: list[EstimateJob]) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pool = context.Pool(worker_count(len(jobs)))
+    def __init__(self, jobs: list[EstimateJob], log: Path) -> None:
+        self._pool: multiprocessing.pool.Pool | None = None
+        self._pending: dict[EstimateJob, multiprocessing.pool.AsyncResult] = {}
+        self._failure = ""
+        try:
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(worker_count(len(jobs)), log_stderr_to, (log,))
+        except Exception as error:
+            self._failure = one_line(error)
+            return
         self._pending = {job: self._pool.apply_async(estimate_point, (job,)) for job in jobs}
 
     def result(self, job: EstimateJob, timeout_s: float) -> EstimateFigures:
         """The figures of `job`, waiting at most `timeout_s`; multiprocessing.TimeoutError when
-        they are not ready by then, the worker's exception when it failed, KeyError for a job
-        that was not submitted."""
+        they are not ready by then, the worker's exception when it failed, RuntimeError when
+        the workers did not start, KeyError for a job that was not submitted."""
+        if self._pool is None:
+            raise RuntimeError(f"the estimate workers did not start: {self._failure}")
         return self._pending[job].get(max(timeout_s, 0.001))
 
     def close(self) -> None:
         """Stop the workers, finished or not."""
-        self._pool.terminate()
-        self._pool.join()
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()

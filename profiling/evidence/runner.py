@@ -93,7 +93,7 @@ def run_evidence(
     }
     steps = {name: StepResult(name, letter) for name, (letter, _) in STEPS.items()}
     results = list(steps.values())
-    estimates = EstimatePool(estimate_jobs(plan))
+    estimates = EstimatePool(estimate_jobs(plan), out_dir / NATIVE_LOG)
     try:
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
             context = Context(
