@@ -86,7 +86,7 @@ def test_the_dry_run_measures_every_step_and_writes_the_evidence(
     steps = {step["name"]: step for step in document["steps"]}
     assert list(steps) == STEP_NAMES
     assert code == (1 if {"fail", "error"} & {s["status"] for s in steps.values()} else 0)
-    assert printed[0].startswith("GPU evidence on cpu (CPU): tiny preset")
+    assert printed[0].startswith("GPU evidence on cpu (CPU): tiny preset made 12 layers deep")
     assert [line.split(":")[0].strip() for line in printed[1:7]] == [
         f"{letter}. {name}" for letter, name in zip("abcdef", STEP_NAMES, strict=True)
     ]

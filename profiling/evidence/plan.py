@@ -90,7 +90,7 @@ def dry_run_plan() -> Plan:
     applied in fp32, which the estimator counts exactly."""
     architecture = dataclasses.replace(load_preset("tiny").architecture, depth=12, img_size=28)
     return Plan(
-        model="tiny preset, 12 layers, 28x28, random seeded weights",
+        model="tiny preset made 12 layers deep, random seeded weights",
         architecture=architecture,
         side=28,
         frames=(1, 4),

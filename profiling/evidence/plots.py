@@ -47,24 +47,21 @@ def write_plots(out_dir: Path, plan: Plan, steps: list[StepResult]) -> None:
 
 
 def plot_switches(offload: StepResult, chunking: StepResult, path: Path) -> None:
-    """Peak allocated and time of each variant of the offload and chunking steps, as bars."""
-    labels, peaks, times = [], [], []
-    for step in (offload, chunking):
-        for record in records_of(step.data.get("records", [])):
-            if record.status == "ok":
-                labels.append(f"{step.name}\n{record.variant}\n{record.frames} frames")
-                peaks.append(allocated_bytes(record))
-                times.append(record.median_ms or 0.0)
-    figure = Figure(figsize=(FIGSIZE[0] * 1.5, FIGSIZE[1]), dpi=DPI, layout="constrained")
-    peak_axes, time_axes = figure.subplots(1, 2)
-    unit, divisor = byte_unit(max(peaks, default=1), "MiB")
-    positions = list(range(len(labels)))
-    peak_axes.bar(positions, [peak / divisor for peak in peaks])
-    peak_axes.set_ylabel(f"peak allocated ({unit})")
-    time_axes.bar(positions, times)
-    time_axes.set_ylabel("time (ms)")
-    for axes, name in ((peak_axes, "Peak allocated"), (time_axes, "Forward time")):
-        axes.set_xticks(positions, labels, fontsize=7)
-        axes.set_title(f"{name}: offload and chunking on and off")
-        axes.grid(True, axis="y", alpha=0.3)
+    """Peak allocated and time of each variant, as bars: a row per step, each on its scale."""
+    figure = Figure(figsize=(FIGSIZE[0] * 1.5, FIGSIZE[1] * 1.6), dpi=DPI, layout="constrained")
+    for row, step in zip(figure.subplots(2, 2), (offload, chunking), strict=True):
+        ran = [r for r in records_of(step.data.get("records", [])) if r.status == "ok"]
+        labels = [f"{record.variant}\n{record.frames} frames" for record in ran]
+        peaks = [allocated_bytes(record) for record in ran]
+        unit, divisor = byte_unit(max(peaks, default=1), "MiB")
+        positions = list(range(len(ran)))
+        peak_axes, time_axes = row
+        peak_axes.bar(positions, [peak / divisor for peak in peaks])
+        peak_axes.set_ylabel(f"peak allocated ({unit})")
+        time_axes.bar(positions, [record.median_ms or 0.0 for record in ran])
+        time_axes.set_ylabel("time (ms)")
+        for axes, name in ((peak_axes, "peak allocated"), (time_axes, "forward time")):
+            axes.set_xticks(positions, labels, fontsize=8)
+            axes.set_title(f"{step.letter}. {step.name}: {name}")
+            axes.grid(True, axis="y", alpha=0.3)
     figure.savefig(path)
