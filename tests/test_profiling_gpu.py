@@ -27,6 +27,8 @@ RUN = Path(__file__).resolve().parent.parent / "profiling" / "run.py"
 TIMEOUT_S = 300
 # A segment the caching allocator may round a large request up to (kLargeBuffer).
 LARGE_SEGMENT = 20 << 20
+# The most a small block may exceed its request: 512-byte rounding plus an unsplit remainder.
+ROUNDING = 1024
 
 
 def nvml_installed() -> bool:
@@ -114,10 +116,13 @@ def test_a_cuda_group_measures_what_the_case_holds(tmp_path: Path) -> None:
         snapshot = pickle.loads((tmp_path / record.files["memory_snapshot"]).read_bytes())
         assert snapshot["segments"] and snapshot["device_traces"][0]
         assert (tmp_path / record.files["memory_snapshot_png"]).is_file()
-        # The history covers the measured forward only: its allocations, counted from the bytes
-        # allocated before it, peak where the allocator's counter peaked.
+        # The history covers the measured forward only: its requests, counted from the bytes
+        # allocated before it, peak where the allocator's counter peaked, less the rounding of
+        # each block (under 1 KiB for these small ones).
         timeline = json.loads((tmp_path / record.files["cuda-snapshot"]).read_text())
-        assert max(timeline["bytes"]) == record.cuda_max_allocated_bytes
+        allocations = sum(e["action"] == "alloc" for e in snapshot["device_traces"][0])
+        peak = record.cuda_max_allocated_bytes
+        assert peak - ROUNDING * allocations <= max(timeline["bytes"]) <= peak
     assert records[1].variant == "optimized"
     assert records[1].max_abs_diff == 0.0
 
