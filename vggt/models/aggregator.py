@@ -27,11 +27,18 @@ DINOV2_BACKBONES: dict[str, Callable[..., nn.Module]] = {
 ATTENTION_TYPES = ("frame", "global")
 
 
-def slice_expand_and_flatten(token: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-    """[1, 2, X, C] learned tokens -> [B*S, X, C]: variant 0 for frame 0, variant 1 after."""
-    first = token[:, 0:1].expand(batch, 1, *token.shape[2:])
+def slice_expand_and_flatten(
+    token: torch.Tensor, batch: int, frames: int, first_frame: bool = True
+) -> torch.Tensor:
+    """[1, 2, X, C] learned tokens -> [B*S, X, C]: variant 0 for frame 0, variant 1 after.
+
+    `first_frame=False` (frames that continue a sequence held elsewhere) uses variant 1 for all.
+    """
+    first = token[:, 0:1] if first_frame else token[:, 1:]
     rest = token[:, 1:].expand(batch, frames - 1, *token.shape[2:])
-    return torch.cat((first, rest), dim=1).view(batch * frames, *token.shape[2:])
+    return torch.cat((first.expand(batch, 1, *token.shape[2:]), rest), dim=1).view(
+        batch * frames, *token.shape[2:]
+    )
 
 
 def check_images(images: torch.Tensor, patch_size: int) -> None:
@@ -149,8 +156,13 @@ class Aggregator(nn.Module):
         )
         self.patch_embed.mask_token.requires_grad_(False)
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalise [B, S, 3, H, W] images; return tokens [B*S, P, C] and RoPE positions."""
+    def embed(
+        self, images: torch.Tensor, first_frame: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalise [B, S, 3, H, W] images; return tokens [B*S, P, C] and RoPE positions.
+
+        `first_frame=False` when the images continue a sequence whose frame 0 is elsewhere.
+        """
         check_images(images, self.patch_size)
         batch, frames, _, height, width = images.shape
         dtype = self.camera_token.dtype
@@ -165,8 +177,8 @@ class Aggregator(nn.Module):
         del flat
         if isinstance(patch_tokens, dict):
             patch_tokens = patch_tokens["x_norm_patchtokens"]
-        camera = slice_expand_and_flatten(self.camera_token, batch, frames)
-        register = slice_expand_and_flatten(self.register_token, batch, frames)
+        camera = slice_expand_and_flatten(self.camera_token, batch, frames, first_frame)
+        register = slice_expand_and_flatten(self.register_token, batch, frames, first_frame)
         tokens = torch.cat((camera, register, patch_tokens), dim=1)
         del patch_tokens
         if self.rope is None:
@@ -207,7 +219,7 @@ class Aggregator(nn.Module):
         if self.training:
             tokens = checkpoint(block, tokens, pos=pos, use_reentrant=self.use_reentrant)
         elif self.block_runner is not None and not torch.is_grad_enabled():
-            tokens = self.block_runner(block, tokens, pos)
+            tokens = self.block_runner(block, tokens, pos, attn_type == "global")
         else:
             tokens = block(tokens, pos=pos)
         return tokens.view(shape)

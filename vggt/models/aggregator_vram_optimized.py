@@ -7,12 +7,15 @@ kept layers, and returns them in a `LayerSelectView` indexed by absolute layer n
 
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
 
 import torch
 from torch.profiler import record_function
 
 from vggt.layers.vision_transformer import DinoVisionTransformer
-from vggt.models.aggregator import ATTENTION_TYPES, Aggregator
+from vggt.models.aggregator import ATTENTION_TYPES, Aggregator, check_images
+from vggt.parallel.group import FrameLayout, SequenceGroup
+from vggt.parallel.sequence import SequenceParallelBlocks
 from vggt.streaming.blocks import StreamedBlocks
 from vggt.streaming.chunks import ChunkPolicy
 from vggt.streaming.offload import KeptLayers, OffloadedLayer
@@ -203,10 +206,49 @@ class AggregatorVramOptimized(Aggregator):
             return list(range(self.depth))
         return list(self.selected_layer_idx)
 
+    def parallelize(self, group: SequenceGroup | None, attention: str = "ulysses") -> None:
+        """Split each forward's sequence over `group`'s ranks (None: one device again).
+
+        Every rank then passes only its own frames, consecutive ones in rank order, and gets
+        their kept layers back; global attention spans all ranks (`attention`: "ulysses" or
+        "ring"). Inference only.
+        """
+        policy = self.block_runner.policy
+        if group is None:
+            self.block_runner = StreamedBlocks(policy)
+        else:
+            heads = self.global_blocks[0].attn.num_heads
+            self.block_runner = SequenceParallelBlocks(policy, group, attention, heads)
+        if isinstance(self.patch_embed, DinoVisionTransformer):
+            self.patch_embed.block_runner = self.block_runner
+
+    @property
+    def sequence_group(self) -> SequenceGroup | None:
+        """The ranks each sequence is split over, if any."""
+        runner = self.block_runner
+        return runner.group if isinstance(runner, SequenceParallelBlocks) else None
+
+    def frame_layout(self, images: torch.Tensor) -> FrameLayout | None:
+        """How this forward's frames lie over the ranks (checked on every rank), or None on one
+        device; a collective, so every rank calls it."""
+        group = self.sequence_group
+        if group is None:
+            return None
+        if torch.is_grad_enabled() or self.training:
+            raise RuntimeError("a sequence split over ranks runs in inference only (no_grad, eval)")
+        self.block_runner.layout = group.layout(
+            images, partial(check_images, patch_size=self.patch_size)
+        )
+        return self.block_runner.layout
+
     def forward(self, images: torch.Tensor) -> tuple[LayerSelectView, int, list[int]]:
-        """images [B, S, 3, H, W] in [0, 1] -> (view of kept layers, patch_start_idx, kept)."""
+        """images [B, S, 3, H, W] in [0, 1] -> (view of kept layers, patch_start_idx, kept).
+
+        Split over ranks, `images` are this rank's frames and so are the returned layers.
+        """
         kept = self.kept_indices
-        tokens, pos = self.embed(images)
+        layout = self.frame_layout(images)
+        tokens, pos = self.embed(images, first_frame=layout is None or layout.start() == 0)
         shape = (*images.shape[:2], *tokens.shape[1:])
         outputs = KeptLayers(kept, len(ATTENTION_TYPES), tokens.view(shape), self._offload_target())
         blocks = self.iter_blocks(tokens, pos, shape)
@@ -219,6 +261,8 @@ class AggregatorVramOptimized(Aggregator):
                         outputs.write(layer, ATTENTION_TYPES.index(attn_type), stream)
         finally:
             self.block_runner.before_write = None
+            if layout is not None:
+                self.sequence_group.release()
         return LayerSelectView(outputs.finish(), self.depth), self.patch_start_idx, kept
 
     def _offload_target(self) -> torch.device | None:

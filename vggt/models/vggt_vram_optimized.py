@@ -8,6 +8,7 @@ from torch import nn
 from vggt.heads.dpt_head import FRAMES_CHUNK_SIZE
 from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
 from vggt.models.vggt import VGGT, heads_in_fp32, pose_predictions, track_predictions
+from vggt.parallel.group import SequenceGroup
 from vggt.streaming.offload import OffloadedLayer, iter_frame_chunks
 
 
@@ -67,6 +68,17 @@ class VGGTOptimized(VGGT):
         view, patch_start_idx, _ = self.aggregator(images)
         return view, patch_start_idx
 
+    def parallelize(self, group: SequenceGroup | None, attention: str = "ulysses") -> None:
+        """Split each forward's sequence over `group`'s ranks (None: one device again).
+
+        Every rank passes its own consecutive frames (rank order is frame order) and the same
+        query points, and gets the predictions of its own frames, equal to one device's:
+        global attention spans the ranks (`attention` "ulysses" or "ring"), the camera head
+        sees every frame's camera token, and the tracker runs on rank 0 with every frame's
+        track features gathered there. Inference only.
+        """
+        self.aggregator.parallelize(group, attention)
+
     def predict(
         self,
         tokens: LayerSelectView,
@@ -74,8 +86,10 @@ class VGGTOptimized(VGGT):
         patch_start_idx: int,
         query_points: torch.Tensor | None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """The heads; on offloaded layers they run frame chunk by frame chunk."""
-        if not any(isinstance(layer, OffloadedLayer) for _, layer in tokens.items()):
+        """The heads; on offloaded layers, or frames split over ranks, they run frame chunk
+        by frame chunk."""
+        offloaded = any(isinstance(layer, OffloadedLayer) for _, layer in tokens.items())
+        if not offloaded and self.aggregator.sequence_group is None:
             return super().predict(tokens, images, patch_start_idx, query_points)
         return self._predict_by_frame_chunk(tokens, images, patch_start_idx, query_points)
 
@@ -86,9 +100,9 @@ class VGGTOptimized(VGGT):
         patch_start_idx: int,
         query_points: torch.Tensor | None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Each frame chunk of the kept layers is copied back once and every head reads its
-        share: dense predictions and track features per chunk, camera tokens gathered for
-        the camera head, which attends across all frames."""
+        """Each frame chunk of the kept layers is read once (copied back, when offloaded) and
+        every head reads its share: dense predictions and track features per chunk, camera
+        tokens gathered for the camera head, which attends across all frames."""
         depth, frames = view.depth, images.shape[1]
         track = self.track_head is not None and query_points is not None
         predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
@@ -112,10 +126,47 @@ class VGGTOptimized(VGGT):
                 features.append(extractor(layers, part, patch_start_idx, frames_chunk_size=None))
             del layers, chunk
         if self.camera_head is not None:
-            camera_view = LayerSelectView({depth - 1: torch.cat(cameras, dim=1)}, depth)
-            with heads_in_fp32(images):
-                predictions.update(pose_predictions(self.camera_head(camera_view)))
+            predictions.update(self._cameras(torch.cat(cameras, dim=1), depth, images))
         if track:
             maps = features[0] if len(features) == 1 else torch.cat(features, dim=1)
-            predictions.update(track_predictions(self.track_head.track(maps, query_points)))
+            predictions.update(self._tracks(maps, query_points))
         return predictions
+
+    def _cameras(
+        self, tokens: torch.Tensor, depth: int, images: torch.Tensor
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Poses of this rank's frames from their camera tokens [B, n, 1, 2C]; split over
+        ranks, the camera head runs on every frame's token and each rank keeps its own."""
+        group = self.aggregator.sequence_group
+        if group is not None:
+            layout = self.aggregator.block_runner.layout
+            tokens = group.all_gather_frames(tokens, layout)
+        with heads_in_fp32(images):
+            poses = self.camera_head(LayerSelectView({depth - 1: tokens}, depth))
+        if group is not None:
+            first = layout.start()
+            poses = [pose[:, first : first + layout.local] for pose in poses]
+        return pose_predictions(poses)
+
+    def _tracks(
+        self, feature_maps: torch.Tensor, query_points: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Tracks of this rank's frames; split over ranks, every frame's feature maps go to
+        rank 0 (S x 128 x H/2 x W/2 floats there), which tracks and sends the results back."""
+        group = self.aggregator.sequence_group
+        if group is None:
+            return track_predictions(self.track_head.track(feature_maps, query_points))
+        layout = self.aggregator.block_runner.layout
+        everything = group.gather_frames(feature_maps, layout)
+        batch, points = query_points.shape[:2]
+        shape = (batch, layout.frames, points, 4)
+        results = torch.empty(shape, dtype=torch.float32, device=feature_maps.device)
+        if everything is not None:
+            tracks, vis, conf = self.track_head.track(everything, query_points)
+            conf = torch.zeros_like(vis) if conf is None else conf
+            results.copy_(torch.cat((tracks[-1], vis[..., None], conf[..., None]), dim=-1))
+            del everything
+        group.broadcast(results)
+        mine = results[:, layout.start() : layout.start() + layout.local]
+        conf = mine[..., 3] if self.track_head.tracker.predict_conf else None
+        return {"track": mine[..., :2], "vis": mine[..., 2], "conf": conf}

@@ -33,7 +33,7 @@ def run_block_(
     """
     if torch.is_grad_enabled():
         raise RuntimeError("blocks run in place only with autograd off (torch.no_grad())")
-    guard = before_write or _no_guard
+    guard = before_write or no_guard
     groups, tokens, _ = x.shape
     if chunk_count(tokens, chunk_tokens) > 1:
         for group in range(groups):
@@ -49,14 +49,15 @@ def run_block_(
     return x
 
 
-def _no_guard(end: int) -> None:
-    """No copy reads the stream."""
+def no_guard(end: int) -> None:
+    """The guard when no copy reads the stream."""
 
 
 def _whole_groups_(block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> None:
     """The block on whole groups x [g, N, C]: one fused qkv projection, attention, residuals."""
-    _add_attention_(block, x, block.attn.project(block.norm1(x), pos, rotate_inplace=True))
-    _add_mlp_(block, x)
+    qkv = block.attn.project(block.norm1(x), pos, rotate_inplace=True)
+    add_attention_(block, x, _attend(block, qkv))
+    add_mlp_(block, x)
 
 
 def _stream_group_(
@@ -82,15 +83,14 @@ def _stream_group_(
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
         # q must not keep the chunk's whole qkv projection alive (it does when q is a view)
-        shared = q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
-        queries.append(q.to(dtype, copy=shared))
+        queries.append(q.to(dtype, copy=q._is_view()))
         del q, k, v
     queries.reverse()
     for start, end in chunk_bounds(tokens, chunk):
         rows = x[:, start:end]
         guard(offset + end)
-        _add_attention_(block, rows, [queries.pop(), keys, values])
-        _add_mlp_(block, rows)
+        add_attention_(block, rows, _attend(block, [queries.pop(), keys, values]))
+        add_mlp_(block, rows)
 
 
 def attention_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -105,16 +105,21 @@ def attention_dtype(tensor: torch.Tensor) -> torch.dtype:
     return tensor.dtype
 
 
-def _add_attention_(block: Block, rows: torch.Tensor, qkv: list[torch.Tensor]) -> None:
-    """rows += ls1(attention of [q, k, v]); empties `qkv` so q is freed as soon as it is used."""
+def _attend(block: Block, qkv: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[attention of q, k, v] as a one-item list; empties `qkv`, so q is freed once used."""
     heads = block.attn.attend(*qkv)
     qkv.clear()
-    attn_out = block.attn.merge(heads)
-    del heads
+    return [heads]
+
+
+def add_attention_(block: Block, rows: torch.Tensor, heads: list[torch.Tensor]) -> None:
+    """rows += ls1(proj(attention output)); `heads` holds the output [B, heads, n, D] and is
+    emptied, so it is freed as soon as it is projected."""
+    attn_out = block.attn.merge(heads.pop())
     rows.add_(block.drop_path1(block.ls1(attn_out)))
 
 
-def _add_mlp_(block: Block, rows: torch.Tensor) -> None:
+def add_mlp_(block: Block, rows: torch.Tensor) -> None:
     """rows += ls2(mlp(norm2(rows))), the MLP's GELU applied in place."""
     normed = block.norm2(rows)
     hidden = block.mlp(normed, inplace=True) if isinstance(block.mlp, Mlp) else block.mlp(normed)
@@ -130,6 +135,14 @@ class StreamedBlocks:
         self.policy = policy
         self.before_write: WriteGuard | None = None
 
-    def __call__(self, block: Block, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self,
+        block: Block,
+        x: torch.Tensor,
+        pos: torch.Tensor | None,
+        across_frames: bool = False,
+    ) -> torch.Tensor:
+        """Run `block` on x [G, N, C]; `across_frames` (global attention) makes no difference
+        on one device."""
         chunk = self.policy.chunk_tokens(x.shape[0] * x.shape[1], x.device)
         return run_block_(block, x, pos, chunk, self.before_write)

@@ -201,28 +201,31 @@ class KeptLayers:
 
 
 def iter_frame_chunks(
-    layers: Mapping[int, OffloadedLayer], frames: int, chunk_frames: int
+    layers: Mapping[int, "torch.Tensor | OffloadedLayer"], frames: int, chunk_frames: int
 ) -> Iterator[tuple[int, int, dict[int, torch.Tensor]]]:
     """(start, end, layer -> its frames [start, end) on the device) for consecutive chunks.
 
-    Each chunk is copied back once, one chunk ahead: the next chunk's copy overlaps the work
-    queued on the current one.
+    Device tensors are sliced; offloaded layers are copied back once per chunk, one chunk
+    ahead, so the next chunk's copy overlaps the work queued on the current one.
     """
 
-    def fetch(start: int, end: int) -> tuple[dict[int, torch.Tensor], torch.cuda.Event | None]:
-        done = None
-        chunk = {}
+    def fetch(start: int, end: int) -> tuple[dict[int, torch.Tensor], list]:
+        chunk, waits = {}, []
         for index, layer in layers.items():
-            chunk[index], done = layer.read_frames(start, end)
-        return chunk, done
+            if isinstance(layer, OffloadedLayer):
+                chunk[index], done = layer.read_frames(start, end)
+                waits.append((layer.store.compute, done))
+            else:
+                chunk[index] = layer[:, start:end]
+        return chunk, waits
 
     bounds = [(s, min(s + chunk_frames, frames)) for s in range(0, frames, chunk_frames)]
-    compute = next(iter(layers.values())).store.compute
     ahead = fetch(*bounds[0])
     for number, (start, end) in enumerate(bounds):
-        chunk, done = ahead
+        chunk, waits = ahead
         if number + 1 < len(bounds):
             ahead = fetch(*bounds[number + 1])
-        if done is not None:
-            torch.cuda.current_stream(compute).wait_event(done)
+        for device, done in waits:
+            if done is not None:
+                torch.cuda.current_stream(device).wait_event(done)
         yield start, end, chunk

@@ -1,0 +1,286 @@
+"""The ranks a sequence is split over: who holds which frames, and the few collectives the
+sequence-parallel model needs, behind one small class the estimator can replace."""
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` items (frames, heads) in `parts` near-equal contiguous shares, the larger ones
+    first: how a sequence's frames are split over ranks by default."""
+    if parts < 1:
+        raise ValueError(f"cannot split into {parts} parts")
+    base, extra = divmod(total, parts)
+    return [base + (part < extra) for part in range(parts)]
+
+
+def starts(counts: Sequence[int]) -> list[int]:
+    """Where each of consecutive blocks of `counts` items begins."""
+    offsets = [0]
+    for count in counts[:-1]:
+        offsets.append(offsets[-1] + count)
+    return offsets
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """How one forward's frames lie over the ranks: counts per rank, in rank order."""
+
+    counts: tuple[int, ...]
+    rank: int
+
+    @property
+    def frames(self) -> int:
+        """All frames of the sequence."""
+        return sum(self.counts)
+
+    def start(self, rank: int | None = None) -> int:
+        """Index of the first frame of `rank` (this rank by default) in the whole sequence."""
+        return sum(self.counts[: self.rank if rank is None else rank])
+
+    @property
+    def local(self) -> int:
+        """Frames this rank holds."""
+        return self.counts[self.rank]
+
+
+@dataclass
+class CommunicationLog:
+    """What this rank's collectives sent, and the time its compute waited for them: host time
+    on CPU (gloo blocks the caller), CUDA events on the compute stream on GPUs."""
+
+    calls: int = 0
+    bytes_sent: int = 0
+    host_seconds: float = 0.0
+    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def timing(self, bytes_sent: int, device: torch.device) -> Iterator[None]:
+        """Count one collective sending `bytes_sent` bytes and time the block around it."""
+        self.calls += 1
+        self.bytes_sent += bytes_sent
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((start, end))
+            return
+        begin = time.perf_counter()
+        yield
+        self.host_seconds += time.perf_counter() - begin
+
+    @property
+    def seconds(self) -> float:
+        """The time spent waiting (synchronises with the GPU when there are CUDA events)."""
+        waited = sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+        return self.host_seconds + waited
+
+
+class SequenceGroup:
+    """The collectives of sequence parallelism over a torch.distributed process group;
+    `log` counts what they move."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError("sequence parallelism needs torch.distributed initialised first")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self._buffers: dict[str, torch.Tensor] = {}
+        self.log = CommunicationLog()
+
+    def layout(self, images: torch.Tensor, check: Callable[[torch.Tensor], None]) -> FrameLayout:
+        """Every rank's frame count, after each rank has run `check` on its own images [B, n,
+        3, H, W]: a problem on any rank raises the same ValueError on all of them, so no rank
+        is left waiting in a collective."""
+        try:
+            if images.ndim == 5 and images.shape[1] == 0:
+                raise ValueError("holds no frames (use at most as many ranks as frames)")
+            check(images)
+            facts = (images.shape[1], (images.shape[0], *images.shape[2:]), None)
+        except ValueError as error:
+            facts = (0, None, str(error))
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, facts, group=self.group)
+        problems = [f"rank {rank}: {fact[2]}" for rank, fact in enumerate(gathered) if fact[2]]
+        if problems:
+            raise ValueError("; ".join(problems))
+        shapes = {shape for _, shape, _ in gathered}
+        if len(shapes) > 1:
+            raise ValueError(f"ranks disagree on batch size or image size: {sorted(shapes)}")
+        return FrameLayout(tuple(count for count, _, _ in gathered), self.rank)
+
+    def exchange(
+        self,
+        outgoing: Sequence[Sequence[torch.Tensor]],
+        incoming: Sequence[tuple[int, ...]],
+        dtype: torch.dtype,
+    ) -> list[torch.Tensor]:
+        """Send rank r the tensors outgoing[r] (stacked along a new first dim, in `dtype`);
+        return what each rank r sent here, shaped incoming[r].
+
+        The results are views of a receive buffer kept for the next exchange: copy what you
+        keep before exchanging again. `release()` frees the buffers.
+        """
+        counts = [sum(t.numel() for t in tensors) for tensors in outgoing]
+        sizes = [torch.Size(shape).numel() for shape in incoming]
+        like = outgoing[0][0]
+        source = self._buffer("send", sum(counts), like, dtype)
+        offset = 0
+        for tensors in outgoing:
+            for tensor in tensors:
+                source[offset : offset + tensor.numel()].view(tensor.shape).copy_(tensor)
+                offset += tensor.numel()
+        output = self._buffer("receive", sum(sizes), like, dtype)
+        self.all_to_all(output, source, sizes, counts)
+        return [part.view(shape) for part, shape in zip(output.split(sizes), incoming, strict=True)]
+
+    def release(self) -> None:
+        """Free the exchange buffers (they are kept from one exchange to the next)."""
+        self._buffers.clear()
+
+    def _buffer(self, name: str, size: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The first `size` elements of buffer `name`, grown (never shrunk) as needed."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            self._buffers.pop(name, None)
+            buffer = self._buffers[name] = like.new_empty(size, dtype=dtype)
+        return buffer[:size]
+
+    def all_to_all(
+        self,
+        output: torch.Tensor,
+        source: torch.Tensor,
+        output_splits: Sequence[int],
+        source_splits: Sequence[int],
+    ) -> None:
+        """Send `source`'s consecutive pieces (sizes `source_splits`) to ranks 0, 1, ...;
+        receive theirs into `output` (sizes `output_splits`)."""
+        elsewhere = sum(source_splits) - source_splits[self.rank]
+        with self.log.timing(elsewhere * source.element_size(), source.device):
+            dist.all_to_all_single(
+                output, source, list(output_splits), list(source_splits), group=self.group
+            )
+
+    def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> "RingTransfer":
+        """Start sending `outgoing` to the next rank and receiving the previous rank's into
+        `incoming`; wait on the result before reading `incoming` or writing `outgoing`."""
+        following = self._global_rank((self.rank + 1) % self.world_size)
+        preceding = self._global_rank((self.rank - 1) % self.world_size)
+        operations = [
+            dist.P2POp(dist.isend, outgoing, following, self.group),
+            dist.P2POp(dist.irecv, incoming, preceding, self.group),
+        ]
+        nbytes = outgoing.numel() * outgoing.element_size()
+        return RingTransfer(dist.batch_isend_irecv(operations), self.log, nbytes, outgoing.device)
+
+    def all_gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        """Every rank's [B, n_rank, ...] tensor, concatenated along dim 1 in rank order."""
+        padded = self._padded(local, layout)
+        pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
+        with self.log.timing(_nbytes(padded) * (self.world_size - 1), padded.device):
+            dist.all_gather(pieces, padded, group=self.group)
+        return _unpad(pieces, layout)
+
+    def gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor | None:
+        """Every rank's [B, n_rank, ...] tensor concatenated along dim 1 on rank 0 of the
+        group; None on the others."""
+        padded = self._padded(local, layout)
+        pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
+        destination = self._global_rank(0)
+        with self.log.timing(0 if self.rank == 0 else _nbytes(padded), padded.device):
+            dist.gather(padded, pieces if self.rank == 0 else None, destination, group=self.group)
+        return _unpad(pieces, layout) if self.rank == 0 else None
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Overwrite `tensor` on every rank with the group's rank 0's."""
+        sent = _nbytes(tensor) * (self.world_size - 1) if self.rank == 0 else 0
+        with self.log.timing(sent, tensor.device):
+            dist.broadcast(tensor, self._global_rank(0), group=self.group)
+
+    def _global_rank(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    @staticmethod
+    def _padded(local: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        """`local` [B, n, ...] padded with zeros to the most frames any rank holds."""
+        padded = local.new_zeros((local.shape[0], max(layout.counts), *local.shape[2:]))
+        padded[:, : local.shape[1]] = local
+        return padded
+
+
+class RingTransfer:
+    """The sends and receives of one ring step, in flight; `wait` is logged as communication."""
+
+    def __init__(
+        self, works: list, log: CommunicationLog, bytes_sent: int, device: torch.device
+    ) -> None:
+        self.works = works
+        self.log = log
+        self.bytes_sent = bytes_sent
+        self.device = device
+
+    def wait(self) -> None:
+        """Block until this rank's send and receive are done."""
+        with self.log.timing(self.bytes_sent, self.device):
+            for work in self.works:
+                work.wait()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _unpad(pieces: list[torch.Tensor], layout: FrameLayout) -> torch.Tensor:
+    """The padded per-rank pieces cut to their frame counts and joined along dim 1."""
+    return torch.cat([p[:, :n] for p, n in zip(pieces, layout.counts, strict=True)], dim=1)
+
+
+class SimulatedGroup(SequenceGroup):
+    """One rank of a split sequence, alone: collectives give tensors of the right shapes but
+    move nothing, so a trace of this rank (e.g. the memory estimator's) needs no other rank."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.group = None
+        self.rank = rank
+        self.world_size = world_size
+        self.counts: tuple[int, ...] | None = None
+        self._buffers = {}
+        self.log = CommunicationLog()
+
+    def layout(self, images: torch.Tensor, check: Callable[[torch.Tensor], None]) -> FrameLayout:
+        """The layout of `counts` (set beforehand), after checking this rank's images."""
+        check(images)
+        if self.counts is None or self.counts[self.rank] != images.shape[1]:
+            raise ValueError(f"rank {self.rank} of {self.counts} got {images.shape[1]} frames")
+        return FrameLayout(self.counts, self.rank)
+
+    def all_to_all(
+        self,
+        output: torch.Tensor,
+        source: torch.Tensor,
+        output_splits: Sequence[int],
+        source_splits: Sequence[int],
+    ) -> None:
+        """Nothing moves; `output` keeps whatever it holds."""
+
+    def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> RingTransfer:
+        """Nothing moves."""
+        return RingTransfer([], self.log, 0, outgoing.device)
+
+    def all_gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        """A tensor of the gathered shape."""
+        return local.new_empty((local.shape[0], layout.frames, *local.shape[2:]))
+
+    def gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor | None:
+        """A tensor of the gathered shape on rank 0, None elsewhere."""
+        return self.all_gather_frames(local, layout) if self.rank == 0 else None
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Nothing moves."""

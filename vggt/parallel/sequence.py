@@ -1,0 +1,54 @@
+"""The block runner of a sequence split over ranks: frame blocks run on each rank's own
+frames as on one device; global blocks attend across the ranks."""
+
+import torch
+
+from vggt.layers.block import Block
+from vggt.parallel.group import FrameLayout, SequenceGroup
+from vggt.parallel.ring import ring_block_
+from vggt.parallel.ulysses import ulysses_block_
+from vggt.streaming.blocks import StreamedBlocks, no_guard
+from vggt.streaming.chunks import ChunkPolicy
+
+ATTENTIONS = {"ulysses": ulysses_block_, "ring": ring_block_}
+
+
+class SequenceParallelBlocks(StreamedBlocks):
+    """`StreamedBlocks` whose global blocks span every rank's frames, by `attention`
+    ("ulysses": the `heads` over ranks by all-to-all; "ring": K/V blocks passed round them).
+
+    `layout` (set by the aggregator for each forward) says how the frames lie over ranks.
+    """
+
+    def __init__(
+        self, policy: ChunkPolicy, group: SequenceGroup, attention: str, heads: int
+    ) -> None:
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}; choose from {list(ATTENTIONS)}")
+        if attention == "ulysses" and group.world_size > heads:
+            raise ValueError(
+                f"head-parallel (ulysses) attention splits the {heads} heads over the ranks, so "
+                f"at most {heads} ranks, not {group.world_size}; use attention='ring'"
+            )
+        super().__init__(policy)
+        self.group = group
+        self.attention = attention
+        self.layout: FrameLayout | None = None
+
+    def __call__(
+        self,
+        block: Block,
+        x: torch.Tensor,
+        pos: torch.Tensor | None,
+        across_frames: bool = False,
+    ) -> torch.Tensor:
+        if not across_frames:
+            return super().__call__(block, x, pos)
+        if torch.is_grad_enabled() or self.layout is None:
+            raise RuntimeError("sequence-parallel blocks run in inference only, in a forward")
+        per_frame = x.shape[1] // self.layout.local
+        largest = x.shape[0] * max(self.layout.counts) * per_frame
+        chunk = self.policy.chunk_tokens(largest, x.device)
+        guard = self.before_write or no_guard
+        ATTENTIONS[self.attention](block, x, pos, chunk, self.layout, self.group, guard)
+        return x

@@ -1,0 +1,94 @@
+"""A global-attention block split over ranks by heads (the "Ulysses" scheme).
+
+Each rank projects q, k and v for its own frames' tokens, chunk by chunk, and an all-to-all
+gives every rank its share of the heads for all tokens of the sequence. Attention then runs
+per head over the whole sequence with the ordinary kernel (no softmax merging), and a second
+all-to-all returns each chunk's output, all heads, to the rank that owns the tokens, which
+finishes the block there (output projection, residual, MLP) in place. Ranks may hold different
+token counts and head counts (16 heads over 3 ranks: 6, 5, 5); every rank makes the same
+number of exchanges, some possibly empty.
+"""
+
+import itertools
+
+import torch
+
+from vggt.layers.attention import Attention
+from vggt.layers.block import Block
+from vggt.parallel.group import FrameLayout, SequenceGroup, split_evenly, starts
+from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_, attention_dtype
+from vggt.streaming.chunks import chunk_count
+
+
+def ulysses_block_(
+    block: Block,
+    x: torch.Tensor,
+    pos: torch.Tensor | None,
+    chunk_tokens: int,
+    layout: FrameLayout,
+    group: SequenceGroup,
+    guard: WriteGuard,
+) -> None:
+    """Run global block `block` in place on this rank's tokens x [B, T_rank, C]."""
+    attn = block.attn
+    batch, local_tokens, _ = x.shape
+    tokens = [count * (local_tokens // layout.local) for count in layout.counts]
+    heads = split_evenly(attn.num_heads, group.world_size)
+    pieces = chunk_count(batch * max(tokens), chunk_tokens)
+    bounds = [_piece_bounds(count, pieces) for count in tokens]
+    mine, dim = group.rank, attn.head_dim
+    token_offsets = starts(tokens)
+    head_ranges = list(zip(starts(heads), heads, strict=True))
+    shape = (batch, heads[mine], sum(tokens), dim)
+    queries = keys = values = None
+    for piece in range(pieces):
+        start, end = bounds[mine][piece]
+        part_pos = None if pos is None else pos[:, start:end]
+        qkv = attn.project(block.norm1(x[:, start:end]), part_pos, rotate_inplace=True)
+        dtype = attention_dtype(qkv[2])
+        if queries is None:
+            queries, keys, values = (x.new_empty(shape, dtype=dtype) for _ in range(3))
+        outgoing = [[t[:, h : h + n] for t in qkv] for h, n in head_ranges]
+        incoming = [(3, batch, heads[mine], b - a, dim) for a, b in _column(bounds, piece)]
+        received = group.exchange(outgoing, incoming, dtype)
+        del qkv, outgoing
+        for source, part in enumerate(received):
+            a, b = bounds[source][piece]
+            rows = slice(token_offsets[source] + a, token_offsets[source] + b)
+            for buffer, values_in in zip((queries, keys, values), part, strict=True):
+                buffer[:, :, rows] = values_in
+        del received
+    for piece in range(pieces):
+        outputs = []
+        for owner, (a, b) in enumerate(_column(bounds, piece)):
+            rows = slice(token_offsets[owner] + a, token_offsets[owner] + b)
+            outputs.append(_attend(attn, queries[:, :, rows], keys, values))
+        start, end = bounds[mine][piece]
+        incoming = [(1, batch, n, end - start, dim) for n in heads]
+        received = group.exchange([[t] for t in outputs], incoming, outputs[0].dtype)
+        del outputs
+        if end == start:
+            continue
+        heads_out = [torch.cat([part[0] for part in received], dim=1)]
+        del received
+        guard((batch - 1) * local_tokens + end)
+        rows = x[:, start:end]
+        add_attention_(block, rows, heads_out)
+        add_mlp_(block, rows)
+
+
+def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """attn.attend, or an empty output for no queries."""
+    if q.shape[2] == 0:
+        return q.new_empty(q.shape)
+    return attn.attend(q, k, v)
+
+
+def _piece_bounds(count: int, pieces: int) -> list[tuple[int, int]]:
+    """`pieces` consecutive (start, end) ranges over range(count), near-equal, maybe empty."""
+    return list(itertools.pairwise([*starts(split_evenly(count, pieces)), count]))
+
+
+def _column(bounds: list[list[tuple[int, int]]], piece: int) -> list[tuple[int, int]]:
+    """Every rank's range of exchange `piece`, in rank order."""
+    return [ranges[piece] for ranges in bounds]
