@@ -50,18 +50,23 @@ class EstimateFigures:
 
 
 def estimate_point(job: EstimateJob) -> EstimateFigures:
-    """The estimator's figures for `job`. Today's FakeModel takes one dtype for weights and
-    activations: autocast is estimated with fp32 weights and activations (an upper bound), and
-    its Estimate has no allocated, reserved or context figures (the peak stands in)."""
+    """The estimator's figures for `job`, in the job's precision mode (fp32 weights under
+    autocast, or weights cast to the dtype), for one batch of `frames` square images."""
     torch.set_num_threads(1)
-    dtype = job.precision.torch_dtype if job.precision.mode == "cast" else torch.float32
-    model = FakeModel(job.variant, job.component, job.architecture, dtype)
+    precision = job.precision
+    model = FakeModel(
+        job.variant,
+        job.component,
+        job.architecture,
+        precision.torch_dtype,
+        dtype_mode=precision.mode,
+    )
     estimate = model.estimate(job.frames, 1, job.side, job.side)
     return EstimateFigures(
         peak_bytes=estimate.peak_bytes,
-        allocated_bytes=estimate.peak_bytes,
-        reserved_bound_bytes=None,
-        cuda_context_bytes=0,
+        allocated_bytes=estimate.allocated_bytes,
+        reserved_bound_bytes=estimate.reserved_bound_bytes,
+        cuda_context_bytes=estimate.cuda_context_bytes,
         weights_bytes=estimate.weights_bytes,
         input_bytes=estimate.input_bytes,
     )

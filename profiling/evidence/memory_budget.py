@@ -9,12 +9,13 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiling.evidence.context import Context
 from profiling.evidence.estimates import EstimateFigures, EstimateJob
 from profiling.evidence.measuring import allocated_bytes, group_of, measure, records_of
 from profiling.evidence.results import StepResult
-from profiling.meters.fake import LiveBytesTracker
+from profiling.meters.fake import LiveBytes
 from profiling.report.summary import format_size
 from profiling.sweep.models import ModelCache
 
@@ -24,20 +25,22 @@ CAP_FACTOR = 1.25
 CAP_SLACK_BYTES = 1 << 30
 
 
-class CappedLiveBytes(LiveBytesTracker):
+class CappedLiveBytes(TorchDispatchMode):
     """Counts the bytes of tensors created under it on the CPU and raises OutOfMemoryError when
     they pass `cap_bytes`, as a capped CUDA allocator would."""
 
     def __init__(self, cap_bytes: int) -> None:
-        super().__init__("cpu")
+        super().__init__()
         self.cap_bytes = cap_bytes
+        self.meter = LiveBytes("cpu", record_events=False)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        if self.live_bytes > self.cap_bytes:
+        out = func(*args, **(kwargs or {}))
+        self.meter.count_outputs(out)
+        if self.meter.live_bytes > self.cap_bytes:
             raise torch.OutOfMemoryError(
-                f"emulated out of memory: {self.live_bytes} live bytes pass the CPU cap of "
-                f"{self.cap_bytes}"
+                f"emulated out of memory: {self.meter.live_bytes} live bytes pass the CPU cap "
+                f"of {self.cap_bytes}"
             )
         return out
 
@@ -59,9 +62,12 @@ def memory_cap(device: torch.device, cap_bytes: int) -> Iterator[None]:
 
 def fit_need(figures: EstimateFigures, device: torch.device) -> int:
     """The bytes the estimator says a run needs under the cap of `device`: on CUDA, where the
-    cap limits what the allocator reserves, its reserved bound if it gives one; else the bytes
-    allocated at the peak (the CUDA context is outside the cap either way)."""
-    if device.type == "cuda" and figures.reserved_bound_bytes is not None:
+    cap limits what the allocator reserves, its reserved bound if it gives one, else the bytes
+    allocated at the peak (the CUDA context is outside the cap either way); on a CPU, whose cap
+    counts live tensor bytes, the live peak (no allocator rounding, no cuBLAS workspace)."""
+    if device.type != "cuda":
+        return figures.peak_bytes
+    if figures.reserved_bound_bytes is not None:
         return figures.reserved_bound_bytes
     return figures.allocated_bytes
 
