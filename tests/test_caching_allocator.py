@@ -2,7 +2,13 @@
 
 import pytest
 
-from profiling.estimate.caching_allocator import CachingAllocatorModel, replay, round_request
+from profiling.estimate.caching_allocator import (
+    CachingAllocatorModel,
+    OutOfMemory,
+    replay,
+    reserved_bound,
+    round_request,
+)
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -136,3 +142,38 @@ def test_replay_of_signed_events() -> None:
     assert allocator.reserved_bytes == 50 * MIB
     assert allocator.peak_allocated_bytes == 33 * MIB
     assert allocator.allocated_bytes == 24 * MIB
+
+
+def test_a_capped_device_releases_free_segments_before_failing() -> None:
+    allocator = CachingAllocatorModel(capacity=60 * MIB)
+    allocator.free(allocator.malloc(30 * MIB))
+    kept = allocator.malloc(20 * MIB)
+    assert allocator.reserved_bytes == 30 * MIB
+    allocator.malloc(25 * MIB)
+    # 30 + 26 MiB would fit; the 20 MiB block sits in the 30 MiB segment, which stays.
+    assert allocator.reserved_bytes == 56 * MIB
+    allocator.free(kept)
+    # 56 + 34 MiB pass 60 MiB: the wholly free 30 MiB segment goes, and 26 + 34 MiB fit.
+    allocator.malloc(34 * MIB)
+    assert allocator.reserved_bytes == 60 * MIB
+    with pytest.raises(OutOfMemory):
+        allocator.malloc(KIB)
+
+
+def test_releasing_early_keeps_only_segments_in_use() -> None:
+    events = [(1, 30 * MIB), (1, -30 * MIB), (2, 40 * MIB), (2, -40 * MIB)]
+    assert replay(events, CachingAllocatorModel()).peak_reserved_bytes == 70 * MIB
+    early = replay(events, CachingAllocatorModel(release_early=True))
+    assert early.peak_reserved_bytes == 40 * MIB
+
+
+def test_the_reserved_bound_is_the_least_capacity_that_completes() -> None:
+    # Two 30 MiB blocks, the first freed, then 40 MiB: with the first block's segment released
+    # 30 + 40 MiB suffice where a replay that never releases reserves 100 MiB.
+    events = [(1, 30 * MIB), (2, 30 * MIB), (1, -30 * MIB), (3, 40 * MIB)]
+    assert replay(events, CachingAllocatorModel()).peak_reserved_bytes == 100 * MIB
+    bound = reserved_bound(events, [10 * MIB])
+    assert bound == 80 * MIB
+    replay(events, CachingAllocatorModel(capacity=bound), [10 * MIB])
+    with pytest.raises(OutOfMemory):
+        replay(events, CachingAllocatorModel(capacity=bound - 2 * MIB), [10 * MIB])

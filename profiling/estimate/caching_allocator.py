@@ -7,9 +7,10 @@ come from the small pool, larger ones from the large pool. A request takes the s
 free block of its pool that fits (the lower address on a tie), split when the remainder is at
 least 512 B (small pool) or over 1 MiB (large pool). With no such block a new segment is
 reserved: 2 MiB for a small request, 20 MiB for one under 10 MiB, else the request rounded up
-to 2 MiB. A freed block merges with the free blocks next to it in its segment. Segments are
-never released, so the peak reserved bytes of a replay bound what the real allocator needs
-(which on a failed cudaMalloc frees its cached segments and retries).
+to 2 MiB. A freed block merges with the free blocks next to it in its segment. Segments stay
+reserved until a new segment would pass `capacity` (a failed cudaMalloc): then every cached
+segment that is wholly free is released and the reservation retried, once; failing again is
+OutOfMemory.
 """
 
 import bisect
@@ -58,10 +59,18 @@ class Block:
     next: "Block | None" = None
 
 
-class CachingAllocatorModel:
-    """Reserved and allocated bytes of a sequence of `malloc` and `free` calls."""
+class OutOfMemory(Exception):
+    """A new segment would pass the capacity even after the cached segments were released."""
 
-    def __init__(self) -> None:
+
+class CachingAllocatorModel:
+    """Reserved and allocated bytes of a sequence of `malloc` and `free` calls on a device of
+    `capacity` bytes (None: unlimited; nothing is then ever released). With `release_early`
+    the cached segments are released before every new segment, not only on a failure."""
+
+    def __init__(self, capacity: int | None = None, release_early: bool = False) -> None:
+        self.capacity = capacity
+        self.release_early = release_early
         self.reserved_bytes = 0
         self.peak_reserved_bytes = 0
         self.allocated_bytes = 0
@@ -108,8 +117,21 @@ class CachingAllocatorModel:
             return None
         return self._free_blocks.pop(keys.pop(index))
 
+    def release_cached(self) -> None:
+        """Release every wholly free segment to the device, as on a failed cudaMalloc."""
+        for block in list(self._free_blocks.values()):
+            if block.previous is None and block.next is None:
+                self._remove_free(block)
+                self.reserved_bytes -= block.size
+                self.segments -= 1
+
     def _new_segment(self, rounded: int, small: bool) -> Block:
         size = segment_bytes(rounded)
+        capacity = self.capacity
+        if self.release_early or (capacity is not None and self.reserved_bytes + size > capacity):
+            self.release_cached()
+            if capacity is not None and self.reserved_bytes + size > capacity:
+                raise OutOfMemory(f"{size} more bytes pass {capacity}")
         block = Block(self._next_address, size, small)
         self._next_address += size
         self.reserved_bytes += size
@@ -141,15 +163,57 @@ class CachingAllocatorModel:
         return first
 
 
-def replay(events: Iterable[tuple[int, int]], allocator: CachingAllocatorModel) -> None:
-    """Feed a tracker's `(key, signed bytes)` events to `allocator`: +n allocates n bytes for
-    `key`, -n frees the block of `key`."""
+def replay(
+    events: Iterable[tuple[int, int]],
+    allocator: CachingAllocatorModel,
+    resident: Iterable[int] = (),
+) -> CachingAllocatorModel:
+    """Feed a tracker's `(key, signed bytes)` events to `allocator`, after allocating the
+    `resident` sizes (never freed): +n allocates n bytes for `key`, -n frees its block."""
+    for nbytes in resident:
+        allocator.malloc(nbytes)
     blocks: dict[int, Block] = {}
     for key, delta in events:
         if delta > 0:
             blocks[key] = allocator.malloc(delta)
         else:
             allocator.free(blocks.pop(key))
+    return allocator
+
+
+def reserved_bound(events: list[tuple[int, int]], resident: list[int]) -> int:
+    """Device bytes within which the allocator model completes the events (after `resident`),
+    releasing cached segments only when a new one would not fit, as PyTorch does.
+
+    The search starts at the peak of a replay that releases its cached segments before every
+    new one, doubles its distance up from there in steps of 2 MiB (the segment rounding) until
+    a capped replay completes, and bisects back to the least capacity that does. It never
+    exceeds the peak of a replay that never releases, which any larger device reproduces
+    exactly. Completion need not be monotonic in the capacity, so a device between the figure
+    and that peak is not guaranteed to complete; in practice the two agree.
+    """
+    never = replay(events, CachingAllocatorModel(), resident).peak_reserved_bytes
+    early = replay(events, CachingAllocatorModel(release_early=True), resident)
+
+    def completes(capacity: int) -> bool:
+        try:
+            replay(events, CachingAllocatorModel(capacity=capacity), resident)
+        except OutOfMemory:
+            return False
+        return True
+
+    failed, step = None, LARGE_SEGMENT_ROUNDING
+    capacity = early.peak_reserved_bytes
+    while capacity < never and not completes(capacity):
+        failed, capacity, step = capacity, capacity + step, 2 * step
+    if capacity >= never:
+        return never
+    while failed is not None and capacity - failed > LARGE_SEGMENT_ROUNDING:
+        middle = (
+            failed + (capacity - failed) // 2 // LARGE_SEGMENT_ROUNDING * LARGE_SEGMENT_ROUNDING
+        )
+        failed, capacity = (failed, middle) if completes(middle) else (middle, capacity)
+    return capacity
 
 
 def peak_rounded_bytes(events: Iterable[tuple[int, int]]) -> int:
