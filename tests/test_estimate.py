@@ -8,6 +8,7 @@ import torch
 from profiling.estimate.cli import main
 from profiling.estimate.fake_model import CUDA_CONTEXT_BYTES, FakeModel
 from profiling.estimate.fit import max_frames
+from profiling.estimate.ranks import per_rank_estimate
 from profiling.meters.cpu import peak_live_bytes
 from profiling.sweep.cases import Precision
 from profiling.sweep.presets import load_preset
@@ -165,6 +166,9 @@ def test_cli_table(capsys: pytest.CaptureFixture) -> None:
         (["--dtype-mode", "fused"], "argument --dtype-mode: invalid choice: 'fused'"),
         (["--height", "500"], "multiples of the patch size"),
         (["--variants", "full,fast"], "unknown variants"),
+        (["--world-size", "2", "--frames", "4"], "splits only the optimized variant"),
+        (["--preset", "tiny", "--world-size", "4", "--variants", "optimized"], "at most that"),
+        (["--world-size", "2", "--variants", "optimized", "--frames", "1"], "a frame per rank"),
     ],
 )
 def test_bad_arguments_exit_2(argv: list, message: str, capsys: pytest.CaptureFixture) -> None:
@@ -219,3 +223,44 @@ def test_activation_peak_within_10_percent_of_cuda(
     assert abs(expected - measured) <= 0.10 * measured
     reserved = torch.cuda.max_memory_reserved(device) - reserved_before
     assert reserved <= estimate.reserved_bound_bytes
+
+
+def test_a_split_sequence_costs_rank_0_less_but_more_than_its_share() -> None:
+    one = FakeModel("optimized", "aggregator", CPU_SMALL, torch.float32).estimate(7, 1, 224, 224)
+    split = FakeModel("optimized", "aggregator", CPU_SMALL, torch.float32, world_size=2)
+    two = split.estimate(7, 1, 224, 224)
+    assert (two.frames, two.world_size, two.rank_frames) == (7, 2, 4)
+    assert two.input_bytes == one.input_bytes * 4 // 7
+    assert two.weights_bytes == one.weights_bytes
+    assert two.peak_bytes < one.peak_bytes
+    # Rank 0 holds 4 of 7 frames, and global attention's K/V heads for all 7.
+    assert two.peak_bytes - two.weights_bytes > (one.peak_bytes - one.weights_bytes) * 4 / 7
+    assert split.affine_from(1, 224, 224) % 2 == 0
+
+
+def test_only_the_optimized_variant_splits_and_every_rank_needs_a_frame() -> None:
+    with pytest.raises(ValueError, match="cannot split a sequence"):
+        FakeModel("full", "aggregator", TINY, torch.float32, world_size=2)
+    model = FakeModel("optimized", "aggregator", TINY, torch.float32, world_size=2)
+    with pytest.raises(ValueError, match="without frames"):
+        model.estimate(1, 1, 56, 56)
+
+
+def test_per_rank_estimate_and_its_fit() -> None:
+    rank = per_rank_estimate(6, 2, 56, 56, torch.bfloat16, "cast", False, architecture=TINY)
+    assert rank.estimate.rank_frames == 3 and rank.estimate.dtype_mode == "cast"
+    assert rank.required_bytes == rank.estimate.reserved_bound_bytes + CUDA_CONTEXT_BYTES
+    budget = rank.required_bytes + (8 << 20)
+    most = rank.max_frames(budget)
+    assert most >= 6
+    assert rank.model.estimate(most, 1, 56, 56).required_bytes <= budget
+    assert rank.max_frames(CUDA_CONTEXT_BYTES) == 0
+
+
+def test_cli_world_size(capsys: pytest.CaptureFixture) -> None:
+    argv = ["--preset", "tiny", "--variants", "optimized", "--frames", "4", "--world-size", "2"]
+    document = cli_json([*argv, "--device-memory", "1GiB"], capsys)
+    assert document["world_size"] == 2
+    (entry,) = document["variants"]
+    assert entry["estimates"][0]["rank_frames"] == 2
+    assert entry["max_frames"] % 2 == 0

@@ -3,7 +3,7 @@ count that fits each device memory size, as a table or as JSON.
 
     python -m profiling.estimate --preset vggt-1b --frames 1,200,1000 --dtype bf16 \\
         --dtype-mode autocast --device-memory 24GiB,80GiB [--height H --width W] [--offload] \\
-        [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--json]
+        [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--world-size N] [--json]
 """
 
 import argparse
@@ -43,7 +43,14 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
     lines = [
         f"Estimated device memory (fake tensors, no GPU): preset {args.preset}, "
         f"{args.component}, {args.height}x{args.width}, {precision_text(args)}, "
-        f"batch {args.batch}" + (", layer outputs offloaded to host" if args.offload else ""),
+        f"batch {args.batch}"
+        + (", layer outputs offloaded to host" if args.offload else "")
+        + (
+            f", frames split over {args.world_size} GPUs ({args.attention}); per-GPU figures "
+            "are the busiest rank's (rank 0)"
+            if args.world_size > 1
+            else ""
+        ),
         "",
         "| variant | frames | live peak GiB | allocated | reserved bound | weights | "
         "kept outputs | transient | host | "
@@ -104,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--component", default="aggregator", choices=["aggregator", "model"])
     parser.add_argument("--offload", action="store_true", help="kept layers in host memory")
     parser.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="GPUs the sequence is split over (optimized variant): the busiest rank's needs, "
+        "frames counted over all ranks",
+    )
+    parser.add_argument("--attention", default="ulysses", choices=["ulysses", "ring"])
+    parser.add_argument(
         "--cublas-workspace",
         default=format_bytes(CUBLAS_WORKSPACE_BYTES),
         help="cuBLAS workspace of the compute stream (default: %(default)s, as on compute "
@@ -143,6 +158,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--height and --width must be multiples of the patch size {patch}")
     if args.batch < 1:
         parser.error("--batch must be at least 1")
+    if args.world_size < 1:
+        parser.error("--world-size must be at least 1")
+    if args.world_size > 1 and "full" in args.variant_list:
+        parser.error("--world-size above 1 splits only the optimized variant: --variants optimized")
+    if args.attention == "ulysses" and args.world_size > architecture.num_heads:
+        parser.error(
+            f"ulysses attention splits the {architecture.num_heads} heads over the GPUs: "
+            "--world-size at most that, or --attention ring"
+        )
+    if min(args.frames_list) < args.world_size:
+        parser.error("--frames must each be at least --world-size (a frame per rank)")
     return args
 
 
@@ -161,6 +187,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             args.offload,
             cublas_workspace_bytes=args.cublas_workspace_bytes,
             cuda_context_bytes=args.cuda_context_bytes,
+            world_size=args.world_size,
+            attention=args.attention,
         )
         cache = {frames: model.estimate(frames, *size) for frames in args.frames_list}
         estimates = [cache[frames] for frames in args.frames_list]
@@ -194,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "width": args.width,
             "batch": args.batch,
             "offload": args.offload,
+            "world_size": args.world_size,
+            "attention": args.attention,
             "cublas_workspace_bytes": args.cublas_workspace_bytes,
             "cuda_context_bytes": args.cuda_context_bytes,
             "fits_rule": FITS_RULE,

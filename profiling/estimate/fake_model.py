@@ -24,9 +24,8 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from profiling.estimate.caching_allocator import (
-    CachingAllocatorModel,
     peak_rounded_bytes,
-    replay,
+    reserved_bound,
     round_request,
 )
 from profiling.meters.fake import LiveBytesTracker
@@ -34,6 +33,7 @@ from profiling.meters.outputs import named_outputs, output_bytes
 from profiling.sweep.cases import Architecture, parse_precision
 from profiling.sweep.variants import get_variant
 from profiling.units import DTYPES
+from vggt.parallel.group import SimulatedGroup, split_evenly
 from vggt.streaming.blocks import StreamedBlocks
 from vggt.streaming.chunks import MIN_CHUNK_TOKENS
 
@@ -47,18 +47,22 @@ CUDA_CONTEXT_BYTES = 600 << 20
 
 @dataclass(frozen=True)
 class Estimate:
-    """What one forward pass needs on the device, in bytes.
+    """What one forward pass needs on the (busiest) device, in bytes.
 
+    `frames` over all `world_size` ranks, `rank_frames` of them on the busiest rank (rank 0).
     `peak_bytes`: live tensor bytes at the peak (weights + input + activations), of which
     `output_bytes` are kept outputs and `transient_bytes` the rest of the activations.
     `allocated_bytes`: that peak with each allocation rounded as the caching allocator rounds
-    it, plus the cuBLAS workspace. `reserved_bound_bytes`: the peak reserved bytes of a replay
-    through a model of the caching allocator. `required_bytes`: reserved bound + CUDA context,
-    what must fit in the device's memory.
+    it, plus the cuBLAS workspace. `reserved_bound_bytes`: the device memory within which a
+    model of the caching allocator completes the pass, releasing cached segments under
+    pressure as PyTorch does (`caching_allocator.reserved_bound`). `required_bytes`: reserved
+    bound + CUDA context, what must fit in the device's memory.
     """
 
     variant: str
     frames: int
+    world_size: int
+    rank_frames: int
     dtype_mode: str
     peak_bytes: int
     weights_bytes: int
@@ -76,7 +80,12 @@ class FakeModel:
     """One variant built on fake storage (no memory), reused across frame counts.
 
     `target_device` is the device type the estimate is for: the streamed blocks take its
-    minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_TOKENS). `passes` counts fake passes.
+    minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_TOKENS). With `world_size` > 1 the
+    sequence is split over that many ranks (`parallelize(group, attention)`, the optimized
+    variant's) and a pass traces rank 0 alone through a `SimulatedGroup`: it holds the largest
+    share of `split_evenly` (the first ranks take the extra frames) and frame 0, whose camera
+    and register tokens are the same size as the others', so it is the busiest rank.
+    `passes` counts fake passes.
     """
 
     def __init__(
@@ -90,17 +99,22 @@ class FakeModel:
         target_device: str = "cuda",
         cublas_workspace_bytes: int = CUBLAS_WORKSPACE_BYTES,
         cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
+        world_size: int = 1,
+        attention: str = "ulysses",
     ) -> None:
         names = {value: name for name, value in DTYPES.items()}
         if dtype not in names:
             raise ValueError(f"unsupported dtype {dtype}; choose from {', '.join(DTYPES)}")
         if target_device not in MIN_CHUNK_TOKENS:
             raise ValueError(f"unknown target device {target_device!r}")
+        if world_size < 1:
+            raise ValueError(f"world_size must be at least 1, got {world_size}")
         self.variant = variant
         self.target_device = target_device
         self.precision = parse_precision(names[dtype], dtype_mode)
         self.cublas_workspace_bytes = cublas_workspace_bytes
         self.cuda_context_bytes = cuda_context_bytes
+        self.world_size = world_size
         self.passes = 0
         with torch.device("meta"):
             module = get_variant(variant).build(component, architecture)
@@ -112,6 +126,13 @@ class FakeModel:
         if isinstance(runner, StreamedBlocks) and runner.policy.min_chunk_tokens is None:
             minimum = MIN_CHUNK_TOKENS[target_device]
             runner.policy = dataclasses.replace(runner.policy, min_chunk_tokens=minimum)
+        self.group: SimulatedGroup | None = None
+        if world_size > 1:
+            if not hasattr(module, "parallelize"):
+                raise ValueError(f"variant {variant!r} cannot split a sequence over ranks")
+            self.group = SimulatedGroup(rank=0, world_size=world_size)
+            module.parallelize(self.group, attention)
+            runner = aggregator.block_runner
         self.chunk_runner = runner if isinstance(runner, StreamedBlocks) else None
         self.mode = LiveBytesTracker("cpu")
         with self.mode:
@@ -129,8 +150,8 @@ class FakeModel:
 
     def affine_from(self, batch: int, height: int, width: int) -> int:
         """The fewest frames at which every streamed chunk is over the device's minimum (1 with
-        no streamed blocks): from there chunks grow with the frame count, and so does the peak,
-        near affinely."""
+        no streamed blocks), over all ranks: from there chunks grow with the frame count, and so
+        does the peak, near affinely."""
         if self.chunk_runner is None:
             return 1
         policy = self.chunk_runner.policy
@@ -148,17 +169,23 @@ class FakeModel:
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (low, middle) if over_minimum(middle) else (middle, high)
-        return high
+        return high * self.world_size
 
     def weights(self) -> list[torch.Tensor]:
         """The module's parameters and buffers (fake tensors)."""
         return [*self.module.parameters(), *self.module.buffers()]
 
     def estimate(self, frames: int, batch: int, height: int, width: int) -> Estimate:
-        """Run one fake forward pass of `batch` x `frames` fp32 images of height x width."""
+        """Run one fake forward pass of `batch` x `frames` fp32 images of height x width (over
+        all ranks; rank 0's share when split)."""
+        counts = split_evenly(frames, self.world_size)
+        if counts[-1] < 1:
+            raise ValueError(f"{frames} frames leave ranks of {self.world_size} without frames")
+        if self.group is not None:
+            self.group.counts = tuple(counts)
         self.passes += 1
         with self.mode, frozen_garbage():
-            images = torch.rand(batch, frames, 3, height, width)
+            images = torch.rand(batch, counts[0], 3, height, width)
             existing = [*self.weights(), images]
             tracking = self.mode.track(existing, record_events=True)
             with tracking as live, torch.no_grad(), self.precision.autocast("cpu"):
@@ -166,14 +193,12 @@ class FakeModel:
             kept = output_bytes(named_outputs(outputs).values())
         input_bytes = images.numel() * images.element_size()
         resident = [*self.weight_storage_bytes, input_bytes, self.cublas_workspace_bytes]
-        allocator = CachingAllocatorModel()
-        for nbytes in resident:
-            allocator.malloc(nbytes)
-        replay(live.events, allocator)
-        reserved = allocator.peak_reserved_bytes
+        reserved = reserved_bound(live.events, resident)
         return Estimate(
             variant=self.variant,
             frames=frames,
+            world_size=self.world_size,
+            rank_frames=counts[0],
             dtype_mode=self.dtype_mode,
             peak_bytes=self.weights_bytes + input_bytes + live.peak_bytes,
             weights_bytes=self.weights_bytes,

@@ -1,12 +1,14 @@
 """The largest frame count that fits a device memory size: a frame count fits M bytes when its
 estimate's reserved bound plus the CUDA context is at most M (`Estimate.required_bytes`).
 
-`max_frames` searches exactly: a gallop from a guess, then a bisection. `max_frames_by_budget`
-answers several budgets from few passes: it traces the requirement at three frame counts where
-it grows affinely with the frame count and, when they are collinear, reads each budget's
-answer off the line, keeping it where the line clears the budget on both sides of the answer
-by more than the wiggle allowed for (WIGGLE_BYTES, at least the largest residual seen); any
-other budget gets the exact search, started at the line's answer.
+`max_frames` searches exactly: a gallop from a guess, then interpolation between the traced
+frame counts on either side of the budget (bisection where that does not shrink them fast).
+`max_frames_by_budget` answers several budgets from few passes: it traces the requirement at
+three frame counts where it grows affinely with the frame count and, when they are collinear,
+reads each budget's answer off the line, conservatively by the line's margin (WIGGLE_BYTES,
+the residual, and the bend a parabola through the three would show); any other budget gets the
+exact search. Split over W ranks the line runs through multiples of W and answers in whole
+shares.
 """
 
 import math
@@ -28,6 +30,10 @@ LINE_MULTIPLES = (1, 4, 16)
 # for C = 1024, some hundred chunk temporaries at a peak; the allocator rounds each of a few
 # hundred live blocks up to 512 B; large segments round up to 2 MiB.
 WIGGLE_BYTES = 4 << 20
+# The caching allocator's segment fits make the reserved bound jitter between neighbouring
+# frame counts (VGGT-1B: tens of MiB off a line over 60 GiB of rise); traced requirements
+# this close to their line, relative to its rise, still count as collinear.
+COLLINEAR_FRACTION = Fraction(1, 400)
 
 Cache = dict[int, Estimate]
 
@@ -50,57 +56,117 @@ def max_frames(
     cache: Cache | None = None,
     guess: int | None = None,
 ) -> int:
-    """Largest frame count whose required bytes fit `budget` (0 if not even one frame fits).
+    """Largest frame count whose required bytes fit `budget` (0 if not even one frame per rank
+    fits).
 
-    The search starts at `guess` (default: a line through 1 and 32 frames), gallops to a frame
-    count that fits next to one that does not, and bisects between them. Where the requirement
-    is not monotonic in frames (allocator segments, see fake_model) it returns a frame count
-    that fits whose successor does not. Pass one `cache` (frames -> Estimate) per model and
-    size to share passes between budgets.
+    With no traced frame count above the budget it gallops up from `guess` (default: where
+    the parabola through the three largest traced counts meets the budget). Between the
+    largest traced count that fits and the smallest above it that does not, it traces where
+    the parabola through them and the traced count nearest meets the budget, and the frame
+    count next to it on the far side: a smooth requirement is settled in about two passes; a
+    bracket that does not shrink by half is bisected. Where the requirement is not monotonic
+    in frames it returns a frame count that fits whose successor does not. Pass one `cache`
+    (frames -> Estimate) per model and size to share passes between budgets.
     """
     cache = {} if cache is None else cache
 
-    def fits(frames: int) -> bool:
-        return required_bytes(model, frames, batch, height, width, cache) <= budget
+    def need(frames: int) -> int:
+        return required_bytes(model, frames, batch, height, width, cache)
 
-    if not fits(1):
+    def fits(frames: int) -> bool:
+        return need(frames) <= budget
+
+    if not fits(model.world_size):
         return 0
-    if guess is None:
-        probe = 32
-        fits(probe)
-        slope = max((cache[probe].required_bytes - cache[1].required_bytes) / (probe - 1), 1.0)
-        guess = int(1 + (budget - cache[1].required_bytes) // slope)
-    guess = min(SEARCH_LIMIT, max(1, guess))
-    step = 1
-    if fits(guess):
-        low, high = guess, guess + step
-        while high <= SEARCH_LIMIT and fits(high):
-            low, step = high, step * 2
-            high = low + step
-    else:
-        low, high = guess - step, guess
-        while low > 1 and not fits(low):
-            high, step = low, step * 2
-            low = max(1, high - step)
+    low, high = bracket(cache, budget)
+    if high is None:
+        probe = guess if guess is not None else predict(cache, budget, low, None)
+        probe, step = max(low + 1, min(SEARCH_LIMIT, probe)), 1
+        while fits(probe):
+            if probe == SEARCH_LIMIT:
+                return probe
+            probe, step = min(SEARCH_LIMIT, probe + step), 2 * step
+        low, high = bracket(cache, budget)
     while high - low > 1:
-        middle = (low + high) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
+        width_before = high - low
+        guess = predict(cache, budget, low, high)
+        if guess == low:
+            fits(low + 1)
+        elif fits(guess):
+            if guess + 1 < high:
+                fits(guess + 1)
+        elif guess - 1 > low:
+            fits(guess - 1)
+        low, high = bracket(cache, budget)
+        if high - low > width_before // 2:
+            fits((low + high) // 2)
+            low, high = bracket(cache, budget)
     return low
+
+
+def bracket(cache: Cache, budget: int) -> tuple[int, int | None]:
+    """The largest traced frame count that fits `budget` and the smallest larger one that does
+    not (None when every larger traced count fits)."""
+    low = max(frames for frames, e in cache.items() if e.required_bytes <= budget)
+    above = [frames for frames, e in cache.items() if frames > low and e.required_bytes > budget]
+    return low, min(above, default=None)
+
+
+def predict(cache: Cache, budget: int, low: int, high: int | None) -> int:
+    """The largest frame count in [low, high) (high None: up to SEARCH_LIMIT) that fits
+    `budget` by the parabola through three traced requirements: at `low`, `high` and the
+    traced count nearest them, or with no `high` the three largest up to `low` (a line
+    through two, when only two are traced)."""
+    if high is None:
+        nodes = sorted(frames for frames in cache if frames <= low)[-3:]
+    else:
+        others = sorted(
+            (frames for frames in cache if frames not in (low, high)),
+            key=lambda frames: min(abs(frames - low), abs(frames - high)),
+        )
+        nodes = [low, high, *others[:1]]
+
+    def curve(frames: int) -> Fraction:
+        total = Fraction(0)
+        for node in nodes:
+            weight = Fraction(cache[node].required_bytes)
+            for other in nodes:
+                if other != node:
+                    weight *= Fraction(frames - other, node - other)
+            total += weight
+        return total
+
+    below, above = low, high
+    if above is None:
+        step = 1
+        above = min(SEARCH_LIMIT, low + step)
+        while above < SEARCH_LIMIT and curve(above) <= budget:
+            below, step = above, 2 * step
+            above = min(SEARCH_LIMIT, above + step)
+        if curve(above) <= budget:
+            return above
+    while above - below > 1:
+        middle = (below + above) // 2
+        below, above = (middle, above) if curve(middle) <= budget else (below, middle)
+    return below
 
 
 @dataclass(frozen=True)
 class RequirementLine:
-    """The line through the requirement at the fewest and the most frames traced, and the
-    largest deviation of the traced requirements from it."""
+    """The line through the requirement at the fewest and the most frames traced (multiples of
+    `step`, the world size), and the largest deviation of the traced requirements from it.
+
+    Split over `step` ranks, the busiest rank holds ceil(frames / step) frames: between two
+    multiples of `step` the requirement lies on or above the line (that rank already holds the
+    next multiple's share) and at most at the next multiple's value."""
 
     first: int
     first_bytes: int
     last: int
     last_bytes: int
     residual: int
+    curvature: Fraction = Fraction(0)
+    step: int = 1
 
     @property
     def slope(self) -> Fraction:
@@ -109,8 +175,10 @@ class RequirementLine:
 
     @property
     def collinear(self) -> bool:
-        """Whether every traced requirement lies within WIGGLE_BYTES of the line."""
-        return self.residual <= WIGGLE_BYTES
+        """Whether every traced requirement lies within WIGGLE_BYTES, or COLLINEAR_FRACTION of
+        the line's rise, of the line."""
+        rise = self.last_bytes - self.first_bytes
+        return self.residual <= max(WIGGLE_BYTES, rise * COLLINEAR_FRACTION)
 
     def bytes_at(self, frames: int) -> Fraction:
         """The line's requirement at `frames`."""
@@ -123,22 +191,37 @@ class RequirementLine:
             return None
         return self.first + math.floor((budget - self.first_bytes) / self.slope)
 
+    def margin(self, frames: int) -> Fraction:
+        """How far the requirement at `frames` may be off the line: WIGGLE_BYTES, the largest
+        residual, and the bend a quadratic through the traced points would show there (it grows
+        as the line is extrapolated past the last traced count)."""
+        bend = self.curvature * (frames - self.first) * abs(frames - self.last)
+        return WIGGLE_BYTES + self.residual + bend
+
     def answer(self, budget: int) -> int | None:
-        """The line's answer where it decides: collinear, inside the traced regime, and clear of
-        the budget by more than WIGGLE_BYTES at the answer and at the frame count after it."""
+        """The largest multiple of `step` whose line requirement plus `margin` fits `budget`:
+        it fits, and so do all smaller frame counts of the traced regime. It may fall short of
+        the exact boundary by the frames within the margin (a frame at most where the margin
+        is under a frame's bytes) and, split over ranks, by the fewer than `step` frames of a
+        last uneven share. None where the line does not decide: not collinear, flat, or the
+        answer below the traced regime."""
         frames = self.crossing(budget)
-        if not self.collinear or frames is None or not self.first <= frames < SEARCH_LIMIT:
+        if not self.collinear or frames is None or frames < self.first:
             return None
-        below = budget - self.bytes_at(frames)
-        above = self.bytes_at(frames + 1) - budget
-        return frames if min(below, above) > WIGGLE_BYTES else None
+        frames = min(frames, SEARCH_LIMIT)
+        frames -= frames % self.step
+        while frames >= self.first and self.bytes_at(frames) + self.margin(frames) > budget:
+            frames -= self.step
+        return frames if frames >= self.first else None
 
 
 def line_frames(model: FakeModel, batch: int, height: int, width: int, cache: Cache) -> list[int]:
-    """Three or more frame counts of the affine regime to fit a line through: its first frame
-    count, the cached ones in it, and as many multiples of the first as three need."""
+    """Three or more frame counts of the affine regime to fit a line through, multiples of the
+    world size: its first frame count, the cached ones in it, and as many multiples of the
+    first as three need."""
     start = model.affine_from(batch, height, width)
-    frames = {start} | {count for count in cache if count > start}
+    step = model.world_size
+    frames = {start} | {count for count in cache if count > start and count % step == 0}
     for multiple in LINE_MULTIPLES[1:]:
         if len(frames) >= len(LINE_MULTIPLES):
             break
@@ -149,13 +232,21 @@ def line_frames(model: FakeModel, batch: int, height: int, width: int, cache: Ca
 def requirement_line(
     model: FakeModel, batch: int, height: int, width: int, cache: Cache
 ) -> RequirementLine:
-    """Trace the requirement at `line_frames` and fit the line through the outer two."""
+    """Trace the requirement at `line_frames` and fit the line through the outer two; the
+    residuals of the inner ones give its largest deviation and its curvature."""
     frames = line_frames(model, batch, height, width, cache)
     values = {count: required_bytes(model, count, batch, height, width, cache) for count in frames}
     first, last = frames[0], frames[-1]
     line = RequirementLine(first, values[first], last, values[last], 0)
-    residual = max(abs(values[count] - line.bytes_at(count)) for count in frames)
-    return RequirementLine(first, values[first], last, values[last], math.ceil(residual))
+    residuals = {count: abs(values[count] - line.bytes_at(count)) for count in frames[1:-1]}
+    curvature = max(
+        (error / ((count - first) * (last - count)) for count, error in residuals.items()),
+        default=Fraction(0),
+    )
+    residual = math.ceil(max(residuals.values(), default=0))
+    return RequirementLine(
+        first, values[first], last, values[last], residual, curvature, model.world_size
+    )
 
 
 def max_frames_by_budget(
@@ -166,13 +257,21 @@ def max_frames_by_budget(
     width: int,
     cache: Cache | None = None,
 ) -> dict[int, int]:
-    """Budget -> largest frame count that fits it, as `max_frames` finds it, from few passes."""
+    """Budget -> the largest frame count that fits it, from few passes: read off the line where
+    it decides (`RequirementLine.answer`: conservative within the line's margin), found by
+    `max_frames` elsewhere (for every budget when they all end before the affine regime)."""
     cache = {} if cache is None else cache
+    start = model.affine_from(batch, height, width)
+    if required_bytes(model, start, batch, height, width, cache) > max(budgets):
+        return {
+            budget: max_frames(model, budget, batch, height, width, cache) for budget in budgets
+        }
     line = requirement_line(model, batch, height, width, cache)
     answers = {}
     for budget in budgets:
         answer = line.answer(budget)
         if answer is None:
-            answer = max_frames(model, budget, batch, height, width, cache, line.crossing(budget))
+            guess = line.crossing(budget) if line.collinear else None
+            answer = max_frames(model, budget, batch, height, width, cache, guess)
         answers[budget] = answer
     return answers
