@@ -1,11 +1,13 @@
 """Bad command lines stop profiling/run.py before any work, with exit code 2 and one line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from profiling.native_stderr import native_stderr_to
 from profiling.run import main
 from profiling.sweep.options import parse_config
 from profiling.sweep.records import PartialLog
@@ -117,3 +119,47 @@ def test_parsing_the_options_imports_nothing_of_the_measurement_stack(tmp_path: 
     loaded = completed.stdout.split()
     assert "profiling.sweep.options" in loaded
     assert [name for name in loaded if name.startswith(MEASUREMENT_STACK)] == []
+
+
+PROFILE_ONE_OPERATOR = (
+    "import torch\n"
+    "from torch.profiler import ProfilerActivity, profile\n"
+    "with profile(activities=[ProfilerActivity.CPU], profile_memory=True):\n"
+    "    torch.ones(4).add_(1)\n"
+)
+
+
+def test_native_stderr_goes_to_the_log_for_the_block_only(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    log = tmp_path / "logs" / "rank0.log"
+    os.write(2, b"before\n")
+    with native_stderr_to(log):
+        os.write(2, b"native line\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "before\nafter\n"
+    assert log.read_text() == "native line\n"
+
+
+def test_a_sweeps_console_shows_progress_and_results_only(tmp_path: Path) -> None:
+    probe = subprocess.run(
+        [sys.executable, "-c", PROFILE_ONE_OPERATOR], capture_output=True, text=True, timeout=120
+    )
+    kineto_prints = "profiler_start" in probe.stderr
+    out = tmp_path / "report"
+    command = [sys.executable, str(RUN), "--preset", "tiny", "--device", "cpu"]
+    command += ["--frames", "1,2", "--repeats", "1", "--out", str(out)]
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "profiler_start" not in completed.stderr
+    assert "SyncActivityProfilerHandler" not in completed.stderr
+    assert "rank 0: 2config" in completed.stderr
+    assert completed.stdout.startswith(f"report written to {out}/")
+    log = (out / "logs" / "rank0.log").read_text()
+    assert ("profiler_start" in log) == kineto_prints

@@ -70,6 +70,8 @@ def torchrun(cwd: Path, *arguments: str, restarts: int = 0) -> subprocess.Comple
         str(RUN),
         "--preset",
         "tiny",
+        "--device",
+        "cpu",
         "--quiet",
         "--variant-module",
         THIS_MODULE,
@@ -149,7 +151,8 @@ def test_a_worker_killed_mid_sweep_loses_and_repeats_nothing(tmp_path: Path) -> 
 
 def test_resume_skips_the_finished_cases(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    single = [sys.executable, str(RUN), "--preset", "tiny", "--quiet", "--frames", "1"]
+    single = [sys.executable, str(RUN), "--preset", "tiny", "--device", "cpu", "--quiet"]
+    single += ["--frames", "1"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": TIMEOUT_S}
     first = subprocess.run([*single, "--out", str(out)], env=environment, **run)

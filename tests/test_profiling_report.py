@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from profiling.report.results import write_report
@@ -74,6 +75,7 @@ ENVIRONMENT_KEYS = [
     "cuda",
     "cudnn",
     "nvidia_driver",
+    "allocator_settings",
     "gpu_names",
     "python",
     "platform",
@@ -123,6 +125,20 @@ def sample_records(tmp_path: Path) -> list[CaseRecord]:
 
 def environment() -> dict:
     return collect_environment([RANK], {"preset": "tiny", "memory_budget_gib": None})
+
+
+def test_the_environment_names_the_allocator_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    settings = environment()["allocator_settings"]
+    assert settings == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    write_report(tmp_path, sample_records(tmp_path), environment())
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| allocator settings | `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` |" in summary
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    assert environment()["allocator_settings"] == {}
 
 
 def test_report_files_exist_and_parse(tmp_path: Path) -> None:

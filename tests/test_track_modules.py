@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from vggt.heads import track_head
 from vggt.heads.track_modules.base_track_predictor import BaseTrackerPredictor
 from vggt.heads.track_modules.blocks import CorrBlock, EfficientUpdateFormer
 from vggt.heads.track_modules.modules import AttnBlock, CrossAttnBlock
@@ -267,7 +268,6 @@ def test_corr_block_window_is_x_offset_major():
 
 
 def test_track_head_validates_query_points():
-    track_head = pytest.importorskip("vggt.heads.track_head")
     head = track_head.TrackHead(dim_in=32).eval()
     images = torch.zeros(2, 3, 3, 140, 140)
     bad = {
@@ -282,7 +282,6 @@ def test_track_head_validates_query_points():
 
 
 def test_track_head_fake_tensor_forward():
-    track_head = pytest.importorskip("vggt.heads.track_head")
     with FakeTensorMode():
         head = track_head.TrackHead(dim_in=64)
         tokens = [torch.empty(1, 2, 5 + 100, 64) for _ in range(24)]

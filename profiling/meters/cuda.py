@@ -1,4 +1,5 @@
-"""The CUDA allocator: peaks of one call, and history recorded around it as memory_viz snapshots."""
+"""The CUDA allocator: peaks of one call, and history recorded around it as memory_viz snapshots
+(a ring buffer of HISTORY_MAX_ENTRIES events; `history_wrapped` tells when it filled up)."""
 
 import contextlib
 import inspect
@@ -59,6 +60,20 @@ def recording_history(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.cuda.memory._record_memory_history(None)
+
+
+def device_trace(snapshot: dict[str, Any], device_index: int) -> list[dict[str, Any]]:
+    """The allocator events a snapshot holds for one device (none when it has no trace)."""
+    traces = snapshot.get("device_traces", [])
+    return traces[device_index] if device_index < len(traces) else []
+
+
+def history_wrapped(
+    snapshot: dict[str, Any], device_index: int, max_entries: int = HISTORY_MAX_ENTRIES
+) -> bool:
+    """Whether the device's trace filled its ring buffer of `max_entries` events, so the
+    oldest events of the recorded run may have been overwritten."""
+    return len(device_trace(snapshot, device_index)) >= max_entries
 
 
 def take_snapshot() -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Device memory in use, read from NVML by a background thread at a fixed rate."""
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
+
+from profiling.meters.device_match import nvml_handle_for
 
 DEFAULT_INTERVAL_S = 0.002
 
@@ -25,29 +27,41 @@ class NvmlSamples:
         return (len(self.times_s) - 1) / (self.times_s[-1] - self.times_s[0])
 
 
-def nvml_index(device: torch.device) -> int:
-    """NVML's index of a torch CUDA device, reading CUDA_VISIBLE_DEVICES when it holds ordinals."""
-    index = torch.cuda.current_device() if device.index is None else device.index
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    if not visible:
-        return index
-    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
-    if all(entry.isdigit() for entry in entries):
-        return int(entries[index])
-    return torch.cuda._get_nvml_device_index(index)
+class NvmlUnavailable(RuntimeError):
+    """pynvml or the NVML library itself (libnvidia-ml, part of the driver) is not installed."""
+
+
+def start_nvml() -> ModuleType:
+    """pynvml after nvmlInit; NvmlUnavailable when pynvml or the library is missing. Any other
+    NVML error (a driver fault, no permission) is raised as it is."""
+    try:
+        import pynvml
+    except ImportError as error:
+        raise NvmlUnavailable("pynvml (nvidia-ml-py) is not installed") from error
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError_LibraryNotFound as error:
+        raise NvmlUnavailable("the NVML library (libnvidia-ml) is not found") from error
+    return pynvml
 
 
 class NvmlSampler:
-    """Context manager: samples NVML used memory of `device` every `interval_s` in a thread."""
+    """Context manager: samples NVML used memory of `device` every `interval_s` in a thread.
+
+    Construction raises NvmlUnavailable without NVML, and any NVML error as it is; an error
+    while sampling ends the sampling and is kept in `error`.
+    """
 
     def __init__(self, device: torch.device, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        import pynvml
-
-        self._nvml = pynvml
-        pynvml.nvmlInit()
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(device))
+        self._nvml = start_nvml()
+        try:
+            self._handle = nvml_handle_for(self._nvml, device)
+        except BaseException:
+            self._nvml.nvmlShutdown()
+            raise
         self.interval_s = interval_s
         self.samples = NvmlSamples()
+        self.error: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
 
@@ -58,8 +72,13 @@ class NvmlSampler:
         start = time.perf_counter()
         next_tick = start
         while True:
+            try:
+                used = self._read()
+            except Exception as error:
+                self.error = error
+                return
             self.samples.times_s.append(time.perf_counter() - start)
-            self.samples.used_bytes.append(self._read())
+            self.samples.used_bytes.append(used)
             if self._stop.is_set():
                 return
             next_tick += self.interval_s

@@ -74,7 +74,8 @@ class Difference:
 def compare(
     outputs: Mapping[str, torch.Tensor], baseline: Mapping[str, torch.Tensor]
 ) -> Difference:
-    """Compare the tensors both hold, chunk by chunk in float64 on the CPU.
+    """Compare the tensors both hold, chunk by chunk in float64 on the device of the baseline's
+    tensor (a GPU compares its own outputs with ones waiting on the CPU without a host pass).
 
     ValueError when they share no name or a shared name has different shapes.
     """
@@ -94,8 +95,8 @@ def compare(
         tensor_abs = 0.0
         magnitude = 0.0
         for start in range(0, ours.numel(), COMPARE_CHUNK):
-            a = ours[start : start + COMPARE_CHUNK].to("cpu", torch.float64)
-            b = reference[start : start + COMPARE_CHUNK].to("cpu", torch.float64)
+            a = ours[start : start + COMPARE_CHUNK].to(reference.device, torch.float64)
+            b = reference[start : start + COMPARE_CHUNK].to(reference.device, torch.float64)
             tensor_abs = _max_keeping_nan(tensor_abs, (a - b).abs().max().item())
             magnitude = _max_keeping_nan(magnitude, b.abs().max().item())
         max_abs = _max_keeping_nan(max_abs, tensor_abs)

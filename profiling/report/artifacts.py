@@ -2,6 +2,7 @@
 snapshots as pickles (for pytorch.org/memory_viz) and PNGs, each noted in the case's record."""
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,17 +22,20 @@ def save_timeline(folder: Path, record: CaseRecord, timeline: Timeline) -> None:
 
 
 def save_snapshot(
-    folder: Path, record: CaseRecord, label: str, device: torch.device, base_bytes: int
+    folder: Path,
+    record: CaseRecord,
+    label: str,
+    snapshot: dict[str, Any],
+    device: torch.device,
+    base_bytes: int,
 ) -> None:
-    """Pickle the allocator snapshot taken now and plot its timeline as a PNG; the `memory`
-    snapshot's timeline is saved as JSON too. `base_bytes`: allocated when recording began."""
+    """Pickle an allocator snapshot and plot its timeline as a PNG; the `memory` snapshot's
+    timeline is saved as JSON too. `base_bytes`: allocated when recording began."""
     stem = f"{record.case_id}.{label}.snapshot"
-    snapshot = cuda.take_snapshot()
     cuda.save_snapshot(snapshot, folder / f"{stem}.pickle")
     record.files[f"{label}_snapshot"] = f"{TIMELINE_DIR}/{stem}.pickle"
     index = device.index if device.index is not None else 0
     timeline = from_cuda_snapshot(snapshot, index, base_bytes)
-    del snapshot
     if label == "memory":
         save_timeline(folder, record, timeline)
     title = f"{record.case_id} ({label})"

@@ -118,12 +118,18 @@ def largest_fitting(records: list[CaseRecord]) -> list[str]:
     return lines
 
 
+def allocator_text(settings: dict[str, str] | None) -> str:
+    """`NAME=value` of each allocator variable set, or `default`."""
+    return ", ".join(f"`{name}={value}`" for name, value in (settings or {}).items()) or "default"
+
+
 def environment_table(environment: dict[str, Any]) -> list[str]:
     """The environment and the sweep's settings as a two-column table."""
     rows = [
         ("torch", environment.get("torch")),
         ("CUDA", environment.get("cuda") or "none"),
         ("NVIDIA driver", environment.get("nvidia_driver") or "none"),
+        ("allocator settings", allocator_text(environment.get("allocator_settings"))),
         ("GPUs", ", ".join(environment.get("gpu_names") or []) or "none"),
         ("CPU", environment.get("cpu")),
         ("world size", environment.get("world_size")),

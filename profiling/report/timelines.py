@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from profiling.meters.cpu import MemoryTrace
+from profiling.meters.cuda import device_trace
 from profiling.meters.nvml import NvmlSamples
 
 # Longest series written; a longer one keeps the highest point of each equal stretch.
@@ -70,8 +71,7 @@ def from_cuda_snapshot(snapshot: dict[str, Any], device_index: int, base_bytes: 
     """Allocated bytes over time from a snapshot's allocator trace, on top of `base_bytes`
     already allocated when recording began. Times are in seconds when the trace has them,
     else the event number stands in."""
-    traces = snapshot.get("device_traces", [])
-    events = traces[device_index] if device_index < len(traces) else []
+    events = device_trace(snapshot, device_index)
     live = base_bytes
     times, values = [], []
     start_us = next((e["time_us"] for e in events if "time_us" in e), None)

@@ -11,6 +11,9 @@ from typing import Any
 import torch
 
 CPUINFO = Path("/proc/cpuinfo")
+# Settings of PyTorch's caching allocators (e.g. expandable_segments:True); the generic name
+# came with torch 2.9, the CUDA one still works.
+ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 
 
 def cpu_name() -> str:
@@ -65,14 +68,21 @@ def nvidia_driver() -> str | None:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
+def allocator_settings() -> dict[str, str]:
+    """The allocator variables set in this process's environment, by name."""
+    return {name: os.environ[name] for name in ALLOCATOR_VARIABLES if name in os.environ}
+
+
 def collect_environment(ranks: list[RankInfo], settings: dict[str, Any]) -> dict[str, Any]:
-    """Software versions, devices of every rank, world size and the sweep's settings."""
+    """Software versions, allocator settings, devices of every rank, world size and the
+    sweep's settings."""
     gpu_names = sorted({r.device_name for r in ranks if r.device.startswith("cuda")})
     return {
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "nvidia_driver": nvidia_driver(),
+        "allocator_settings": allocator_settings(),
         "gpu_names": gpu_names,
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -3,8 +3,10 @@
 Order of work for a group: warm-up runs with the variants interleaved (their order reversed
 every other round); one memory run per variant, each after gc, empty_cache and a peak reset
 (non-baseline variants first, so their outputs can wait on the CPU for the baseline's); then
-the timed repeats, interleaved the same way. A variant that fails is recorded as `oom` or
-`error`, its memory freed, and left out of the remaining runs while the others go on.
+the timed repeats, interleaved the same way. On CUDA the allocator history is recorded for the
+memory runs only; a variant that ran out of memory in warm-up runs once more under it, so the
+snapshot at its failure is saved. A variant that fails is recorded as `oom` or `error`, its
+memory freed, and left out of the remaining runs while the others go on.
 """
 
 import contextlib
@@ -62,8 +64,10 @@ class StageScheduler:
         images: torch.Tensor,
         records: dict[str, CaseRecord],
         timeline_dir: Path,
+        baseline: str = BASELINE,
     ) -> None:
         self.group = group
+        self.baseline = baseline
         self.modules = modules
         self.images = images
         self.device = images.device
@@ -96,44 +100,57 @@ class StageScheduler:
         """All stages, then each variant's time summary."""
         for round_number in range(warmup):
             for name in self.in_turn(round_number):
-                self.guarded(name, self.forward, record_history=True)
-        for name in sorted(self.alive(), key=lambda variant: variant == BASELINE):
-            self.guarded(name, self.memory_run, record_history=True)
+                self.guarded(name, self.forward, measured=False)
+        if self.device.type == "cuda":
+            for name in self.group.variants:
+                if self.records[name].status == "oom":
+                    self.snapshot_warmup_oom(name)
+        for name in sorted(self.alive(), key=lambda variant: variant == self.baseline):
+            self.guarded(name, self.memory_run, measured=True)
         self.waiting.clear()
         for round_number in range(repeats):
             for name in self.in_turn(round_number):
-                self.guarded(name, self.timed_run, record_history=False)
+                self.guarded(name, self.timed_run, measured=False)
         for name, samples in self.times_ms.items():
             if samples:
                 self.records[name].time_ms = TimeSummary.of(samples)
 
-    def guarded(self, name: str, stage: Callable[[str], Any], record_history: bool) -> None:
-        """Run `stage(name)`; an OOM or any other exception becomes the variant's status, and an
-        OOM while the allocator history is recorded also saves the snapshot at the failure."""
+    def guarded(self, name: str, stage: Callable[[str], Any], measured: bool) -> None:
+        """Run `stage(name)`; an OOM or any other exception becomes the variant's status. A
+        measured stage starts from freed memory and, on CUDA, records the allocator history, so
+        an OOM there also saves the snapshot at the failure."""
         record = self.records[name]
-        on_cuda = self.device.type == "cuda"
-        history = record_history and on_cuda
-        start_bytes = torch.cuda.memory_allocated(self.device) if on_cuda else 0
+        if measured:
+            free_memory(self.device)
+        history = measured and self.device.type == "cuda"
+        start_bytes = torch.cuda.memory_allocated(self.device) if history else 0
         with cuda.recording_history(history):
             try:
                 stage(name)
             except torch.cuda.OutOfMemoryError as error:
                 record.fail("oom", error)
                 if history:
-                    record.error += self.save_oom_snapshot(record, start_bytes)
+                    self.save_oom_snapshot(record, start_bytes)
             except Exception as error:
                 record.fail("error", error)
         if record.status != "ok":
             self.waiting.pop(name, None)
             free_memory(self.device)
 
-    def save_oom_snapshot(self, record: CaseRecord, start_bytes: int) -> str:
-        """Save the snapshot at an OOM; return a note for the error message if that fails."""
+    def snapshot_warmup_oom(self, name: str) -> None:
+        """Repeat the forward of a variant that ran out of memory in warm-up (which records no
+        allocator history) as a measured stage, for the snapshot at its failure."""
+        self.guarded(name, self.forward, measured=True)
+        if "oom_snapshot" not in self.records[name].files:
+            self.records[name].add_note("no OOM snapshot was saved when the forward was repeated")
+
+    def save_oom_snapshot(self, record: CaseRecord, start_bytes: int) -> None:
+        """Save the snapshot at an OOM; a failure to save becomes a note in the record."""
         try:
-            save_snapshot(self.timeline_dir, record, "oom", self.device, start_bytes)
+            snapshot = cuda.take_snapshot()
+            save_snapshot(self.timeline_dir, record, "oom", snapshot, self.device, start_bytes)
         except Exception as error:
-            return f" (the OOM snapshot could not be saved: {one_line(error)})"
-        return ""
+            record.add_note(f"the OOM snapshot could not be saved: {one_line(error)}")
 
     def timed_run(self, name: str) -> None:
         """A timed forward, appended to the variant's samples."""
@@ -141,7 +158,6 @@ class StageScheduler:
 
     def memory_run(self, name: str) -> None:
         """Peaks and timeline of one forward; then output bytes and the baseline comparison."""
-        free_memory(self.device)
         record = self.records[name]
         forward = functools.partial(self.forward, name)
         if self.device.type == "cuda":
@@ -150,15 +166,15 @@ class StageScheduler:
             outputs = cpu_memory_run(forward, record, self.timeline_dir)
         tensors = named_outputs(outputs)
         record.output_bytes = output_bytes(tensors.values()).device
-        if name == BASELINE:
+        if name == self.baseline:
             self.compare_with(tensors)
-        elif BASELINE in self.alive():
+        elif self.baseline in self.alive():
             self.waiting[name] = {key: t.detach().to("cpu") for key, t in tensors.items()}
 
     def compare_with(self, baseline: dict[str, torch.Tensor]) -> None:
         """Record each waiting variant's difference from the baseline outputs (0 for itself)."""
-        own = self.records[BASELINE]
-        own.max_abs_diff, own.max_rel_diff, own.compared_to = 0.0, 0.0, BASELINE
+        own = self.records[self.baseline]
+        own.max_abs_diff, own.max_rel_diff, own.compared_to = 0.0, 0.0, self.baseline
         for name, outcome in compare_each(self.waiting, baseline).items():
             record = self.records[name]
             if isinstance(outcome, ValueError):
@@ -166,7 +182,7 @@ class StageScheduler:
             else:
                 record.max_abs_diff = outcome.max_abs_diff
                 record.max_rel_diff = outcome.max_rel_diff
-                record.compared_to = BASELINE
+                record.compared_to = self.baseline
 
 
 def measure_group(
@@ -177,9 +193,10 @@ def measure_group(
     repeats: int,
     timeline_dir: Path,
     seed: int,
+    baseline: str = BASELINE,
 ) -> list[CaseRecord]:
-    """The records of every variant of `group`; a failure to build or to make the input fails
-    them all."""
+    """The records of every variant of `group`, each compared with `baseline`'s outputs when it
+    is one of them; a failure to build or to make the input fails them all."""
     records = {
         case.variant: CaseRecord.start(case, rank, warmup, repeats) for case in group.cases()
     }
@@ -192,7 +209,8 @@ def measure_group(
         for record in records.values():
             record.fail(status, error)
     else:
-        StageScheduler(group, modules, images, records, timeline_dir).run(warmup, repeats)
+        scheduler = StageScheduler(group, modules, images, records, timeline_dir, baseline)
+        scheduler.run(warmup, repeats)
         del images, modules
     free_memory(device)
     finished_at = datetime.now(UTC).isoformat()

@@ -1,5 +1,6 @@
 """One forward under the memory meters of its device: the figures go into the case's record,
-the timelines and snapshots into OUT/timelines."""
+the timelines and snapshots into OUT/timelines. On CUDA the caller records the allocator history
+around the run (StageScheduler.guarded), so the snapshot holds this forward's events only."""
 
 import contextlib
 import warnings
@@ -9,9 +10,10 @@ from typing import Any
 
 import torch
 
+from profiling.meters import cuda
 from profiling.meters.cpu import max_rss_bytes, trace_cpu_memory
 from profiling.meters.cuda import measure_cuda_peak
-from profiling.meters.nvml import NvmlSampler
+from profiling.meters.nvml import NvmlSampler, NvmlUnavailable
 from profiling.report.artifacts import save_snapshot, save_timeline
 from profiling.report.timelines import from_cpu_trace, from_nvml
 from profiling.sweep.records import CaseRecord, one_line
@@ -27,15 +29,24 @@ def cpu_memory_run(forward: Callable[[], Any], record: CaseRecord, folder: Path)
     return outputs
 
 
+def nvml_sampler(device: torch.device, record: CaseRecord) -> NvmlSampler | None:
+    """A sampler of `device`; None without NVML, and None with a note in the record when NVML
+    is installed but fails."""
+    try:
+        return NvmlSampler(device)
+    except NvmlUnavailable:
+        return None
+    except Exception as error:
+        record.add_note(f"NVML failed: {one_line(error)}")
+        return None
+
+
 def cuda_memory_run(
     forward: Callable[[], Any], device: torch.device, record: CaseRecord, folder: Path
 ) -> Any:
-    """Allocator peaks, NVML samples (where NVML works) and the allocator snapshot of a forward."""
-    try:
-        sampler = NvmlSampler(device)
-    except Exception as error:
-        warnings.warn(f"no NVML timeline: {one_line(error)}", RuntimeWarning, stacklevel=2)
-        sampler = None
+    """Allocator peaks, NVML samples (where NVML is installed) and the allocator snapshot of a
+    forward; a snapshot whose history ring buffer filled up gets a note and a warning."""
+    sampler = nvml_sampler(device, record)
     with sampler or contextlib.nullcontext():
         outputs, peak = measure_cuda_peak(forward, device)
     record.peak_bytes = record.cuda_max_allocated_bytes = peak.max_allocated_bytes
@@ -46,6 +57,17 @@ def cuda_memory_run(
         samples = sampler.samples
         record.nvml_peak_used_bytes = max(samples.used_bytes, default=None)
         record.nvml_sample_rate_hz = round(samples.rate_hz, 1)
+        if sampler.error is not None:
+            record.add_note(f"NVML sampling stopped: {one_line(sampler.error)}")
         save_timeline(folder, record, from_nvml(samples))
-    save_snapshot(folder, record, "memory", device, base_bytes=peak.start_bytes)
+    snapshot = cuda.take_snapshot()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if cuda.history_wrapped(snapshot, index):
+        note = (
+            f"the allocator history filled its {cuda.HISTORY_MAX_ENTRIES} entries: the "
+            "snapshot's oldest events are lost"
+        )
+        record.add_note(note)
+        warnings.warn(f"{record.case_id}: {note}", RuntimeWarning, stacklevel=2)
+    save_snapshot(folder, record, "memory", snapshot, device, base_bytes=peak.start_bytes)
     return outputs

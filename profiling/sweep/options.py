@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-budget",
         type=float,
         metavar="GiB",
-        help="cap each rank's CUDA memory, to find the largest frame count that fits",
+        help="cap each rank's PyTorch CUDA caching allocator (reserved memory) at GiB, to "
+        "emulate a smaller GPU; the CUDA context and other processes are not counted, so a "
+        "real GPU of that size fits a little less",
     )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and input")

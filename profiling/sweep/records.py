@@ -125,6 +125,11 @@ class CaseRecord:
         """Mark the case `oom` or `error` with the exception's one-line message."""
         self.status, self.error = status, one_line(error)
 
+    def add_note(self, text: str) -> None:
+        """Add to `error` something that went wrong beside the figures (NVML, a snapshot), which
+        leaves the status as it is; notes are joined with `; `."""
+        self.error = text if not self.error else f"{self.error}; {text}"
+
     def to_json(self) -> dict[str, Any]:
         """The record as results.json and the partial log hold it."""
         return dataclasses.asdict(self)

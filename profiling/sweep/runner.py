@@ -1,5 +1,7 @@
 """Runs a sweep on this rank: skip finished cases, take groups from the shared queue, measure
-them, log each group's records at once, and hand everything to rank 0 at the end."""
+them, log each group's records at once, and hand everything to rank 0 at the end. The console
+shows progress only: native messages printed while a group is measured (the CPU profiler's
+among them) go to OUT/logs/rank<k>.log."""
 
 import dataclasses
 import sys
@@ -9,6 +11,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from profiling.native_stderr import native_stderr_to
 from profiling.report.artifacts import TIMELINE_DIR
 from profiling.sweep.cases import CaseGroup, build_groups
 from profiling.sweep.distributed import RankContext
@@ -19,9 +22,12 @@ from profiling.sweep.options import SweepConfig
 from profiling.sweep.records import CaseRecord, PartialLog, deduplicate, read_partial_records
 from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
 
+LOG_DIR = "logs"
+
 
 def apply_memory_budget(budget_gib: float | None, device: torch.device) -> None:
-    """Cap this process's CUDA caching allocator at `budget_gib` of the device's memory."""
+    """Cap this process's CUDA caching allocator at `budget_gib` (set_per_process_memory_fraction):
+    what PyTorch reserves, not the CUDA context nor other processes' memory."""
     if budget_gib is None:
         return
     total = torch.cuda.get_device_properties(device).total_memory
@@ -67,9 +73,10 @@ def measure_pending(
             group = pending[position]
             progress.set_postfix_str(group.group_id)
             timeline_dir = out_dir / TIMELINE_DIR
-            records = measure_group(
-                group, cache, rank, settings.warmup, settings.repeats, timeline_dir, config.seed
-            )
+            with native_stderr_to(out_dir / LOG_DIR / f"rank{rank.rank}.log"):
+                records = measure_group(
+                    group, cache, rank, settings.warmup, settings.repeats, timeline_dir, config.seed
+                )
             log.append(records)
             produced += records
             progress.update(1)

@@ -1,8 +1,10 @@
 """The ranks a sequence is split over: who holds which frames, and the few collectives the
 sequence-parallel model needs, behind one small class the estimator can replace."""
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -33,10 +35,6 @@ class FrameLayout:
     rank: int
 
     @property
-    def world_size(self) -> int:
-        return len(self.counts)
-
-    @property
     def frames(self) -> int:
         """All frames of the sequence."""
         return sum(self.counts)
@@ -51,8 +49,42 @@ class FrameLayout:
         return self.counts[self.rank]
 
 
+@dataclass
+class CommunicationLog:
+    """What this rank's collectives sent, and the time its compute waited for them: host time
+    on CPU (gloo blocks the caller), CUDA events on the compute stream on GPUs."""
+
+    calls: int = 0
+    bytes_sent: int = 0
+    host_seconds: float = 0.0
+    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def timing(self, bytes_sent: int, device: torch.device) -> Iterator[None]:
+        """Count one collective sending `bytes_sent` bytes and time the block around it."""
+        self.calls += 1
+        self.bytes_sent += bytes_sent
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((start, end))
+            return
+        begin = time.perf_counter()
+        yield
+        self.host_seconds += time.perf_counter() - begin
+
+    @property
+    def seconds(self) -> float:
+        """The time spent waiting (synchronises with the GPU when there are CUDA events)."""
+        waited = sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+        return self.host_seconds + waited
+
+
 class SequenceGroup:
-    """The collectives of sequence parallelism over a torch.distributed process group."""
+    """The collectives of sequence parallelism over a torch.distributed process group;
+    `log` counts what they move."""
 
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         if not dist.is_initialized():
@@ -61,6 +93,7 @@ class SequenceGroup:
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self._buffers: dict[str, torch.Tensor] = {}
+        self.log = CommunicationLog()
 
     def layout(self, images: torch.Tensor, check: Callable[[torch.Tensor], None]) -> FrameLayout:
         """Every rank's frame count, after each rank has run `check` on its own images [B, n,
@@ -129,9 +162,11 @@ class SequenceGroup:
     ) -> None:
         """Send `source`'s consecutive pieces (sizes `source_splits`) to ranks 0, 1, ...;
         receive theirs into `output` (sizes `output_splits`)."""
-        dist.all_to_all_single(
-            output, source, list(output_splits), list(source_splits), group=self.group
-        )
+        elsewhere = sum(source_splits) - source_splits[self.rank]
+        with self.log.timing(elsewhere * source.element_size(), source.device):
+            dist.all_to_all_single(
+                output, source, list(output_splits), list(source_splits), group=self.group
+            )
 
     def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> "RingTransfer":
         """Start sending `outgoing` to the next rank and receiving the previous rank's into
@@ -142,13 +177,15 @@ class SequenceGroup:
             dist.P2POp(dist.isend, outgoing, following, self.group),
             dist.P2POp(dist.irecv, incoming, preceding, self.group),
         ]
-        return RingTransfer(dist.batch_isend_irecv(operations))
+        nbytes = outgoing.numel() * outgoing.element_size()
+        return RingTransfer(dist.batch_isend_irecv(operations), self.log, nbytes, outgoing.device)
 
     def all_gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         """Every rank's [B, n_rank, ...] tensor, concatenated along dim 1 in rank order."""
         padded = self._padded(local, layout)
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(pieces, padded, group=self.group)
+        with self.log.timing(_nbytes(padded) * (self.world_size - 1), padded.device):
+            dist.all_gather(pieces, padded, group=self.group)
         return _unpad(pieces, layout)
 
     def gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor | None:
@@ -157,12 +194,15 @@ class SequenceGroup:
         padded = self._padded(local, layout)
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
         destination = self._global_rank(0)
-        dist.gather(padded, pieces if self.rank == 0 else None, destination, group=self.group)
+        with self.log.timing(0 if self.rank == 0 else _nbytes(padded), padded.device):
+            dist.gather(padded, pieces if self.rank == 0 else None, destination, group=self.group)
         return _unpad(pieces, layout) if self.rank == 0 else None
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         """Overwrite `tensor` on every rank with the group's rank 0's."""
-        dist.broadcast(tensor, self._global_rank(0), group=self.group)
+        sent = _nbytes(tensor) * (self.world_size - 1) if self.rank == 0 else 0
+        with self.log.timing(sent, tensor.device):
+            dist.broadcast(tensor, self._global_rank(0), group=self.group)
 
     def _global_rank(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
@@ -176,15 +216,25 @@ class SequenceGroup:
 
 
 class RingTransfer:
-    """The sends and receives of one ring step, in flight."""
+    """The sends and receives of one ring step, in flight; `wait` is logged as communication."""
 
-    def __init__(self, works: list) -> None:
+    def __init__(
+        self, works: list, log: CommunicationLog, bytes_sent: int, device: torch.device
+    ) -> None:
         self.works = works
+        self.log = log
+        self.bytes_sent = bytes_sent
+        self.device = device
 
     def wait(self) -> None:
         """Block until this rank's send and receive are done."""
-        for work in self.works:
-            work.wait()
+        with self.log.timing(self.bytes_sent, self.device):
+            for work in self.works:
+                work.wait()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _unpad(pieces: list[torch.Tensor], layout: FrameLayout) -> torch.Tensor:
@@ -202,6 +252,7 @@ class SimulatedGroup(SequenceGroup):
         self.world_size = world_size
         self.counts: tuple[int, ...] | None = None
         self._buffers = {}
+        self.log = CommunicationLog()
 
     def layout(self, images: torch.Tensor, check: Callable[[torch.Tensor], None]) -> FrameLayout:
         """The layout of `counts` (set beforehand), after checking this rank's images."""
@@ -221,7 +272,7 @@ class SimulatedGroup(SequenceGroup):
 
     def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> RingTransfer:
         """Nothing moves."""
-        return RingTransfer([])
+        return RingTransfer([], self.log, 0, outgoing.device)
 
     def all_gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         """A tensor of the gathered shape."""

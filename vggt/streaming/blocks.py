@@ -83,8 +83,7 @@ def _stream_group_(
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
         # q must not keep the chunk's whole qkv projection alive (it does when q is a view)
-        shared = q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
-        queries.append(q.to(dtype, copy=shared))
+        queries.append(q.to(dtype, copy=q._is_view()))
         del q, k, v
     queries.reverse()
     for start, end in chunk_bounds(tokens, chunk):

@@ -1,0 +1,3 @@
+"""The GPU evidence, `python -m profiling.gpu_check --out DIR`: the gpu tests, full against
+optimized at the VGGT README's sizes, the estimator against those measurements, a memory cap,
+offload and chunking on and off; one summary, results.json and plots."""
