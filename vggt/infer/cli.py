@@ -106,8 +106,8 @@ def run_on_ranks(
     attention: str,
     started: float,
 ) -> None:
-    """The run once the ranks are up: headers and this rank's frames (problems agreed on by
-    every rank), the memory check, the model, the forward and the files."""
+    """The run once the ranks are up: headers and this rank's frames (a problem any rank finds
+    is raised on all), the memory check, the model, the forward and the files."""
     plans = _agreed(ranks, lambda: read_plans(paths, options.mode, options.size))
     boxes, shape = content_boxes(plans), padded_shape(plans)
     if points is not None:
@@ -115,8 +115,8 @@ def run_on_ranks(
     counts = split_evenly(len(paths), ranks.world_size)
     first = starts(counts)[ranks.rank]
     mine = paths[first : first + counts[ranks.rank]]
-    estimate = check_memory(options, ranks, len(paths), shape, checkpoint.config)
     images = _agreed(ranks, lambda: load_frames(mine, options.mode, options.size, shape))
+    estimate = check_memory(options, ranks, len(paths), shape, checkpoint.config)
     model = prepare_model(checkpoint, weights, options, ranks, attention)
     if ranks.is_first and not options.quiet and len({plan.shape for plan in plans}) > 1:
         info(f"frames of different sizes padded to {shape[0]}x{shape[1]}, outputs cut back")
@@ -124,6 +124,7 @@ def run_on_ranks(
     outputs.write_frames(out, predictions, first, boxes)
     write_sequence_files(out, predictions, counts, shape, boxes, ranks)
     peaks = ranks.all_gather(peak_memory(ranks.device))
+    communication = ranks.all_gather(ranks.communication())
     if ranks.is_first:
         seconds = time.perf_counter() - started
         facts = {
@@ -131,6 +132,7 @@ def run_on_ranks(
             "input_shape": list(shape),
             "content_boxes": [[b.top, b.left, b.height, b.width] for b in boxes],
             "attention": attention,
+            "communication_per_rank": communication,
             "checkpoint": {"weights": str(checkpoint.weights), "config": checkpoint.config_source},
             "estimate": estimate,
         }

@@ -27,15 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGES",
         help="image files, folders (their image files) or globs; frames in sorted name order",
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--checkpoint",
         default=DEFAULT_CHECKPOINT,
+        metavar="PATH_OR_ID",
         help="model.pt, .safetensors, a save_pretrained folder or a hub id "
         f"(default: {DEFAULT_CHECKPOINT})",
     )
     parser.add_argument(
         "--config",
+        metavar="FILE",
         help="JSON file of the model's constructor arguments (default: the folder's "
         "config.json, else VGGT-1B's)",
     )
@@ -45,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=TARGET_SIZE,
         help=f"preprocessed image width, a multiple of {PATCH_SIZE} (default: {TARGET_SIZE})",
     )
-    parser.add_argument("--mode", choices=("crop", "pad"), default="crop", help="preprocessing")
+    parser.add_argument(
+        "--mode",
+        choices=("crop", "pad"),
+        default="crop",
+        help="crop: width --size, taller images centre-cropped to a square; pad: the longer "
+        "side --size, padded with white to a square (default: crop)",
+    )
     parser.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
@@ -59,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         "to bf16 without autocast (the heads stay fp32)",
     )
     parser.add_argument(
-        "--offload", action="store_true", help="keep the kept layers in host memory"
+        "--offload",
+        action="store_true",
+        help="keep the aggregator layers the heads read in host memory (less GPU memory)",
     )
     parser.add_argument(
         "--device",
@@ -80,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=600.0,
+        metavar="SECONDS",
         help="seconds a rank waits for the others before failing (default: 600)",
     )
     parser.add_argument(

@@ -78,6 +78,13 @@ class Ranks:
             return local
         return self.group.gather_frames(local, FrameLayout(tuple(counts), self.rank))
 
+    def communication(self) -> dict[str, float]:
+        """What this rank's sequence-parallel collectives sent (bytes) and how long its
+        compute waited for them (seconds); zeros at world size 1."""
+        if self.group is None:
+            return {"bytes_sent": 0, "seconds": 0.0}
+        return {"bytes_sent": self.group.log.bytes_sent, "seconds": self.group.log.seconds}
+
     def close(self) -> None:
         """Leave the process group, when there is one."""
         if self.group is not None:
