@@ -166,6 +166,10 @@ class StageScheduler:
             outputs = cpu_memory_run(forward, record, self.timeline_dir)
         tensors = named_outputs(outputs)
         record.output_bytes = output_bytes(tensors.values()).device
+        self.check_outputs(name, tensors)
+
+    def check_outputs(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Compare with the baseline variant: its outputs now, the others' when it has run."""
         if name == self.baseline:
             self.compare_with(tensors)
         elif self.baseline in self.alive():

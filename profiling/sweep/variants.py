@@ -61,6 +61,16 @@ def load_variant_module(module_name: str) -> None:
     register()
 
 
+def splits_sequences(name: str, component: str, architecture: Architecture) -> bool:
+    """Whether variant `name` builds a module that can split a sequence over ranks (one with
+    `parallelize`); built on the meta device, so nothing is allocated."""
+    import torch
+
+    with torch.device("meta"):
+        module = get_variant(name).build(component, architecture)
+    return callable(getattr(module, "parallelize", None))
+
+
 def build_full(component: str, architecture: Architecture) -> nn.Module:
     """The reference modules: `Aggregator` returning every layer, or `VGGT`."""
     from vggt.models.aggregator import Aggregator
