@@ -16,6 +16,7 @@ from profiling.sweep.environment import RankInfo, collect_environment
 from profiling.sweep.options import UsageError, parse_config
 from profiling.sweep.presets import load_preset
 from profiling.sweep.records import CaseRecord, TimeSummary
+from profiling.sweep.runner import expected_cases
 from profiling.sweep.sequence import own_frames
 from tests.profiling_records import RANK, sample_record
 
@@ -83,6 +84,22 @@ def test_sequence_mode_keeps_the_variants_that_split(
     assert (config.describe()["parallel"], config.describe()["attention"]) == ("sequence", "ring")
     with pytest.raises(UsageError, match="full cannot split a sequence"):
         parse_config([*arguments, "--out", str(tmp_path / "b"), "--variants", "full,optimized"], 0)
+
+
+def test_a_resumed_sequence_sweep_expects_every_rank_at_both_world_sizes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    arguments = ["--preset", "tiny", "--device", "cpu", "--out", str(tmp_path / "a")]
+    config = parse_config([*arguments, "--parallel", "sequence"], 0)
+    group = build_groups(config.architecture, config.settings)[0]
+    ids = {case.case_id for case in expected_cases(group, config, 3)}
+    plain = group.cases()[0].case_id
+    assert ids == {f"{plain}-ws1-r{r}" for r in range(3)} | {
+        f"{plain}-ws3-ulysses-r{r}" for r in range(3)
+    }
+    by_case = parse_config(["--preset", "tiny", "--device", "cpu", "--out", str(tmp_path / "b")], 0)
+    assert expected_cases(group, by_case, 3) == group.cases()
 
 
 def split_record(world_size: int, rank: int, peak_mib: float, ms: float, **changes) -> CaseRecord:
