@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from profiling.sweep.cases import Architecture
@@ -64,8 +65,6 @@ def load_variant_module(module_name: str) -> None:
 def splits_sequences(name: str, component: str, architecture: Architecture) -> bool:
     """Whether variant `name` builds a module that can split a sequence over ranks (one with
     `parallelize`); built on the meta device, so nothing is allocated."""
-    import torch
-
     with torch.device("meta"):
         module = get_variant(name).build(component, architecture)
     return callable(getattr(module, "parallelize", None))
