@@ -129,14 +129,21 @@ def config_table(records: list[CaseRecord]) -> list[str]:
     return lines
 
 
-def across_ranks(records: list[CaseRecord], name: str) -> tuple[float | None, str | None]:
-    """The largest value of field `name` over the ranks' records, or None with the first
-    failure's status (`-` when there are no records or one lacks the value)."""
+def largest_over_ranks(records: list[CaseRecord], name: str) -> float | None:
+    """The largest value of field `name` over the ranks' records; None when there are none,
+    one failed or one lacks the value."""
+    values = [ok_value(record, name) for record in records]
+    return None if not values or None in values else max(values)
+
+
+def ranks_cell(records: list[CaseRecord], name: str, text: Callable[[Any], str]) -> str:
+    """A table cell of the ranks' records: the first failure's status, else `text` of the
+    largest value (`-` when missing)."""
     failed = [record.status.upper() for record in records if record.status != "ok"]
-    values = [getattr(record, name) for record in records]
-    if failed or not values or None in values:
-        return None, failed[0] if failed else "-"
-    return max(values), None
+    if failed:
+        return failed[0]
+    value = largest_over_ranks(records, name)
+    return "-" if value is None else text(value)
 
 
 def sequence_table(records: list[CaseRecord]) -> list[str]:
@@ -152,20 +159,15 @@ def sequence_table(records: list[CaseRecord]) -> list[str]:
     for variant, frames, world_size in sorted(key for key in cells if key[2] > 1):
         alone = cells.get((variant, frames, 1), [])
         split = cells[(variant, frames, world_size)]
-        peak_1, peak_n = across_ranks(alone, "peak_bytes"), across_ranks(split, "peak_bytes")
-        time_1, time_n = across_ranks(alone, "median_ms"), across_ranks(split, "median_ms")
-        comm, sent = across_ranks(split, "comm_seconds"), across_ranks(split, "comm_bytes")
-        abs_diff, rel_diff = (
-            across_ranks(split, "max_abs_diff"),
-            across_ranks(split, "max_rel_diff"),
-        )
         row = [variant, str(frames), str(world_size)]
-        row += [peak_1[1] or format_size(peak_1[0]), peak_n[1] or format_size(peak_n[0])]
-        row += [format_ratio(peak_n[0], peak_1[0])]
-        row += [time_1[1] or format_ms(time_1[0]), time_n[1] or format_ms(time_n[0])]
-        row += [format_ratio(time_1[0], time_n[0])]
-        row += [comm[1] or format_ms(comm[0] * 1e3), sent[1] or format_size(sent[0])]
-        row += [abs_diff[1] or format_diff(abs_diff[0]), rel_diff[1] or format_diff(rel_diff[0])]
+        for name, text in (("peak_bytes", format_size), ("median_ms", format_ms)):
+            row += [ranks_cell(alone, name, text), ranks_cell(split, name, text)]
+            # The peak ratio is split / alone (below 1 is smaller); the speed-up alone / split.
+            ratio = (split, alone) if name == "peak_bytes" else (alone, split)
+            row.append(format_ratio(*(largest_over_ranks(r, name) for r in ratio)))
+        row.append(ranks_cell(split, "comm_seconds", lambda seconds: format_ms(seconds * 1e3)))
+        row.append(ranks_cell(split, "comm_bytes", format_size))
+        row += [ranks_cell(split, name, format_diff) for name in ("max_abs_diff", "max_rel_diff")]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
