@@ -9,7 +9,6 @@ the others waiting in a collective until the process group times out.
 """
 
 import statistics
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from torch import nn
 from profiling.meters.outputs import compare
 from profiling.sweep.cases import CaseGroup, Split
 from profiling.sweep.environment import RankInfo
-from profiling.sweep.measure import StageScheduler, free_memory, seeded_images
+from profiling.sweep.measure import StageScheduler, fail_all, free_memory, seeded_images
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord
 from vggt.parallel.group import CommunicationLog, SequenceGroup, split_evenly, starts
@@ -54,7 +53,7 @@ class ReferenceStages(StageScheduler):
 
     def check_outputs(self, name: str, tensors: Outputs) -> None:
         """Keep this rank's frames of every output on the CPU; the reference differs by 0."""
-        self.kept[name] = {key: t[:, self.frames].detach().cpu() for key, t in tensors.items()}
+        self.kept[name] = {k: t[:, self.frames].to("cpu", copy=True) for k, t in tensors.items()}
         record = self.records[name]
         record.max_abs_diff, record.max_rel_diff, record.compared_to = 0.0, 0.0, record.case_id
 
@@ -165,10 +164,3 @@ def measure_split_group(
     for record in records:
         record.finished_at = finished_at
     return records
-
-
-def fail_all(records: Iterable[CaseRecord], error: Exception) -> None:
-    """Mark every record `oom` or `error` with `error`."""
-    status = "oom" if isinstance(error, torch.cuda.OutOfMemoryError) else "error"
-    for record in records:
-        record.fail(status, error)
