@@ -1,5 +1,6 @@
 """Tests for vggt.utils.load_fn image loading and preprocessing."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vggt.utils.load_fn import load_and_preprocess_images, load_and_preprocess_images_square
+from vggt.utils.load_fn import (
+    ContentBox,
+    load_and_preprocess_images,
+    load_and_preprocess_images_square,
+    load_images_and_boxes,
+    read_preprocessing,
+)
 
 
 def write_png(
@@ -125,3 +132,46 @@ def test_square_loader_shapes_and_coords(tmp_path: Path) -> None:
     assert torch.all(images[0, :, 20:44, :] == 1.0)
     assert torch.all(images[1, :, :, :10] == 0.0)
     assert torch.all(images[1, :, :, 20:44] == 1.0)
+
+
+def test_target_size_sets_the_width(tmp_path: Path) -> None:
+    path = write_png(tmp_path, "land.png", 640, 480)
+    # 480 * (196 / 640) / 14 == 10.5, rounded to 10 rows of patches.
+    assert load_and_preprocess_images([path], target_size=196).shape == (1, 3, 140, 196)
+    tall = write_png(tmp_path, "tall.png", 100, 300)
+    assert load_and_preprocess_images([tall], mode="pad", target_size=196).shape == (1, 3, 196, 196)
+
+
+def test_header_plan_matches_the_loaded_image(tmp_path: Path) -> None:
+    for name, size, mode in [("a.png", (640, 480), "crop"), ("b.png", (300, 600), "pad")]:
+        path = write_png(tmp_path, name, *size)
+        plan = read_preprocessing(path, mode, 196)
+        images, boxes = load_images_and_boxes([path], mode, 196)
+        assert images.shape[-2:] == plan.shape
+        assert boxes == [plan.box]
+
+
+def test_boxes_locate_each_frames_content(tmp_path: Path) -> None:
+    landscape = write_png(tmp_path, "a.png", 640, 480)
+    portrait = write_png(tmp_path, "b.png", 300, 600)
+    with pytest.warns(UserWarning, match="different shapes"):
+        images, boxes = load_images_and_boxes([landscape, portrait], mode="crop")
+    assert boxes == [ContentBox(63, 0, 392, 518), ContentBox(0, 0, 518, 518)]
+    _, pad_boxes = load_images_and_boxes([portrait], mode="pad")
+    # new_w = round(300 * (518 / 600) / 14) * 14 = 252, centred: 133 columns each side.
+    assert pad_boxes == [ContentBox(0, 133, 518, 252)]
+    for image, box in zip(images, boxes, strict=True):
+        inside = image[:, box.top : box.top + box.height, box.left : box.left + box.width]
+        assert torch.all(inside == 0.0)
+        assert float(image.sum()) == image.numel() - inside.numel()
+
+
+def test_padded_shape_pads_without_warning_and_refuses_too_small(tmp_path: Path) -> None:
+    path = write_png(tmp_path, "a.png", 640, 480)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, boxes = load_images_and_boxes([path], padded_shape=(518, 532))
+    assert images.shape == (1, 3, 518, 532)
+    assert boxes == [ContentBox(63, 7, 392, 518)]
+    with pytest.raises(ValueError, match="do not fit padded_shape"):
+        load_images_and_boxes([path], padded_shape=(378, 518))

@@ -61,6 +61,10 @@ CASE_KEYS = [
     "repeats",
     "files",
     "finished_at",
+    "parallel",
+    "attention",
+    "comm_seconds",
+    "comm_bytes",
 ]
 CSV_HEADER = (
     "case_id,group_id,variant,component,frames,batch,height,width,dtype,dtype_mode,precision,"
@@ -68,7 +72,8 @@ CSV_HEADER = (
     ",time_ms_min,time_ms_max,time_ms_iqr,time_ms_repeats,peak_bytes,activation_peak_bytes,cu"
     "da_max_allocated_bytes,cuda_max_reserved_bytes,nvml_peak_used_bytes,nvml_sample_rate_hz,"
     "cpu_peak_live_bytes,cpu_max_rss_bytes,output_bytes,weight_bytes,input_bytes,max_abs_diff"
-    ",max_rel_diff,compared_to,warmup,repeats,files_cpu-profiler,finished_at"
+    ",max_rel_diff,compared_to,warmup,repeats,files_cpu-profiler,finished_at,parallel,attentio"
+    "n,comm_seconds,comm_bytes"
 )
 ENVIRONMENT_KEYS = [
     "torch",

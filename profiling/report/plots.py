@@ -7,7 +7,13 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from profiling.report.summary import config_slug, config_title, group_by_config, variant_order
+from profiling.report.summary import (
+    config_slug,
+    config_title,
+    group_by_config,
+    series_label,
+    series_order,
+)
 from profiling.report.timelines import Timeline
 from profiling.sweep.records import CaseRecord
 from profiling.units import byte_unit
@@ -84,7 +90,8 @@ def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> No
 
 
 def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
-    """Peak memory and time against frames per configuration, and memory timelines."""
+    """Peak memory and time against frames per configuration (the largest over the ranks
+    of a sequence-parallel case), and memory timelines."""
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     for key, config_records in group_by_config(records).items():
@@ -94,14 +101,15 @@ def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
         peaks: dict[str, dict[int, float]] = defaultdict(dict)
         times: dict[str, dict[int, float]] = defaultdict(dict)
         for record in config_records:
-            variant, frames = record.variant, record.frames
+            label, frames = series_label(record), record.frames
             if record.status != "ok":
-                failures[variant][frames] = record.status
+                failures[label][frames] = record.status
                 continue
+            # Ranks of one sequence-parallel case share a point: the largest of theirs.
             if record.peak_bytes is not None:
-                peaks[variant][frames] = record.peak_bytes
+                peaks[label][frames] = max(record.peak_bytes, peaks[label].get(frames, 0))
             if record.median_ms is not None:
-                times[variant][frames] = record.median_ms
+                times[label][frames] = max(record.median_ms, times[label].get(frames, 0.0))
         path = plot_dir / f"peak-memory-{name}.png"
         plot_against_frames(peaks, failures, path, f"Peak memory: {title}", "peak memory", True)
         path = plot_dir / f"time-{name}.png"
@@ -112,20 +120,21 @@ def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
 def write_timeline_plots(
     out_dir: Path, plot_dir: Path, name: str, title: str, records: list[CaseRecord]
 ) -> None:
-    """For each source, the variants' timelines at the largest frame count most of them have."""
+    """For each source, the variants' timelines at the largest frame count most of them have
+    (one rank's for a sequence-parallel case)."""
     for source in TIMELINE_SOURCES:
         with_file = defaultdict(dict)
         for record in records:
             file = record.files.get(source)
             if file and (out_dir / file).is_file():
-                with_file[record.frames][record.variant] = out_dir / file
+                with_file[record.frames][series_label(record)] = out_dir / file
         if not with_file:
             continue
         frames = max(with_file, key=lambda count: (len(with_file[count]), count))
-        order = variant_order(records)
+        order = series_order(records)
         series = {
-            variant: Timeline.load(path)
-            for variant, path in sorted(with_file[frames].items(), key=lambda i: order.index(i[0]))
+            label: Timeline.load(path)
+            for label, path in sorted(with_file[frames].items(), key=lambda i: order.index(i[0]))
         }
         path = plot_dir / f"timeline-{source}-{name}-f{frames}.png"
         plot_timelines(series, path, f"{source} memory, {frames} frames: {title}")

@@ -55,10 +55,25 @@ def config_slug(key: tuple) -> str:
     return f"{component}-{precision}-{height}x{width}-b{batch}-{slug(device)}"
 
 
-def variant_order(records: Iterable[CaseRecord]) -> list[str]:
-    """The baseline first, then the other variants by name."""
-    names = {record.variant for record in records}
-    return sorted(names, key=lambda name: (name != BASELINE, name))
+def series_label(record: CaseRecord) -> str:
+    """What a record's line in a chart is called: its variant, and in a sequence-parallel
+    sweep the number of ranks too (`optimized x2`)."""
+    if record.parallel == "sequence":
+        return f"{record.variant} x{record.world_size}"
+    return record.variant
+
+
+def series_order(records: Iterable[CaseRecord]) -> list[str]:
+    """Series labels: the baseline first, then the other variants by name, each by ranks."""
+    keys = {
+        series_label(r): (
+            r.variant != BASELINE,
+            r.variant,
+            r.world_size if r.parallel == "sequence" else 0,
+        )
+        for r in records
+    }
+    return sorted(keys, key=keys.__getitem__)
 
 
 def ok_value(record: CaseRecord | None, name: str) -> Any:
@@ -77,6 +92,15 @@ def describe(record: CaseRecord | None, text: Callable[[Any], str], value: Any) 
     return text(value)
 
 
+SEQUENCE_NOTE = (
+    "Sequence parallel (`--parallel sequence`): each configuration split over `ranks` ranks, "
+    "each holding its own frames, against the whole sequence on one rank. Peaks and times "
+    "are the largest over the ranks (per rank, not summed); speed-up is 1-rank time / time; "
+    "comm is a rank's median time waiting for its collectives and the bytes it sends per "
+    "forward; diffs compare each rank's outputs with its frames at world size 1."
+)
+
+
 def format_ms(value: float | None) -> str:
     """Milliseconds to one decimal; `-` for None."""
     return "-" if value is None else f"{value:.1f}"
@@ -84,7 +108,7 @@ def format_ms(value: float | None) -> str:
 
 def config_table(records: list[CaseRecord]) -> list[str]:
     """Frames as rows; peaks, times and outputs per variant; ratios against the baseline."""
-    variants = variant_order(records)
+    variants = series_order(records)
     others = [name for name in variants if name != BASELINE] if BASELINE in variants else []
     by_cell = {(r.frames, r.variant): r for r in records}
     header = ["frames"]
@@ -105,10 +129,53 @@ def config_table(records: list[CaseRecord]) -> list[str]:
     return lines
 
 
+def largest_over_ranks(records: list[CaseRecord], name: str) -> float | None:
+    """The largest value of field `name` over the ranks' records; None when there are none,
+    one failed or one lacks the value."""
+    values = [ok_value(record, name) for record in records]
+    return None if not values or None in values else max(values)
+
+
+def ranks_cell(records: list[CaseRecord], name: str, text: Callable[[Any], str]) -> str:
+    """A table cell of the ranks' records: the first failure's status, else `text` of the
+    largest value (`-` when missing)."""
+    failed = [record.status.upper() for record in records if record.status != "ok"]
+    if failed:
+        return failed[0]
+    value = largest_over_ranks(records, name)
+    return "-" if value is None else text(value)
+
+
+def sequence_table(records: list[CaseRecord]) -> list[str]:
+    """A row per variant, frames and world size above 1: the largest per-rank peak and time
+    over the ranks, against the same frames on one rank, with communication and differences."""
+    cells: dict[tuple, list[CaseRecord]] = defaultdict(list)
+    for record in records:
+        cells[(record.variant, record.frames, record.world_size)].append(record)
+    header = ["variant", "frames", "ranks", "1-rank peak", "peak per rank", "peak ratio"]
+    header += ["1-rank ms", "ms", "speed-up", "comm ms", "comm per rank"]
+    header += ["max abs diff", "max rel diff"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for variant, frames, world_size in sorted(key for key in cells if key[2] > 1):
+        alone = cells.get((variant, frames, 1), [])
+        split = cells[(variant, frames, world_size)]
+        row = [variant, str(frames), str(world_size)]
+        for name, text in (("peak_bytes", format_size), ("median_ms", format_ms)):
+            row += [ranks_cell(alone, name, text), ranks_cell(split, name, text)]
+            # The peak ratio is split / alone (below 1 is smaller); the speed-up alone / split.
+            ratio = (split, alone) if name == "peak_bytes" else (alone, split)
+            row.append(format_ratio(*(largest_over_ranks(r, name) for r in ratio)))
+        row.append(ranks_cell(split, "comm_seconds", lambda seconds: format_ms(seconds * 1e3)))
+        row.append(ranks_cell(split, "comm_bytes", format_size))
+        row += [ranks_cell(split, name, format_diff) for name in ("max_abs_diff", "max_rel_diff")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def largest_fitting(records: list[CaseRecord]) -> list[str]:
     """Per variant: the largest frame count that ran and the smallest that ran out of memory."""
     lines = []
-    for variant in variant_order(records):
+    for variant in series_order(records):
         ran = [r.frames for r in records if r.variant == variant and r.status == "ok"]
         oom = [r.frames for r in records if r.variant == variant and r.status == "oom"]
         text = f"- {variant}: largest frame count that ran: {max(ran) if ran else 'none'}"
@@ -160,9 +227,17 @@ def summary_markdown(records: list[CaseRecord], environment: dict[str, Any]) -> 
         f"smaller or faster. Max abs diff compares outputs with {BASELINE}'s (same weights "
         "and input).",
     ]
+    if any(record.parallel == "sequence" for record in records):
+        lines += ["", SEQUENCE_NOTE]
     for key, config_records in group_by_config(records).items():
         lines += ["", f"## {config_title(key)}", ""]
-        lines += config_table(config_records)
-        lines += ["", *largest_fitting(config_records)]
+        by_case = [record for record in config_records if record.parallel != "sequence"]
+        split = [record for record in config_records if record.parallel == "sequence"]
+        if by_case:
+            lines += [*config_table(by_case), "", *largest_fitting(by_case)]
+        if by_case and split:
+            lines.append("")
+        if split:
+            lines += sequence_table(split)
     lines += ["", "## Environment", "", *environment_table(environment)]
     return "\n".join(lines) + "\n"

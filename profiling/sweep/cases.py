@@ -126,9 +126,9 @@ class CaseGroup:
             f"-{self.height}x{self.width}-{self.architecture.tag()}"
         )
 
-    def cases(self) -> list["Case"]:
-        """One case per variant, in the group's variant order."""
-        return [Case(self, variant) for variant in self.variants]
+    def cases(self, split: "Split | None" = None) -> list["Case"]:
+        """One case per variant, in the group's variant order; `split` for sequence parallel."""
+        return [Case(self, variant, split) for variant in self.variants]
 
     def cost(self) -> float:
         """Rough forward FLOPs of all variants: linear layers plus frame and global attention."""
@@ -145,11 +145,35 @@ class CaseGroup:
 
 
 @dataclass(frozen=True)
+class Split:
+    """One rank's part of a sequence split over `world_size` ranks (`attention` across them;
+    None at world size 1, where the rank runs the whole sequence alone as the reference)."""
+
+    world_size: int
+    rank: int
+    attention: str | None
+
+    @property
+    def suffix(self) -> str:
+        """`-ws1-r0`, `-ws2-ulysses-r1`: what a split adds to a case id."""
+        scheme = f"-{self.attention}" if self.attention else ""
+        return f"-ws{self.world_size}{scheme}-r{self.rank}"
+
+
+def sequence_splits(world_size: int, attention: str) -> list[Split]:
+    """Every rank's world-size-1 reference and its share of the split: the cases of one
+    configuration in a sequence-parallel sweep."""
+    ranks = range(world_size)
+    return [Split(1, r, None) for r in ranks] + [Split(world_size, r, attention) for r in ranks]
+
+
+@dataclass(frozen=True)
 class Case:
     """One variant of a group: the unit that gets a record in the report."""
 
     group: CaseGroup
     variant: str
+    split: Split | None = None
 
     @property
     def case_id(self) -> str:
@@ -158,6 +182,7 @@ class Case:
         return (
             f"{group.component}-{self.variant}-{group.precision.label}-b{group.batch}"
             f"-f{group.frames}-{group.height}x{group.width}-{group.architecture.tag()}"
+            f"{self.split.suffix if self.split else ''}"
         )
 
 

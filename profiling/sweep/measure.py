@@ -11,7 +11,7 @@ memory freed, and left out of the remaining runs while the others go on.
 
 import functools
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,10 @@ class StageScheduler:
             outputs = cpu_memory_run(forward, record, self.timeline_dir)
         tensors = named_outputs(outputs)
         record.output_bytes = output_bytes(tensors.values()).device
+        self.check_outputs(name, tensors)
+
+    def check_outputs(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Compare with the baseline variant: its outputs now, the others' when it has run."""
         if name == self.baseline:
             self.compare_with(tensors)
         elif self.baseline in self.alive():
@@ -175,6 +179,13 @@ class StageScheduler:
                 record.max_abs_diff = outcome.max_abs_diff
                 record.max_rel_diff = outcome.max_rel_diff
                 record.compared_to = self.baseline
+
+
+def fail_all(records: Iterable[CaseRecord], error: Exception) -> None:
+    """Mark every record `oom` or `error` with `error`: what a failure before the stages does."""
+    status = "oom" if isinstance(error, torch.cuda.OutOfMemoryError) else "error"
+    for record in records:
+        record.fail(status, error)
 
 
 def measure_group(
@@ -197,9 +208,7 @@ def measure_group(
         modules = cache.modules_for(group)
         images = seeded_images(group, device, seed)
     except Exception as error:
-        status = "oom" if isinstance(error, torch.cuda.OutOfMemoryError) else "error"
-        for record in records.values():
-            record.fail(status, error)
+        fail_all(records.values(), error)
     else:
         scheduler = StageScheduler(group, modules, images, records, timeline_dir, baseline)
         scheduler.run(warmup, repeats)

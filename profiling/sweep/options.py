@@ -23,11 +23,13 @@ from profiling.sweep.cases import (
 )
 from profiling.sweep.presets import load_preset
 from profiling.sweep.records import has_partial_results
-from profiling.sweep.variants import get_variant, load_variant_module
+from profiling.sweep.variants import get_variant, load_variant_module, splits_sequences
+from vggt.parallel.sequence import ATTENTIONS
 
 GPU_PRESET = "vggt-1b"
 CPU_PRESET = "cpu-small"
 REPORTS_DIR = Path("reports")
+PARALLEL_MODES = ("cases", "sequence")
 
 
 class UsageError(Exception):
@@ -56,6 +58,8 @@ class SweepConfig:
     device_type: str
     seed: int
     quiet: bool
+    parallel: str = "cases"
+    attention: str = "ulysses"
 
     def describe(self) -> dict:
         """The settings as plain values, for the report's environment section."""
@@ -73,6 +77,8 @@ class SweepConfig:
             "repeats": settings.repeats,
             "memory_budget_gib": self.memory_budget_gib,
             "seed": self.seed,
+            "parallel": self.parallel,
+            "attention": self.attention if self.parallel == "sequence" else None,
         }
 
 
@@ -132,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and input")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--parallel",
+        choices=PARALLEL_MODES,
+        default="cases",
+        help="cases: hand configurations to ranks; sequence: run each configuration split "
+        "over all ranks, and alone on each rank for comparison (needs 2+ ranks and variants "
+        "that can split a sequence: the preset's others are left out)",
+    )
+    parser.add_argument(
+        "--sp-attention",
+        choices=tuple(ATTENTIONS),
+        default="ulysses",
+        help="global attention across ranks with --parallel sequence (default: ulysses, "
+        "which needs at most as many ranks as heads)",
+    )
     return parser
 
 
@@ -286,6 +307,33 @@ def check_memory_budget(budget: float | None, device_type: str) -> None:
         )
 
 
+def sequence_variants(
+    settings: SweepSettings, architecture: Architecture, named: bool
+) -> tuple[str, ...]:
+    """The variants a sequence-parallel sweep runs: all `named` ones, which must each split a
+    sequence for every component, else those of the preset that can."""
+    with usage_errors():
+        able = tuple(
+            name
+            for name in settings.variants
+            if all(splits_sequences(name, c, architecture) for c in settings.components)
+        )
+    if named and able != settings.variants:
+        unable = sorted(set(settings.variants) - set(able))
+        raise UsageError(
+            f"--parallel sequence: variant(s) {', '.join(unable)} cannot split a sequence"
+        )
+    if not able:
+        raise UsageError("--parallel sequence: no variant of the preset can split a sequence")
+    return able
+
+
+def check_world_size(parallel: str) -> None:
+    """UsageError for a sequence-parallel sweep without at least two ranks to split over."""
+    if parallel == "sequence" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UsageError("--parallel sequence needs torchrun with at least 2 ranks")
+
+
 def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
     """Parse and check the command line; UsageError with one line on any problem."""
     args = build_parser().parse_args(argv)
@@ -297,6 +345,10 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
             load_variant_module(module)
     settings = dataclasses.replace(preset.settings, **axis_changes(args, preset.settings))
     check_settings(settings, preset.architecture.patch_size)
+    check_world_size(args.parallel)
+    if args.parallel == "sequence":
+        variants = sequence_variants(settings, preset.architecture, args.variants is not None)
+        settings = dataclasses.replace(settings, variants=variants)
     check_memory_budget(args.memory_budget, device_type)
     out_dir, resume = choose_out_dir(args, attempt)
     return SweepConfig(
@@ -309,4 +361,6 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
         device_type=device_type,
         seed=args.seed,
         quiet=args.quiet,
+        parallel=args.parallel,
+        attention=args.sp_attention,
     )

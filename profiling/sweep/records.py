@@ -47,7 +47,12 @@ class TimeSummary:
 @dataclass
 class CaseRecord:
     """One case's result; the field order is the key order of results.json and the column
-    order of results.csv (`time_ms` and `files` nested in JSON, `time_ms_median` in CSV)."""
+    order of results.csv (`time_ms` and `files` nested in JSON, `time_ms_median` in CSV);
+    fields added later come last, so earlier columns keep their places.
+
+    `parallel` is `cases` (each case on one rank; `world_size` counts the run's ranks) or
+    `sequence` (`world_size` ranks ran the case together, `attention` across them, and the
+    figures are this rank's own; the differences are from world size 1)."""
 
     case_id: str
     group_id: str
@@ -88,11 +93,15 @@ class CaseRecord:
     repeats: int = 0
     files: dict[str, str] = field(default_factory=dict)
     finished_at: str = ""
+    parallel: str = "cases"
+    attention: str | None = None
+    comm_seconds: float | None = None
+    comm_bytes: int | None = None
 
     @classmethod
     def start(cls, case: Case, rank: RankInfo, warmup: int, repeats: int) -> "CaseRecord":
         """The record of `case` before any figure is in: what, where and how often it runs."""
-        group = case.group
+        group, split = case.group, case.split
         return cls(
             case_id=case.case_id,
             group_id=group.group_id,
@@ -109,9 +118,11 @@ class CaseRecord:
             device=rank.device,
             device_name=rank.device_name,
             rank=rank.rank,
-            world_size=rank.world_size,
+            world_size=rank.world_size if split is None else split.world_size,
             attempt=rank.attempt,
             host=rank.host,
+            parallel="cases" if split is None else "sequence",
+            attention=None if split is None else split.attention,
             warmup=warmup,
             repeats=repeats,
         )

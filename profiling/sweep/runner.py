@@ -1,10 +1,13 @@
-"""Runs a sweep on this rank: skip finished cases, take groups from the shared queue, measure
-them, log each group's records at once, and hand everything to rank 0 at the end. The console
-shows progress only: native messages printed while a group is measured (the CPU profiler's
-among them) go to OUT/logs/rank<k>.log."""
+"""Runs a sweep on this rank: skip finished cases, take groups from the shared queue (or, with
+`--parallel sequence`, every group in turn, together with the other ranks), measure them, log
+each group's records at once, and hand everything to rank 0 at the end. The console shows
+progress only: native messages printed while a group is measured (the CPU profiler's among
+them) go to OUT/logs/rank<k>.log."""
 
 import dataclasses
+import functools
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +16,16 @@ from tqdm import tqdm
 
 from profiling.native_stderr import native_stderr_to
 from profiling.report.artifacts import TIMELINE_DIR
-from profiling.sweep.cases import CaseGroup, build_groups
+from profiling.sweep.cases import Case, CaseGroup, build_groups, sequence_splits
 from profiling.sweep.distributed import RankContext
 from profiling.sweep.environment import RankInfo, collect_environment
 from profiling.sweep.measure import measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.options import SweepConfig
 from profiling.sweep.records import CaseRecord, PartialLog, deduplicate, read_partial_records
+from profiling.sweep.sequence import measure_split_group
 from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
+from vggt.parallel.group import SequenceGroup
 
 LOG_DIR = "logs"
 
@@ -51,9 +56,10 @@ def measure_pending(
     context: RankContext,
     out_dir: Path,
     pending: list[CaseGroup],
-    queue: WorkQueue,
+    queue: Iterable[int],
+    measure: Callable[..., list[CaseRecord]],
 ) -> list[CaseRecord]:
-    """Take groups from the queue until it is empty; log and return their records."""
+    """Measure the groups at the positions `queue` yields; log and return their records."""
     rank = context.info
     log = PartialLog(out_dir, rank.rank)
     cache = ModelCache(context.device, config.seed)
@@ -74,7 +80,7 @@ def measure_pending(
             progress.set_postfix_str(group.group_id)
             timeline_dir = out_dir / TIMELINE_DIR
             with native_stderr_to(out_dir / LOG_DIR / f"rank{rank.rank}.log"):
-                records = measure_group(
+                records = measure(
                     group, cache, rank, settings.warmup, settings.repeats, timeline_dir, config.seed
                 )
             log.append(records)
@@ -82,6 +88,15 @@ def measure_pending(
             progress.update(1)
     cache.clear()
     return produced
+
+
+def expected_cases(group: CaseGroup, config: SweepConfig, world_size: int) -> list[Case]:
+    """The cases a group leaves records of: one per variant, or with `--parallel sequence` one
+    per variant, rank and world size (1 and all ranks)."""
+    if config.parallel == "cases":
+        return group.cases()
+    splits = sequence_splits(world_size, config.attention)
+    return [case for split in splits for case in group.cases(split)]
 
 
 def run_sweep(
@@ -96,9 +111,19 @@ def run_sweep(
     earlier = shared_earlier_records(config, context, out_dir, namespace)
     finished = {record.case_id for record in earlier}
     groups = build_groups(config.architecture, config.settings)
-    pending = [g for g in groups if any(c.case_id not in finished for c in g.cases())]
-    queue = WorkQueue(context.store, f"{namespace}/queue", len(pending))
-    produced = measure_pending(config, context, out_dir, pending, queue)
+    pending = [
+        group
+        for group in groups
+        if any(c.case_id not in finished for c in expected_cases(group, config, rank.world_size))
+    ]
+    if config.parallel == "sequence":
+        split = functools.partial(
+            measure_split_group, sequence=SequenceGroup(), attention=config.attention
+        )
+        produced = measure_pending(config, context, out_dir, pending, range(len(pending)), split)
+    else:
+        queue = WorkQueue(context.store, f"{namespace}/queue", len(pending))
+        produced = measure_pending(config, context, out_dir, pending, queue, measure_group)
     done = {"records": [r.to_json() for r in produced], "rank": dataclasses.asdict(rank)}
     publish(context.store, f"{namespace}/done", rank.rank, done)
     if rank.rank != 0:

@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from profiling.sweep.cases import Architecture
@@ -59,6 +60,14 @@ def load_variant_module(module_name: str) -> None:
     if not callable(register):
         raise ValueError(f"variant module {module_name!r} has no register_variants() function")
     register()
+
+
+def splits_sequences(name: str, component: str, architecture: Architecture) -> bool:
+    """Whether variant `name` builds a module that can split a sequence over ranks (one with
+    `parallelize`); built on the meta device, so nothing is allocated."""
+    with torch.device("meta"):
+        module = get_variant(name).build(component, architecture)
+    return callable(getattr(module, "parallelize", None))
 
 
 def build_full(component: str, architecture: Architecture) -> nn.Module:

@@ -6,7 +6,7 @@ kept layers, and returns them in a `LayerSelectView` indexed by absolute layer n
 """
 
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 
 import torch
@@ -172,7 +172,7 @@ class AggregatorVramOptimized(Aggregator):
     qkv never exist for the whole sequence at once. With `offload_device` (e.g. "cpu") and
     autograd off, kept layers go to host memory (page-locked on CUDA) while the next blocks
     run, and come back as `OffloadedLayer`s, which `VGGTOptimized` reads frame chunk by frame
-    chunk.
+    chunk. `after_block`, when set, is called with 1 after each of the 2 x depth blocks.
     """
 
     def __init__(
@@ -191,6 +191,7 @@ class AggregatorVramOptimized(Aggregator):
             self.patch_embed.block_runner = self.block_runner
         self.selected_layer_idx: list[int] | None = None
         self.keep_layers(selected_layer_idx)
+        self.after_block: Callable[[int], None] | None = None
 
     def keep_layers(self, selected_layer_idx: Iterable[int] | None) -> None:
         """Choose the layers to keep (absolute indices, negative allowed; None keeps all)."""
@@ -259,6 +260,8 @@ class AggregatorVramOptimized(Aggregator):
                 for layer, attn_type, stream in blocks:
                     if layer in outputs:
                         outputs.write(layer, ATTENTION_TYPES.index(attn_type), stream)
+                    if self.after_block is not None:
+                        self.after_block(1)
         finally:
             self.block_runner.before_write = None
             if layout is not None:

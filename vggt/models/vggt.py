@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,6 +15,25 @@ from vggt.heads.camera_head import CameraHead
 from vggt.heads.dpt_head import DPTHead
 from vggt.heads.track_head import TrackHead, check_query_points
 from vggt.models.aggregator import Aggregator
+
+
+def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """The state dict in `model.pt` (loaded weights only; memory-mapped unless in the legacy
+    format, so shapes are known before the data is read) or a `.safetensors` file, on the
+    CPU; FileNotFoundError without a file, ValueError when it holds anything but tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        state_dict = load_safetensors(path, device="cpu")
+    else:
+        mmap = zipfile.is_zipfile(path)
+        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in state_dict.values()
+    ):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return state_dict
 
 
 def batch_inputs(
@@ -105,18 +125,7 @@ class VGGT(nn.Module, PyTorchModelHubMixin):
 
     def load_checkpoint(self, path: str | os.PathLike, strict: bool = True) -> None:
         """Load a published-layout state dict from `model.pt` (weights only) or `.safetensors`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint file at {path}")
-        if path.suffix == ".safetensors":
-            state_dict = load_safetensors(path, device="cpu")
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state_dict, Mapping) or not all(
-            isinstance(value, torch.Tensor) for value in state_dict.values()
-        ):
-            raise ValueError(f"{path} does not hold a state dict of tensors")
-        self.load_state_dict(state_dict, strict=strict)
+        self.load_state_dict(read_state_dict(path), strict=strict)
 
     def aggregate(self, images: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         """Run the aggregator; returns the layer outputs the heads index and patch_start_idx."""

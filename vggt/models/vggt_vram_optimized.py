@@ -1,6 +1,6 @@
 """VGGT whose aggregator keeps only the layers its enabled heads read."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -18,7 +18,13 @@ class VGGTOptimized(VGGT):
     `selected_layer_idx=None` keeps the union of the layers the enabled heads read
     ([4, 11, 17, 23] for the default model); an explicit selection must cover them.
     `offload_outputs` keeps those layers in (page-locked) host memory during inference; the
-    heads then read them frame chunk by frame chunk, each chunk copied back once.
+    heads then read them frame chunk by frame chunk, each chunk copied back once. So do they
+    when the aggregator's weights are cast to another dtype than the heads' (e.g. bf16
+    against fp32): each chunk is converted to the heads' dtype as it is read.
+
+    `progress`, when set, is called with a number of steps done: 1 after each aggregator
+    block, and as the heads finish frame chunks, 1 per chunk of FRAMES_CHUNK_SIZE frames; a
+    forward on S frames makes `progress_steps(S)` steps in all.
     """
 
     def __init__(
@@ -45,6 +51,24 @@ class VGGTOptimized(VGGT):
 
     def build_aggregator(self, **kwargs) -> nn.Module:
         return AggregatorVramOptimized(**kwargs)
+
+    @property
+    def progress(self) -> Callable[[int], None] | None:
+        """The progress callback (steps done since the last call), or None."""
+        return self.aggregator.after_block
+
+    @progress.setter
+    def progress(self, callback: Callable[[int], None] | None) -> None:
+        self.aggregator.after_block = callback
+
+    def progress_steps(self, frames: int) -> int:
+        """The steps `progress` hears of in a forward on `frames` frames (this rank's)."""
+        return 2 * self.aggregator.depth + head_chunks(frames)
+
+    def _report_heads(self, frames: int) -> None:
+        """Tell `progress` that the heads finished `frames` frames."""
+        if self.progress is not None:
+            self.progress(head_chunks(frames))
 
     def layers_read_by_heads(self) -> dict[int, list[str]]:
         """Absolute layer index -> names of the enabled heads that read it."""
@@ -86,12 +110,25 @@ class VGGTOptimized(VGGT):
         patch_start_idx: int,
         query_points: torch.Tensor | None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """The heads; on offloaded layers, or frames split over ranks, they run frame chunk
-        by frame chunk."""
-        offloaded = any(isinstance(layer, OffloadedLayer) for _, layer in tokens.items())
-        if not offloaded and self.aggregator.sequence_group is None:
-            return super().predict(tokens, images, patch_start_idx, query_points)
+        """The heads; on offloaded layers, layers in another dtype than the heads', or frames
+        split over ranks, they run frame chunk by frame chunk."""
+        layers = [layer for _, layer in tokens.items()]
+        offloaded = any(isinstance(layer, OffloadedLayer) for layer in layers)
+        dtype = self.heads_dtype()
+        converted = dtype is not None and any(layer.dtype != dtype for layer in layers)
+        if not (offloaded or converted or self.aggregator.sequence_group is not None):
+            predictions = super().predict(tokens, images, patch_start_idx, query_points)
+            self._report_heads(images.shape[1])
+            return predictions
         return self._predict_by_frame_chunk(tokens, images, patch_start_idx, query_points)
+
+    def heads_dtype(self) -> torch.dtype | None:
+        """The dtype of the enabled heads' weights (None without heads)."""
+        heads = (self.camera_head, self.depth_head, self.point_head, self.track_head)
+        for head in heads:
+            if head is not None:
+                return next(head.parameters()).dtype
+        return None
 
     def _predict_by_frame_chunk(
         self,
@@ -103,11 +140,13 @@ class VGGTOptimized(VGGT):
         """Each frame chunk of the kept layers is read once (copied back, when offloaded) and
         every head reads its share: dense predictions and track features per chunk, camera
         tokens gathered for the camera head, which attends across all frames."""
-        depth, frames = view.depth, images.shape[1]
+        depth, frames, dtype = view.depth, images.shape[1], self.heads_dtype()
         track = self.track_head is not None and query_points is not None
         predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
         cameras, features = [], []
         for start, end, chunk in iter_frame_chunks(dict(view.items()), frames, FRAMES_CHUNK_SIZE):
+            if dtype is not None:
+                chunk = {index: layer.to(dtype) for index, layer in chunk.items()}
             layers = LayerSelectView(chunk, depth)
             part = images[:, start:end]
             with heads_in_fp32(images):
@@ -125,6 +164,7 @@ class VGGTOptimized(VGGT):
                 extractor = self.track_head.feature_extractor
                 features.append(extractor(layers, part, patch_start_idx, frames_chunk_size=None))
             del layers, chunk
+            self._report_heads(end - start)
         if self.camera_head is not None:
             predictions.update(self._cameras(torch.cat(cameras, dim=1), depth, images))
         if track:
@@ -170,3 +210,8 @@ class VGGTOptimized(VGGT):
         mine = results[:, layout.start() : layout.start() + layout.local]
         conf = mine[..., 3] if self.track_head.tracker.predict_conf else None
         return {"track": mine[..., :2], "vis": mine[..., 2], "conf": conf}
+
+
+def head_chunks(frames: int) -> int:
+    """Chunks of FRAMES_CHUNK_SIZE frames the heads read `frames` frames in."""
+    return -(-frames // FRAMES_CHUNK_SIZE)

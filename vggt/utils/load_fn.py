@@ -3,6 +3,7 @@
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,45 +49,127 @@ def _check_paths(image_path_list: Sequence[PathLike]) -> None:
         raise ValueError("image_path_list is empty: at least one image is required")
 
 
-def load_and_preprocess_images(
-    image_path_list: Sequence[PathLike], mode: str = "crop"
-) -> torch.Tensor:
-    """Load images resized to width 518 ("crop") or fitted into 518x518 ("pad").
-
-    Returns a float32 (N, 3, H, W) tensor in [0, 1] with H and W multiples of 14.
-    """
-    _check_paths(image_path_list)
+def _check_mode(mode: str) -> None:
     if mode not in ("crop", "pad"):
         raise ValueError(f"mode must be 'crop' or 'pad', got {mode!r}")
 
-    images = []
-    for path in image_path_list:
-        img = _open_rgb(path)
-        width, height = img.size
-        if mode == "pad" and width < height:
-            new_h = TARGET_SIZE
-            new_w = round(width * (TARGET_SIZE / height) / PATCH_SIZE) * PATCH_SIZE
-        else:
-            new_w = TARGET_SIZE
-            new_h = round(height * (TARGET_SIZE / width) / PATCH_SIZE) * PATCH_SIZE
-        tensor = _to_tensor(img.resize((new_w, new_h), Image.Resampling.BICUBIC))
-        if mode == "crop" and new_h > TARGET_SIZE:
-            start_y = (new_h - TARGET_SIZE) // 2
-            tensor = tensor[:, start_y : start_y + TARGET_SIZE, :]
-        if mode == "pad":
-            tensor = _pad_centered(tensor, TARGET_SIZE, TARGET_SIZE)
-        images.append(tensor)
 
-    shapes = {tuple(img.shape) for img in images}
-    if len(shapes) > 1:
-        max_h = max(shape[1] for shape in shapes)
-        max_w = max(shape[2] for shape in shapes)
-        warnings.warn(
-            f"Images have different shapes {sorted(shapes)}; padding all to ({max_h}, {max_w})",
-            stacklevel=2,
-        )
-        images = [_pad_centered(img, max_h, max_w) for img in images]
-    return torch.stack(images)
+@dataclass(frozen=True)
+class ContentBox:
+    """Where a frame's own pixels lie in its preprocessed (padded) image: rows
+    [top, top + height) and columns [left, left + width)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def shifted(self, top: int, left: int) -> "ContentBox":
+        """The same box moved down by `top` rows and right by `left` columns."""
+        return ContentBox(self.top + top, self.left + left, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What one image becomes: resized to `resized` (W, H), cropped or padded to `shape`
+    (H, W) with its pixels at `box`."""
+
+    resized: tuple[int, int]
+    shape: tuple[int, int]
+    box: ContentBox
+
+
+def plan_preprocessing(
+    width: int, height: int, mode: str = "crop", target_size: int = TARGET_SIZE
+) -> Preprocessing:
+    """How an image of width x height is resized, cropped ("crop": width `target_size`,
+    height at most that) or padded ("pad": fitted into a white `target_size` square)."""
+    _check_mode(mode)
+    if mode == "pad" and width < height:
+        new_h = target_size
+        new_w = round(width * (target_size / height) / PATCH_SIZE) * PATCH_SIZE
+    else:
+        new_w = target_size
+        new_h = round(height * (target_size / width) / PATCH_SIZE) * PATCH_SIZE
+    if mode == "pad":
+        top, left = (target_size - new_h) // 2, (target_size - new_w) // 2
+        box = ContentBox(top, left, new_h, new_w)
+        return Preprocessing((new_w, new_h), (target_size, target_size), box)
+    kept_h = min(new_h, target_size)
+    return Preprocessing((new_w, new_h), (kept_h, new_w), ContentBox(0, 0, kept_h, new_w))
+
+
+def read_preprocessing(
+    path: PathLike, mode: str = "crop", target_size: int = TARGET_SIZE
+) -> Preprocessing:
+    """`plan_preprocessing` of the image at `path`, from its header only (no pixels decoded)."""
+    with Image.open(path) as img:
+        width, height = img.size
+    return plan_preprocessing(width, height, mode, target_size)
+
+
+def _preprocess(path: PathLike, plan: Preprocessing) -> torch.Tensor:
+    """The image at `path` resized and cropped or padded as `plan` says: (3, H, W)."""
+    tensor = _to_tensor(_open_rgb(path).resize(plan.resized, Image.Resampling.BICUBIC))
+    new_h = plan.resized[1]
+    height, width = plan.shape
+    if new_h > height:
+        start_y = (new_h - height) // 2
+        tensor = tensor[:, start_y : start_y + height, :]
+    return _pad_centered(tensor, height, width)
+
+
+def padding_offsets(shape: tuple[int, int], padded: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of an image of `shape` centred in `padded` by the loaders' white padding."""
+    return (padded[0] - shape[0]) // 2, (padded[1] - shape[1]) // 2
+
+
+def load_images_and_boxes(
+    image_path_list: Sequence[PathLike],
+    mode: str = "crop",
+    target_size: int = TARGET_SIZE,
+    padded_shape: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, list[ContentBox]]:
+    """`load_and_preprocess_images`, plus each frame's content box in the returned images.
+
+    `padded_shape` (H, W) pads every image to that shape (at least each one's own), e.g. the
+    largest over a sequence of which these are a part; by default, differing shapes are
+    padded to the largest among them with a warning.
+    """
+    _check_paths(image_path_list)
+    _check_mode(mode)
+    plans = [read_preprocessing(path, mode, target_size) for path in image_path_list]
+    shapes = sorted({plan.shape for plan in plans})
+    if padded_shape is None:
+        padded_shape = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+        if len(shapes) > 1:
+            warnings.warn(
+                f"Images have different shapes {[(3, *s) for s in shapes]}; padding all to "
+                f"{padded_shape}",
+                stacklevel=3,
+            )
+    too_large = [s for s in shapes if s[0] > padded_shape[0] or s[1] > padded_shape[1]]
+    if too_large:
+        raise ValueError(f"images of shape {too_large} do not fit padded_shape {padded_shape}")
+    images, boxes = [], []
+    for path, plan in zip(image_path_list, plans, strict=True):
+        images.append(_pad_centered(_preprocess(path, plan), *padded_shape))
+        boxes.append(plan.box.shifted(*padding_offsets(plan.shape, padded_shape)))
+    return torch.stack(images), boxes
+
+
+def load_and_preprocess_images(
+    image_path_list: Sequence[PathLike], mode: str = "crop", target_size: int = TARGET_SIZE
+) -> torch.Tensor:
+    """Load images resized to width `target_size` ("crop", the height centre-cropped to at
+    most that) or fitted into a white `target_size` square ("pad"); differing shapes are
+    padded with white to the largest, with a warning.
+
+    Returns a float32 (N, 3, H, W) tensor in [0, 1] with H and W multiples of 14 (for a
+    `target_size` that is one).
+    """
+    images, _ = load_images_and_boxes(image_path_list, mode, target_size)
+    return images
 
 
 def load_and_preprocess_images_square(

@@ -1,0 +1,268 @@
+"""`vggt.infer`'s main: inputs checked on every rank, each rank's own frames loaded and run
+through the model split over the ranks, each rank's frames written, and rank 0 writing the
+cameras, tracks and run.json of the whole sequence."""
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vggt.infer import outputs
+from vggt.infer.checkpoint import Checkpoint, build_model, read_weights, resolve_checkpoint
+from vggt.infer.errors import InputError
+from vggt.infer.failures import (
+    describe_peer_failure,
+    install_stop_handler,
+    is_peer_failure,
+    stop_now,
+)
+from vggt.infer.inputs import (
+    check_points_inside,
+    content_boxes,
+    find_images,
+    load_frames,
+    padded_shape,
+    prepare_output_folder,
+    read_plans,
+    read_query_points,
+)
+from vggt.infer.memory_check import check_memory
+from vggt.infer.options import parse_options, precision
+from vggt.infer.ranks import Launch, Ranks
+from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
+from vggt.models.vggt_vram_optimized import VGGTOptimized
+from vggt.parallel.group import split_evenly, starts
+from vggt.utils.load_fn import ContentBox
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_HEADS = 16
+Result = TypeVar("Result")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; 0 on success, 2 for bad input (one line on stderr), 1 when a
+    rank fails or stops, 130 when interrupted."""
+    options = parse_options(argv)
+    launch = Launch.from_environment()
+    if launch.world_size > 1:
+        install_stop_handler(launch.rank)
+    try:
+        run(options, launch)
+    except InputError as error:
+        if launch.rank == 0:
+            print(f"vggt.infer: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"vggt.infer: rank {launch.rank} interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if launch.world_size == 1 or not is_peer_failure(error):
+            raise
+        stop_now(describe_peer_failure(launch.rank, error))
+    return 0
+
+
+def run(options: argparse.Namespace, launch: Launch) -> None:
+    """The whole run on this rank; InputError for bad input, before any model work."""
+    started = time.perf_counter()
+    paths = find_images(options.images)
+    points = read_query_points(options.query_points) if options.query_points else None
+    if len(paths) < launch.world_size:
+        raise InputError(
+            f"{len(paths)} frames for {launch.world_size} ranks: use at most as many ranks as "
+            "frames"
+        )
+    checkpoint = resolve_checkpoint(options.checkpoint, options.config)
+    attention = choose_attention(options, checkpoint, launch.world_size)
+    if points is not None and not checkpoint.config.get("enable_track", True):
+        raise InputError(f"the model of {checkpoint.config_source} has no track head")
+    weights = read_weights(checkpoint)
+    out = prepare_output_folder(options.out)
+    ranks = Ranks(launch, options.device, options.timeout)
+    try:
+        run_on_ranks(options, ranks, out, paths, points, checkpoint, weights, attention, started)
+    except InputError:
+        ranks.close()
+        raise
+    ranks.close()
+
+
+def run_on_ranks(
+    options: argparse.Namespace,
+    ranks: Ranks,
+    out: Path,
+    paths: list[Path],
+    points: np.ndarray | None,
+    checkpoint: Checkpoint,
+    weights: Mapping[str, torch.Tensor],
+    attention: str,
+    started: float,
+) -> None:
+    """The run once the ranks are up: headers and this rank's frames (a problem any rank finds
+    is raised on all), the memory check, the model, the forward and the files."""
+    plans = _agreed(ranks, lambda: read_plans(paths, options.mode, options.size))
+    boxes, shape = content_boxes(plans), padded_shape(plans)
+    if points is not None:
+        check_points_inside(points, boxes[0])
+    counts = split_evenly(len(paths), ranks.world_size)
+    first = starts(counts)[ranks.rank]
+    mine = paths[first : first + counts[ranks.rank]]
+    images = _agreed(ranks, lambda: load_frames(mine, options.mode, options.size, shape))
+    estimate = check_memory(options, ranks, len(paths), shape, checkpoint.config)
+    model = prepare_model(checkpoint, weights, options, ranks, attention)
+    if ranks.is_first and not options.quiet and len({plan.shape for plan in plans}) > 1:
+        info(f"frames of different sizes padded to {shape[0]}x{shape[1]}, outputs cut back")
+    predictions = predict(model, images, points, boxes[0], options, ranks)
+    outputs.write_frames(out, predictions, first, boxes)
+    write_sequence_files(out, predictions, counts, shape, boxes, ranks)
+    peaks = ranks.all_gather(peak_memory(ranks.device))
+    communication = ranks.all_gather(ranks.communication())
+    if ranks.is_first:
+        seconds = time.perf_counter() - started
+        facts = {
+            "frames_per_rank": counts,
+            "input_shape": list(shape),
+            "content_boxes": [[b.top, b.left, b.height, b.width] for b in boxes],
+            "attention": attention,
+            "communication_per_rank": communication,
+            "checkpoint": {"weights": str(checkpoint.weights), "config": checkpoint.config_source},
+            "estimate": estimate,
+        }
+        outputs.write_run(out, run_document(options, paths, ranks, peaks, seconds, facts))
+        if not options.quiet:
+            print(summary_line(len(paths), peaks, ranks.device, seconds, str(out)), flush=True)
+
+
+def run_document(
+    options: argparse.Namespace,
+    paths: list[Path],
+    ranks: Ranks,
+    peaks: list[int],
+    seconds: float,
+    facts: dict,
+) -> dict:
+    """run.json: frames, names in order, world size, options, peak memory per rank, seconds,
+    and `facts` of the run (split, input shape, content boxes, attention, ...)."""
+    return {
+        "frames": len(paths),
+        "names": [str(path) for path in paths],
+        "world_size": ranks.world_size,
+        "options": vars(options),
+        "precision": precision(options),
+        "peak_memory_bytes": peaks,
+        "peak_memory_kind": peak_memory_kind(ranks.device),
+        "seconds": seconds,
+        **facts,
+    }
+
+
+def _agreed(ranks: Ranks, work: Callable[[], Result]) -> Result:
+    """`work()`, with its InputError raised on every rank (and another rank's on this one)."""
+    result, problem = None, None
+    try:
+        result = work()
+    except InputError as error:
+        problem = str(error)
+    ranks.agree(problem)
+    return result
+
+
+def choose_attention(options: argparse.Namespace, checkpoint: Checkpoint, world_size: int) -> str:
+    """--attention, by default ulysses unless there are more ranks than heads (then ring);
+    InputError for ulysses over more ranks than heads."""
+    heads = int(checkpoint.config.get("num_heads", DEFAULT_HEADS))
+    if options.attention is None:
+        return "ring" if world_size > heads else "ulysses"
+    if options.attention == "ulysses" and world_size > heads:
+        raise InputError(
+            f"--attention ulysses splits the model's {heads} heads over the ranks, so at most "
+            f"{heads} ranks, not {world_size}: use --attention ring"
+        )
+    return options.attention
+
+
+def prepare_model(
+    checkpoint: Checkpoint,
+    weights: Mapping[str, torch.Tensor],
+    options: argparse.Namespace,
+    ranks: Ranks,
+    attention: str,
+) -> VGGTOptimized:
+    """The checkpoint's model on this rank's device in the run's precision, split over the
+    ranks when there are several."""
+    model = build_model(checkpoint, weights, options.offload).to(ranks.device)
+    if options.dtype == "bf16" and options.dtype_mode == "cast":
+        model.aggregator.to(torch.bfloat16)
+    if ranks.group is not None:
+        model.parallelize(ranks.group, attention)
+    return model
+
+
+def predict(
+    model: VGGTOptimized,
+    images: torch.Tensor,
+    points: np.ndarray | None,
+    first_box: ContentBox,
+    options: argparse.Namespace,
+    ranks: Ranks,
+) -> dict:
+    """This rank's predictions (batch 1), with rank 0's progress bar over blocks and heads.
+    Query points, given in the first frame's own pixels, move into the padded input."""
+    query = None
+    if points is not None:
+        shifted = points + np.array([first_box.left, first_box.top], dtype=np.float32)
+        query = torch.from_numpy(shifted).to(ranks.device)
+    show = ranks.is_first and not options.quiet
+    bar = tqdm(
+        total=model.progress_steps(images.shape[0]),
+        desc=f"vggt.infer ({images.shape[0]} frames on rank 0)",
+        unit="step",
+        disable=not show,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    model.progress = bar.update
+    autocast = (
+        torch.autocast(ranks.device.type, dtype=torch.bfloat16)
+        if options.dtype == "bf16" and options.dtype_mode == "autocast"
+        else contextlib.nullcontext()
+    )
+    try:
+        with torch.no_grad(), autocast:
+            return model(images.to(ranks.device), query_points=query)
+    finally:
+        model.progress = None
+        bar.close()
+
+
+def write_sequence_files(
+    out: Path,
+    predictions: dict,
+    counts: list[int],
+    shape: tuple[int, int],
+    boxes: list[ContentBox],
+    ranks: Ranks,
+) -> None:
+    """Every rank's cameras (and tracks) gathered on rank 0, which writes cameras.npz (and
+    tracks.npz)."""
+    poses = ranks.gather_frames(predictions["pose_enc"], counts)
+    tracks = {}
+    if "track" in predictions:
+        for name in ("track", "vis", "conf"):
+            if predictions.get(name) is not None:
+                tracks[name] = ranks.gather_frames(predictions[name], counts)
+    if not ranks.is_first:
+        return
+    outputs.write_cameras(out, outputs.camera_arrays(poses[0], shape, boxes))
+    if tracks:
+        conf = tracks["conf"][0] if "conf" in tracks else None
+        arrays = outputs.track_arrays(tracks["track"][0], tracks["vis"][0], conf, boxes)
+        outputs.write_tracks(out, arrays)

@@ -1,0 +1,92 @@
+"""This process's place in the run: its rank and device, the process group under torchrun,
+and the few collectives the command line needs beyond the model's."""
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from vggt.infer.errors import InputError
+from vggt.parallel.group import FrameLayout, SequenceGroup
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What torchrun (or a plain start: one rank) says about this process."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @classmethod
+    def from_environment(cls) -> "Launch":
+        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; rank 0 of 1 without them."""
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+
+class Ranks:
+    """The run's ranks as this process sees them. At world size 1 there is no process group
+    and every collective is local."""
+
+    def __init__(self, launch: Launch, device_type: str, timeout_s: float) -> None:
+        """Bind this rank's device (cuda: LOCAL_RANK's GPU) and, with several ranks, join the
+        process group (NCCL on CUDA, gloo on the CPU) with the given timeout."""
+        self.rank = launch.rank
+        self.world_size = launch.world_size
+        if device_type == "cuda":
+            self.device = torch.device("cuda", launch.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        self.group: SequenceGroup | None = None
+        if self.world_size > 1:
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+            self.group = SequenceGroup()
+
+    @property
+    def is_first(self) -> bool:
+        """Rank 0: the one that reports and writes the run's shared files."""
+        return self.rank == 0
+
+    def agree(self, problem: str | None) -> None:
+        """Raise InputError on every rank when any rank found a problem (the first rank's
+        problem), so that no rank goes on to wait for the others."""
+        problems = self.all_gather(problem)
+        first = next((found for found in problems if found is not None), None)
+        if first is not None:
+            raise InputError(first)
+
+    def all_gather(self, value: object) -> list:
+        """Every rank's picklable `value`, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def gather_frames(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor | None:
+        """Every rank's [B, n_rank, ...] tensor joined along dim 1 on rank 0 (None elsewhere);
+        `counts` are the ranks' frame counts."""
+        if self.group is None:
+            return local
+        return self.group.gather_frames(local, FrameLayout(tuple(counts), self.rank))
+
+    def communication(self) -> dict[str, float]:
+        """What this rank's sequence-parallel collectives sent (bytes) and how long its
+        compute waited for them (seconds); zeros at world size 1."""
+        if self.group is None:
+            return {"bytes_sent": 0, "seconds": 0.0}
+        return {"bytes_sent": self.group.log.bytes_sent, "seconds": self.group.log.seconds}
+
+    def close(self) -> None:
+        """Leave the process group, when there is one."""
+        if self.group is not None:
+            dist.destroy_process_group()
+            self.group = None
