@@ -304,12 +304,15 @@ def test_chunked_blocks_equal_unchunked(transient_budget: float, min_chunk_token
 def test_chunk_size_follows_the_stream() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     policy = ChunkPolicy(transient_budget=1.0)
-    assert policy.chunk_tokens(100 * 1374, cpu) == -(-100 * 1374 // 8)
-    assert policy.chunk_tokens(100 * 1374, cuda) == 17175
-    assert policy.chunk_tokens(8 * 1374, cuda) == 16384
-    assert policy.chunk_tokens(21, cpu) == 256
-    assert ChunkPolicy(0.5, min_chunk_tokens=4).chunk_tokens(800, cpu) == 50
-    assert ChunkPolicy(transient_budget=None).chunk_tokens(100 * 1374, cpu) == 100 * 1374
+    assert policy.chunk_tokens(100 * 1374, cpu, 1024) == -(-100 * 1374 // 8)
+    assert policy.chunk_tokens(100 * 1374, cuda, 1024) == 17175
+    assert policy.chunk_tokens(8 * 1374, cuda, 1024) == 16384
+    assert policy.chunk_tokens(21, cpu, 1024) == 64
+    # the floor is in elements: a narrower stream takes more tokens per chunk
+    assert policy.chunk_tokens(21, cpu, 64) == 1024
+    assert policy.chunk_tokens(8 * 1374, cuda, 768) == 21846
+    assert ChunkPolicy(0.5, min_chunk_tokens=4).chunk_tokens(800, cpu, 64) == 50
+    assert ChunkPolicy(transient_budget=None).chunk_tokens(100 * 1374, cpu, 64) == 100 * 1374
     with pytest.raises(ValueError, match="transient_budget"):
         AggregatorVramOptimized(**SMALL_AGGREGATOR, transient_budget=0)
     with pytest.raises(ValueError, match="min_chunk_tokens"):

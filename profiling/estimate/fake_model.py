@@ -35,7 +35,7 @@ from profiling.sweep.variants import get_variant
 from profiling.units import DTYPES
 from vggt.parallel.group import SimulatedGroup, split_evenly
 from vggt.streaming.blocks import StreamedBlocks
-from vggt.streaming.chunks import MIN_CHUNK_TOKENS
+from vggt.streaming.chunks import MIN_CHUNK_ELEMENTS
 
 # cuBLAS/cuBLASLt workspace PyTorch allocates for the compute stream on compute capability
 # >= 9.0 (Hopper): 4096 KiB x 8, taken from the caching allocator at the first matmul.
@@ -80,7 +80,7 @@ class FakeModel:
     """One variant built on fake storage (no memory), reused across frame counts.
 
     `target_device` is the device type the estimate is for: the streamed blocks take its
-    minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_TOKENS). With `world_size` > 1 the
+    minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_ELEMENTS). With `world_size` > 1 the
     sequence is split over that many ranks (`parallelize(group, attention)`, the optimized
     variant's) and a pass traces rank 0 alone through a `SimulatedGroup`: it holds the largest
     share of `split_evenly` (the first ranks take the extra frames) and frame 0, whose camera
@@ -105,7 +105,7 @@ class FakeModel:
         names = {value: name for name, value in DTYPES.items()}
         if dtype not in names:
             raise ValueError(f"unsupported dtype {dtype}; choose from {', '.join(DTYPES)}")
-        if target_device not in MIN_CHUNK_TOKENS:
+        if target_device not in MIN_CHUNK_ELEMENTS:
             raise ValueError(f"unknown target device {target_device!r}")
         if world_size < 1:
             raise ValueError(f"world_size must be at least 1, got {world_size}")
@@ -124,7 +124,7 @@ class FakeModel:
             aggregator.offload_device = torch.device("meta")
         runner = getattr(aggregator, "block_runner", None)
         if isinstance(runner, StreamedBlocks) and runner.policy.min_chunk_tokens is None:
-            minimum = MIN_CHUNK_TOKENS[target_device]
+            minimum = runner.policy.min_tokens(torch.device(target_device), aggregator.embed_dim)
             runner.policy = dataclasses.replace(runner.policy, min_chunk_tokens=minimum)
         self.group: SimulatedGroup | None = None
         if world_size > 1:
@@ -161,7 +161,8 @@ class FakeModel:
         device = torch.device(self.target_device)
 
         def over_minimum(frames: int) -> bool:
-            return policy.chunk_tokens(frames * tokens, device) > policy.min_chunk_tokens
+            width = aggregator.embed_dim
+            return policy.chunk_tokens(frames * tokens, device, width) > policy.min_chunk_tokens
 
         low, high = 0, 1
         while not over_minimum(high):

@@ -11,7 +11,8 @@ MODEL = {**AGGREGATOR, "intermediate_layer_idx": HEAD_LAYERS, "enable_track": Fa
 
 VARIANTS = ("full", "optimized")
 # (frames, image side): at 56 px every block runs on whole groups; at 224 px and 8 frames
-# (2088 tokens) the optimized blocks run in chunks of 261 tokens and stream global K/V.
+# (2088 tokens) the optimized blocks run in two chunks of 1044 tokens (the CPU floor of 2^16
+# elements at 64 channels) and stream global K/V.
 SHAPES = ((2, 56), (8, 56), (8, 224))
 BATCH = 1
 PATCH_SIZE = AGGREGATOR["patch_size"]

@@ -48,7 +48,7 @@ class SequenceParallelBlocks(StreamedBlocks):
             raise RuntimeError("sequence-parallel blocks run in inference only, in a forward")
         per_frame = x.shape[1] // self.layout.local
         largest = x.shape[0] * max(self.layout.counts) * per_frame
-        chunk = self.policy.chunk_tokens(largest, x.device)
+        chunk = self.policy.chunk_tokens(largest, x.device, x.shape[-1])
         guard = self.before_write or no_guard
         ATTENTIONS[self.attention](block, x, pos, chunk, self.layout, self.group, guard)
         return x

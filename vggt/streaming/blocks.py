@@ -144,5 +144,5 @@ class StreamedBlocks:
     ) -> torch.Tensor:
         """Run `block` on x [G, N, C]; `across_frames` (global attention) makes no difference
         on one device."""
-        chunk = self.policy.chunk_tokens(x.shape[0] * x.shape[1], x.device)
+        chunk = self.policy.chunk_tokens(x.shape[0] * x.shape[1], x.device, x.shape[-1])
         return run_block_(block, x, pos, chunk, self.before_write)

@@ -9,8 +9,11 @@ import torch
 # the attention output and projection, the MLP's input and output and its 4 C hidden state
 # (they are never all alive together; this bounds the live ones).
 TRANSIENT_WIDTHS = 8
-# Fewest tokens per chunk by device: below these the matrix products leave the device idle.
-MIN_CHUNK_TOKENS = {"cuda": 16384, "cpu": 256}
+# Fewest elements (tokens x channels) per chunk by device: below these the matrix products
+# leave the device idle, or per-operator overhead outweighs them (CPU, measured at 64 channels:
+# 261-token chunks cost +24% over the unchunked block, 1024-token chunks -1%). VGGT-1B's 1024
+# channels make them 16,384 tokens on CUDA and 64 on the CPU.
+MIN_CHUNK_ELEMENTS = {"cuda": 1 << 24, "cpu": 1 << 16}
 
 
 def chunk_count(length: int, chunk: int) -> int:
@@ -31,8 +34,8 @@ def chunk_bounds(length: int, chunk: int) -> Iterator[tuple[int, int]]:
 class ChunkPolicy:
     """Tokens per chunk of an in-place block: enough to keep one chunk's temporaries within
     `transient_budget` times the residual stream's bytes, never fewer than `min_chunk_tokens`
-    (None: the device's entry of MIN_CHUNK_TOKENS). `transient_budget=None` runs each block
-    on the whole stream at once, still in place."""
+    (None: the device's entry of MIN_CHUNK_ELEMENTS over the stream's width).
+    `transient_budget=None` runs each block on the whole stream at once, still in place."""
 
     transient_budget: float | None = 1.0
     min_chunk_tokens: int | None = None
@@ -45,9 +48,16 @@ class ChunkPolicy:
         if self.min_chunk_tokens is not None and self.min_chunk_tokens < 1:
             raise ValueError(f"min_chunk_tokens must be positive, got {self.min_chunk_tokens}")
 
-    def chunk_tokens(self, total_tokens: int, device: torch.device) -> int:
-        """Tokens per chunk for a stream of `total_tokens` on `device`."""
+    def min_tokens(self, device: torch.device, width: int) -> int:
+        """The fewest tokens of `width` channels a chunk holds on `device`."""
+        if self.min_chunk_tokens is not None:
+            return self.min_chunk_tokens
+        elements = MIN_CHUNK_ELEMENTS.get(device.type, MIN_CHUNK_ELEMENTS["cpu"])
+        return -(-elements // width)
+
+    def chunk_tokens(self, total_tokens: int, device: torch.device, width: int) -> int:
+        """Tokens per chunk for a stream of `total_tokens` tokens of `width` channels."""
         if self.transient_budget is None:
             return total_tokens
-        floor = self.min_chunk_tokens or MIN_CHUNK_TOKENS.get(device.type, MIN_CHUNK_TOKENS["cpu"])
-        return max(floor, -(-int(total_tokens * self.transient_budget) // TRANSIENT_WIDTHS))
+        budgeted = -(-int(total_tokens * self.transient_budget) // TRANSIENT_WIDTHS)
+        return max(self.min_tokens(device, width), budgeted)
