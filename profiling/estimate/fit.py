@@ -19,8 +19,11 @@ from profiling.estimate.fake_model import Estimate, FakeModel
 
 SEARCH_LIMIT = 1 << 20
 # Frame counts of the line, as multiples of the first frame count of the affine regime; frame
-# counts already estimated in that regime take the place of the larger multiples.
-LINE_MULTIPLES = (1, 4, 16)
+# counts already estimated beyond the first take the place of the larger multiples. The line
+# starts at twice that count: just past it the near-equal chunks round to few per stream and
+# bend the requirement (VGGT-1B, bf16 cast: 339 MB off the line through 96, 384 and 1536
+# frames; 4.6 MB through 192, 768 and 3072, whose answers equal the exact search's).
+LINE_MULTIPLES = (2, 8, 32)
 # How far the requirement may stray from affine growth in frames: three traced requirements
 # are collinear when they lie within it of their line, and an answer is read off the line only
 # where the line clears the budget by more than it (the residuals of three passes can miss the
@@ -217,15 +220,16 @@ class RequirementLine:
 
 def line_frames(model: FakeModel, batch: int, height: int, width: int, cache: Cache) -> list[int]:
     """Three or more frame counts of the affine regime to fit a line through, multiples of the
-    world size: its first frame count, the cached ones in it, and as many multiples of the
-    first as three need."""
-    start = model.affine_from(batch, height, width)
+    world size: twice its first frame count, the cached ones beyond, and as many multiples of
+    the first as three need."""
+    affine = model.affine_from(batch, height, width)
+    start = affine * LINE_MULTIPLES[0]
     step = model.world_size
     frames = {start} | {count for count in cache if count > start and count % step == 0}
     for multiple in LINE_MULTIPLES[1:]:
         if len(frames) >= len(LINE_MULTIPLES):
             break
-        frames.add(start * multiple)
+        frames.add(affine * multiple)
     return sorted(frames)
 
 
@@ -261,7 +265,7 @@ def max_frames_by_budget(
     it decides (`RequirementLine.answer`: conservative within the line's margin), found by
     `max_frames` elsewhere (for every budget when they all end before the affine regime)."""
     cache = {} if cache is None else cache
-    start = model.affine_from(batch, height, width)
+    start = model.affine_from(batch, height, width) * LINE_MULTIPLES[0]
     if required_bytes(model, start, batch, height, width, cache) > max(budgets):
         return {
             budget: max_frames(model, budget, batch, height, width, cache) for budget in budgets
