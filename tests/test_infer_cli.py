@@ -180,7 +180,9 @@ def test_malformed_query_points(
 
 def test_memory_refusal_names_the_frames_that_fit() -> None:
     # offloaded and cast already: the refusal tries no other options (fewer fake passes)
-    options = argparse.Namespace(dtype="bf16", dtype_mode="cast", offload=True, query_points=None)
+    options = argparse.Namespace(
+        dtype="bf16", dtype_mode="cast", offload=True, query_points=None, attention=None
+    )
     frames, ranks, shape = 8, 2, (56, 56)
 
     def peak(count: int) -> int:

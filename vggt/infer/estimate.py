@@ -31,18 +31,19 @@ def estimate_per_rank(
     dtype_mode: str,
     offload: bool,
     config: Mapping[str, object] | None = None,
+    attention: str | None = None,
 ) -> tuple[int, Callable[[int], int]]:
     """Peak bytes on the busiest rank of a run, and `fits(budget)`: the most frames (over all
     `world_size` ranks) whose per-rank peak stays within `budget` bytes.
 
     Built on `profiling.estimate.fake_model.FakeModel` (variant "optimized", component
-    "model": no track head, batch 1), on fake tensors, so without memory or a GPU. It counts
-    the busiest rank as the sequence of its own share of the frames (the largest of
-    `split_evenly(frames, world_size)`) on one device: the collectives' buffers and the frames
-    other ranks send are not counted. fp32 and autocast run the model with fp32 weights and
-    activations (autocast is not applied: an upper bound); cast runs the aggregator's weights
-    in `dtype` and the heads in fp32, as the command line does. `config` holds the model's
-    constructor arguments that differ from VGGT-1B's (the `vggt-1b` preset).
+    "model": no track head, batch 1), on fake tensors, so without memory or a GPU. Split over
+    ranks it traces rank 0, the busiest (the largest share and frame 0), through a simulated
+    process group, so the exchange buffers of global attention (`attention`; default ulysses,
+    ring beyond one rank per head) count. fp32 and autocast run the model with fp32 weights
+    and activations (autocast is not applied: an upper bound); cast runs the aggregator's
+    weights in `dtype` and the heads in fp32, as the command line does. `config` holds the
+    model's constructor arguments that differ from VGGT-1B's (the `vggt-1b` preset).
 
     One fake pass gives the peak; `fits` makes one more (at one frame per rank, or two) and
     extends the line through the two, so a call costs at most two passes.
@@ -56,7 +57,17 @@ def estimate_per_rank(
     if "intermediate_layer_idx" in sizing:
         sizing["intermediate_layer_idx"] = tuple(sizing["intermediate_layer_idx"])
     architecture = dataclasses.replace(architecture, **sizing)
-    model = FakeModel("optimized", "model", architecture, torch.float32, offload=offload)
+    if attention is None:
+        attention = "ulysses" if world_size <= architecture.num_heads else "ring"
+    model = FakeModel(
+        "optimized",
+        "model",
+        architecture,
+        torch.float32,
+        offload=offload,
+        world_size=world_size,
+        attention=attention,
+    )
     weights_bytes = model.weights_bytes
     if dtype_mode == "cast" and dtype != torch.float32:
         with model.mode:
@@ -68,7 +79,7 @@ def estimate_per_rank(
         if share not in peaks:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = model.estimate(share, 1, height, width)
+                result = model.estimate(share * world_size, 1, height, width)
             peaks[share] = result.peak_bytes - model.weights_bytes + weights_bytes
         return peaks[share]
 

@@ -77,7 +77,7 @@ def judge_estimate(
 
     def peak_with(dtype: torch.dtype, dtype_mode: str, offload: bool) -> int:
         peak = estimate_per_rank(
-            frames, world_size, *shape, dtype, dtype_mode, offload, config=config
+            frames, world_size, *shape, dtype, dtype_mode, offload, config, options.attention
         )[0]
         return peak + tracks
 
@@ -88,7 +88,8 @@ def judge_estimate(
         DTYPES[options.dtype],
         options.dtype_mode,
         options.offload,
-        config=config,
+        config,
+        options.attention,
     )
     found = {
         "peak_bytes": peak,
