@@ -310,7 +310,8 @@ def test_chunk_size_follows_the_stream() -> None:
     assert policy.chunk_tokens(21, cpu, 1024) == 64
     # the floor is in elements: a narrower stream takes more tokens per chunk
     assert policy.chunk_tokens(21, cpu, 64) == 1024
-    assert policy.chunk_tokens(8 * 1374, cuda, 768) == 21846
+    assert policy.chunk_tokens(8 * 1374, cuda, 768) == 16384  # capped in tokens
+    assert policy.chunk_tokens(21, cpu, 16) == 1024
     assert ChunkPolicy(0.5, min_chunk_tokens=4).chunk_tokens(800, cpu, 64) == 50
     assert ChunkPolicy(transient_budget=None).chunk_tokens(100 * 1374, cpu, 64) == 100 * 1374
     with pytest.raises(ValueError, match="transient_budget"):

@@ -14,6 +14,8 @@ TRANSIENT_WIDTHS = 8
 # 261-token chunks cost +24% over the unchunked block, 1024-token chunks -1%). VGGT-1B's 1024
 # channels make them 16,384 tokens on CUDA and 64 on the CPU.
 MIN_CHUNK_ELEMENTS = {"cuda": 1 << 24, "cpu": 1 << 16}
+# Tokens at which a chunk is long enough at any width: the floor never asks for more.
+MAX_MIN_CHUNK_TOKENS = {"cuda": 16384, "cpu": 1024}
 
 
 def chunk_count(length: int, chunk: int) -> int:
@@ -34,7 +36,8 @@ def chunk_bounds(length: int, chunk: int) -> Iterator[tuple[int, int]]:
 class ChunkPolicy:
     """Tokens per chunk of an in-place block: enough to keep one chunk's temporaries within
     `transient_budget` times the residual stream's bytes, never fewer than `min_chunk_tokens`
-    (None: the device's entry of MIN_CHUNK_ELEMENTS over the stream's width).
+    (None: the device's MIN_CHUNK_ELEMENTS over the stream's width, at most its
+    MAX_MIN_CHUNK_TOKENS).
     `transient_budget=None` runs each block on the whole stream at once, still in place."""
 
     transient_budget: float | None = 1.0
@@ -52,8 +55,8 @@ class ChunkPolicy:
         """The fewest tokens of `width` channels a chunk holds on `device`."""
         if self.min_chunk_tokens is not None:
             return self.min_chunk_tokens
-        elements = MIN_CHUNK_ELEMENTS.get(device.type, MIN_CHUNK_ELEMENTS["cpu"])
-        return -(-elements // width)
+        kind = device.type if device.type in MIN_CHUNK_ELEMENTS else "cpu"
+        return min(-(-MIN_CHUNK_ELEMENTS[kind] // width), MAX_MIN_CHUNK_TOKENS[kind])
 
     def chunk_tokens(self, total_tokens: int, device: torch.device, width: int) -> int:
         """Tokens per chunk for a stream of `total_tokens` tokens of `width` channels."""
