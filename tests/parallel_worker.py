@@ -27,7 +27,7 @@ from profiling.sweep.variants import get_variant  # noqa: E402
 from tests.helpers import GOLDEN_FILE, SMALL_VGGT, manifest, rel_l2, seeded_images  # noqa: E402
 from tests.recipe import recipe_images, recipe_query_points, recipe_state_dict  # noqa: E402
 from vggt.models.vggt_vram_optimized import VGGTOptimized  # noqa: E402
-from vggt.parallel.group import SequenceGroup, split_evenly, starts  # noqa: E402
+from vggt.parallel.group import SequenceGroup, rank_slice, split_evenly  # noqa: E402
 from vggt.streaming.chunks import ChunkPolicy  # noqa: E402
 
 QUERY_POINTS = [[10.0, 20.0], [70.0, 90.0], [130.0, 5.0]]
@@ -36,8 +36,7 @@ QUERY_POINTS = [[10.0, 20.0], [70.0, 90.0], [130.0, 5.0]]
 def my_frames(case: dict, rank: int, world_size: int) -> slice:
     """This rank's consecutive frames under the case's split (even by default)."""
     counts = case.get("counts") or split_evenly(case["frames"], world_size)
-    first = starts(counts)[rank]
-    return slice(first, first + counts[rank])
+    return rank_slice(counts, rank)
 
 
 def compare_case(case: dict, group: SequenceGroup) -> dict:

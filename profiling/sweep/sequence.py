@@ -21,16 +21,14 @@ from profiling.sweep.environment import RankInfo
 from profiling.sweep.measure import StageScheduler, fail_all, free_memory, seeded_images
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord
-from vggt.parallel.group import CommunicationLog, SequenceGroup, split_evenly, starts
+from vggt.parallel.group import CommunicationLog, SequenceGroup, rank_slice, split_evenly
 
 Outputs = dict[str, torch.Tensor]
 
 
 def own_frames(frames: int, world_size: int, rank: int) -> slice:
     """The consecutive frames `rank` holds when `frames` are split evenly over the ranks."""
-    counts = split_evenly(frames, world_size)
-    first = starts(counts)[rank]
-    return slice(first, first + counts[rank])
+    return rank_slice(split_evenly(frames, world_size), rank)
 
 
 class ReferenceStages(StageScheduler):

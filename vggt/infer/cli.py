@@ -38,7 +38,7 @@ from vggt.infer.options import parse_options, precision
 from vggt.infer.ranks import Launch, Ranks
 from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
 from vggt.models.vggt_vram_optimized import VGGTOptimized
-from vggt.parallel.group import split_evenly, starts
+from vggt.parallel.group import rank_slice, split_evenly
 from vggt.utils.load_fn import ContentBox
 
 EXIT_BAD_INPUT = 2
@@ -113,15 +113,14 @@ def run_on_ranks(
     if points is not None:
         check_points_inside(points, boxes[0])
     counts = split_evenly(len(paths), ranks.world_size)
-    first = starts(counts)[ranks.rank]
-    mine = paths[first : first + counts[ranks.rank]]
-    images = _agreed(ranks, lambda: load_frames(mine, options.mode, options.size, shape))
+    mine = rank_slice(counts, ranks.rank)
+    images = _agreed(ranks, lambda: load_frames(paths[mine], options.mode, options.size, shape))
     estimate = check_memory(options, ranks, len(paths), shape, checkpoint.config)
     model = prepare_model(checkpoint, weights, options, ranks, attention)
     if ranks.is_first and not options.quiet and len({plan.shape for plan in plans}) > 1:
         info(f"frames of different sizes padded to {shape[0]}x{shape[1]}, outputs cut back")
     predictions = predict(model, images, points, boxes[0], options, ranks)
-    outputs.write_frames(out, predictions, first, boxes)
+    outputs.write_frames(out, predictions, mine.start, boxes)
     write_sequence_files(out, predictions, counts, shape, boxes, ranks)
     peaks = ranks.all_gather(peak_memory(ranks.device))
     communication = ranks.all_gather(ranks.communication())

@@ -27,6 +27,12 @@ def starts(counts: Sequence[int]) -> list[int]:
     return offsets
 
 
+def rank_slice(counts: Sequence[int], rank: int) -> slice:
+    """The consecutive items of `rank` when blocks of `counts` items follow in rank order."""
+    first = starts(counts)[rank]
+    return slice(first, first + counts[rank])
+
+
 @dataclass(frozen=True)
 class FrameLayout:
     """How one forward's frames lie over the ranks: counts per rank, in rank order."""
