@@ -20,7 +20,7 @@ def views(draw: st.DrawFn) -> tuple[LayerSelectView, int, set[int]]:
 def test_length_and_indices(case: tuple) -> None:
     view, depth, kept = case
     assert len(view) == view.depth == depth
-    assert view.kept_count == len(kept)
+    assert view.selected_count == len(kept)
     assert view.orig_indices == sorted(kept)
     assert len(set(view.orig_indices)) == len(view.orig_indices)
 

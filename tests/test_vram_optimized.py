@@ -50,7 +50,7 @@ def test_selected_view_indexing_and_shape() -> None:
     assert start == start_opt == 5
     assert kept == HEAD_LAYERS
     assert len(view) == len(layers) == 24
-    assert view.kept_count == 4
+    assert view.selected_count == 4
     for index in HEAD_LAYERS:
         assert view[index] is view[index - 24]
         assert view[index].shape == (1, 3, 5 + 16, 128)
@@ -277,6 +277,20 @@ class TestLayerSelectView:
             LayerSelectView(24, outputs, [4, 4])
         with pytest.raises(TypeError, match="takes \\(layers, depth\\) or"):
             LayerSelectView({4: outputs[0]})
+
+    def test_the_design_reports_api_whole(self) -> None:
+        outputs = [torch.full((2, 3), 4.0), torch.full((2, 3), 23.0)]
+        view = LayerSelectView(24, outputs, [4, 23])
+        assert len(view) == 24
+        assert view.selected_count == 2
+        assert view.orig_indices == [4, 23]
+        assert view[4] is outputs[0] and view[23] is outputs[1]
+        assert view[-1] is outputs[1] and view[-20] is outputs[0]
+        with pytest.raises(KeyError, match="available layers are \\[4, 23\\]"):
+            view[-2]
+        assert repr(view) == (
+            "LayerSelectView(depth=24, kept=[4, 23], shape=(2, 3), dtype=torch.float32)"
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,28 +1,112 @@
-"""Peak live tensor bytes on the CPU, read from torch.profiler memory events, and peak RSS.
+"""Peak live tensor bytes on the CPU, read from torch.profiler allocation events, and peak RSS.
 
 The CPU allocator has no peak counter; the profiler records every allocation and free, so the
-running sum of those events gives the live bytes over time. The figures are deterministic for a
-given program, shapes and thread count, which makes them fit for assertions in tests.
+running sum of those events gives the live bytes over time. Each allocation is also sorted
+into one of two kinds: *tensor* bytes back a tensor that an operator returned (what the
+program holds, and what the fake-tensor estimator counts), *scratch* bytes are taken and
+given back inside a kernel (oneDNN's scratchpads, whose size depends on the CPU's instruction
+set: with AMX-BF16 a bf16 convolution takes hundreds of MB that AVX2 machines never ask for).
+To tell them apart, every operator the program dispatches runs inside a profiler range of its
+own, and an allocation made in that range counts as tensor bytes when an output of the
+operator lives at its address. The figures are deterministic for a given program, shapes,
+thread count and CPU, which makes them fit for assertions in tests.
 """
 
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch.profiler import ProfilerActivity, profile
+import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-_MEMORY_EVENT = "[memory]"
+_RANGE_PREFIX = "dispatch#"
 
 
 @dataclass
 class MemoryTrace:
-    """Live bytes allocated during a call: the peak, the end value and the timeline."""
+    """Live bytes allocated during a call.
+
+    `peak_bytes`: the peak of every allocation (tensors and kernel scratch together, what the
+    allocator held); `tensor_peak_bytes`: the peak of the tensor bytes alone;
+    `scratch_peak_bytes`: the largest scratch held at once; `end_bytes`: tensor bytes still
+    live at the end (outputs). The timeline holds every allocation's running total.
+    """
 
     peak_bytes: int
+    tensor_peak_bytes: int
+    scratch_peak_bytes: int
     end_bytes: int
     times_ns: list[int] = field(default_factory=list)
     live_bytes: list[int] = field(default_factory=list)
+
+
+class _OperatorRanges(TorchDispatchMode):
+    """Runs each dispatched operator in a numbered profiler range and remembers the addresses
+    of the storages it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list[set[int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        addresses: set[int] = set()
+        self.outputs.append(addresses)
+        with record_function(f"{_RANGE_PREFIX}{len(self.outputs) - 1}"):
+            out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu":
+                addresses.add(leaf.untyped_storage().data_ptr())
+        return out
+
+
+def _operator_index(node: Any) -> int | None:
+    """The number of the operator range that holds an event, None outside every range."""
+    while node is not None:
+        if node.name.startswith(_RANGE_PREFIX):
+            return int(node.name[len(_RANGE_PREFIX) :])
+        node = node.parent
+    return None
+
+
+def _allocations(tree: Iterable[Any]) -> list[Any]:
+    """Every CPU allocation and free event of an event tree, in time order."""
+    found, stack = [], list(tree)
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            found.append(node)
+        stack.extend(node.children)
+    found.sort(key=lambda node: node.start_time_ns)
+    return found
+
+
+def _trace(events: list[Any], outputs: list[set[int]]) -> MemoryTrace:
+    """Running totals of all, tensor and scratch bytes over the allocation events."""
+    trace = MemoryTrace(0, 0, 0, 0)
+    kinds: dict[int, bool] = {}
+    totals = {True: 0, False: 0}
+    start = events[0].start_time_ns if events else 0
+    for event in events:
+        size, address = event.extra_fields.alloc_size, event.extra_fields.ptr
+        if size > 0:
+            index = _operator_index(event.parent)
+            is_tensor = index is not None and address in outputs[index]
+            kinds[address] = is_tensor
+        else:
+            is_tensor = kinds.pop(address, True)
+        totals[is_tensor] += size
+        live = totals[True] + totals[False]
+        trace.peak_bytes = max(trace.peak_bytes, live)
+        trace.tensor_peak_bytes = max(trace.tensor_peak_bytes, totals[True])
+        trace.scratch_peak_bytes = max(trace.scratch_peak_bytes, totals[False])
+        trace.times_ns.append(event.start_time_ns - start)
+        trace.live_bytes.append(live)
+    trace.end_bytes = totals[True]
+    return trace
 
 
 def trace_cpu_memory(fn: Callable[[], Any]) -> tuple[Any, MemoryTrace]:
@@ -31,29 +115,16 @@ def trace_cpu_memory(fn: Callable[[], Any]) -> tuple[Any, MemoryTrace]:
     Bytes allocated before the call (weights, inputs) are not counted; outputs still alive at
     the end are.
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    ranges = _OperatorRanges()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, ranges:
         result = fn()
-    events = [
-        event
-        for event in prof.profiler.kineto_results.events()
-        if event.name() == _MEMORY_EVENT and event.device_type().name.lower() == "cpu"
-    ]
-    events.sort(key=lambda event: event.start_ns())
-    trace = MemoryTrace(peak_bytes=0, end_bytes=0)
-    live = 0
-    start = events[0].start_ns() if events else 0
-    for event in events:
-        live += event.nbytes()
-        trace.peak_bytes = max(trace.peak_bytes, live)
-        trace.times_ns.append(event.start_ns() - start)
-        trace.live_bytes.append(live)
-    trace.end_bytes = live
-    return result, trace
+    events = _allocations(prof.profiler.kineto_results.experimental_event_tree())
+    return result, _trace(events, ranges.outputs)
 
 
 def peak_live_bytes(fn: Callable[[], Any]) -> int:
-    """Peak live CPU tensor bytes allocated while `fn()` runs."""
-    return trace_cpu_memory(fn)[1].peak_bytes
+    """Peak live CPU tensor bytes allocated while `fn()` runs (kernel scratch left out)."""
+    return trace_cpu_memory(fn)[1].tensor_peak_bytes
 
 
 def max_rss_bytes() -> int:

@@ -22,8 +22,8 @@ from profiling.sweep.records import CaseRecord, one_line
 def cpu_memory_run(forward: Callable[[], Any], record: CaseRecord, folder: Path) -> Any:
     """Peak live tensor bytes and their timeline from the profiler, and the peak RSS."""
     outputs, trace = trace_cpu_memory(forward)
-    record.peak_bytes = record.activation_peak_bytes = trace.peak_bytes
-    record.cpu_peak_live_bytes = trace.peak_bytes
+    record.peak_bytes = record.activation_peak_bytes = trace.tensor_peak_bytes
+    record.cpu_peak_live_bytes = trace.tensor_peak_bytes
     record.cpu_max_rss_bytes = max_rss_bytes()
     save_timeline(folder, record, from_cpu_trace(trace))
     return outputs

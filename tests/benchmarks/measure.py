@@ -19,7 +19,7 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int, s
     the call, and how that peak was measured."""
     if device.type != "cuda":
         result, trace = trace_cpu_memory(fn)
-        return result, trace.peak_bytes, "cpu profiler peak live tensor bytes"
+        return result, trace.tensor_peak_bytes, "cpu profiler peak live tensor bytes"
     result, peak = measure_cuda_peak(fn, device)
     return result, peak.above_start_bytes, CUDA_PEAK_SOURCE
 

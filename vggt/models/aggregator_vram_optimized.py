@@ -83,7 +83,7 @@ class LayerSelectView:
         return self._depth
 
     @property
-    def kept_count(self) -> int:
+    def selected_count(self) -> int:
         """Number of layers actually stored."""
         return len(self._layers)
 
@@ -123,7 +123,7 @@ class LayerSelectView:
             return False
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        if self.kept_count != self._depth:
+        if self.selected_count != self._depth:
             raise TypeError(
                 f"cannot iterate a LayerSelectView that keeps {self.orig_indices} of "
                 f"{self._depth} layers; use items() or index the kept layers"
