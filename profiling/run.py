@@ -15,7 +15,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 elif str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from profiling.estimate import cli as estimate  # noqa: E402
+from profiling import estimate  # noqa: E402
 from profiling.report.results import write_report  # noqa: E402
 from profiling.sweep import distributed  # noqa: E402
 from profiling.sweep.options import REPORTS_DIR, UsageError, parse_config  # noqa: E402

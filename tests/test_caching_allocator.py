@@ -2,7 +2,7 @@
 
 import pytest
 
-from profiling.estimate.caching_allocator import (
+from vggt.memory.allocator import (
     CachingAllocatorModel,
     OutOfMemory,
     replay,

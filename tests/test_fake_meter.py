@@ -2,7 +2,7 @@
 
 import torch
 
-from profiling.meters.fake import LiveBytesTracker
+from vggt.memory.tracker import LiveBytesTracker
 
 
 def test_new_storages_count_until_freed_and_events_keep_their_order() -> None:

@@ -2,7 +2,6 @@
 status 2 and one line naming the problem (before any model work), bf16 cast with offload
 close to fp32, and one clear line when torchrun stops a rank."""
 
-import argparse
 import json
 import re
 import signal
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from profiling.estimate import main as estimator_main
 from tests.helpers import SMALL_VGGT
 from tests.infer_inputs import (
     SIZE,
@@ -25,9 +25,11 @@ from tests.infer_inputs import (
 )
 from vggt.infer import main
 from vggt.infer.errors import InputError
-from vggt.infer.estimate import estimate_per_rank
 from vggt.infer.inputs import find_images
-from vggt.infer.memory_check import judge_estimate
+from vggt.infer.memory_check import RunShape, plan_memory, refusal
+from vggt.infer.options import parse_options
+from vggt.models.architecture import VGGT_1B
+from vggt.precision import get_precision
 
 EXIT_BAD_INPUT = 2
 
@@ -81,7 +83,7 @@ def test_images_from_folders_globs_and_files_in_name_order(tmp_path: Path) -> No
 
 def test_cast_and_offload_run_close_to_fp32(inputs: dict[str, Path]) -> None:
     results = {}
-    for name, extra in {"fp32": [], "cast": ["--dtype", "bf16", "--dtype-mode", "cast"]}.items():
+    for name, extra in {"fp32": [], "bf16": ["--precision", "bf16"]}.items():
         out = inputs["root"] / name
         arguments = [str(inputs["images"]), "--out", str(out), "--device", "cpu", "--quiet"]
         options = ["--checkpoint", str(inputs["checkpoint"]), "--size", SIZE, "--offload"]
@@ -89,8 +91,8 @@ def test_cast_and_offload_run_close_to_fp32(inputs: dict[str, Path]) -> None:
         with np.load(out / "frames" / "000001.npz") as frame:
             results[name] = frame["depth"]
         run = json.loads((out / "run.json").read_text())
-        assert run["precision"] == ("fp32" if name == "fp32" else "bf16-cast")
-    error = np.linalg.norm(results["cast"] - results["fp32"]) / np.linalg.norm(results["fp32"])
+        assert run["precision"] == name
+    error = np.linalg.norm(results["bf16"] - results["fp32"]) / np.linalg.norm(results["fp32"])
     assert 0 < error < 1e-2, error
 
 
@@ -178,24 +180,112 @@ def test_malformed_query_points(
     assert_refused(capsys, run_main(inputs, "--query-points", str(path)), *words)
 
 
+def small_run(frames: int, world_size: int, **changes: object) -> RunShape:
+    """A run of the test checkpoint's architecture at 56x56, offloaded, in bf16."""
+    settings = {
+        "architecture": VGGT_1B.with_config(SMALL_VGGT),
+        "precision": get_precision("bf16"),
+        "attention": "ulysses",
+        "offload": True,
+        "tracks": False,
+        **changes,
+    }
+    return RunShape(frames, world_size, 56, 56, **settings)
+
+
 def test_memory_refusal_names_the_frames_that_fit() -> None:
-    # offloaded and cast already: the refusal tries no other options (fewer fake passes)
-    options = argparse.Namespace(
-        dtype="bf16", dtype_mode="cast", offload=True, query_points=None, attention=None
-    )
-    frames, ranks, shape = 8, 2, (56, 56)
-
-    def peak(count: int) -> int:
-        return estimate_per_rank(count, ranks, *shape, torch.bfloat16, "cast", True, SMALL_VGGT)[0]
-
-    memory = peak(frames) - 1
-    found, problem = judge_estimate(options, ranks, frames, shape, SMALL_VGGT, memory)
-    assert found["peak_bytes"] == memory + 1
-    assert problem is not None and "--no-estimate runs anyway" in problem
+    # offloaded and in bf16 already: the refusal tries no other options (fewer fake passes)
+    frames, ranks = 8, 2
+    run = small_run(frames, ranks)
+    needed = plan_memory(run, None).per_rank_bytes
+    plan = plan_memory(run, needed - 1)
+    assert plan.fits is False and plan.per_rank_bytes == needed
+    problem = refusal(plan, run)
+    assert "--no-estimate runs anyway" in problem
     most = int(re.search(r"at most (\d+) frames fit 2 rank", problem).group(1))
     assert 0 < most < frames
-    assert peak(most) <= memory
+    assert plan_memory(small_run(most, ranks), None).per_rank_bytes <= needed - 1
     assert f"try {-(-frames // (most // ranks))} ranks" in problem
+
+
+def test_the_precision_options_and_their_earlier_form() -> None:
+    def precision(*extra: str) -> str:
+        return parse_options(["x.png", "--out", "o", "--device", "cpu", *extra]).precision.label
+
+    assert precision() == "fp32"
+    assert precision("--precision", "autocast") == "autocast"
+    assert precision("--dtype", "bf16", "--dtype-mode", "cast") == "bf16"
+    assert precision("--dtype", "bf16") == "autocast"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--precision", "bf16", "--dtype", "bf16"], "--precision replaces --dtype"),
+        (["--world-size", "2"], "--world-size only apply with --dry-run"),
+        (["--dry-run", "--device-memory", "lots"], "not a memory size"),
+    ],
+)
+def test_bad_precision_and_dry_run_options(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_options(["x.png", "--out", "o", "--device", "cpu", *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def write_config(path: Path) -> Path:
+    """The small VGGT's constructor arguments as a --config file."""
+    path.write_text(json.dumps(SMALL_VGGT))
+    return path
+
+
+def test_dry_run_loads_nothing_and_answers_as_the_estimator(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    config = write_config(inputs["root"] / "small.json")
+    out = inputs["root"] / "never-written"
+    argv = [str(inputs["images"]), "--out", str(out), "--config", str(config), "--size", "56"]
+    argv += ["--precision", "bf16", "--world-size", "2", "--checkpoint", "no/such-checkpoint"]
+
+    def dry_run(*extra: str) -> dict:
+        assert main([*argv, "--dry-run", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    alone = dry_run()
+    assert alone["max_frames"] is None and alone["fits"] is None
+    # A memory a little over what 4 frames need: the answer is a few frames, found in a few
+    # small passes.
+    memory = str(alone["per_rank_bytes"] + (6 << 20))
+    document = dry_run("--device-memory", memory)
+    assert not out.exists()
+    assert (document["frames"], document["world_size"], document["precision"]) == (4, 2, "bf16")
+    assert document["per_rank_bytes"] == document["estimate"]["required_bytes"]
+    assert document["fits"] is True
+    assert document["max_frames"] >= 4 and document["max_frames"] % 2 == 0
+    estimator = ["--preset", "tiny", "--component", "model", "--variants", "optimized"]
+    estimator += ["--precision", "bf16", "--world-size", "2", "--device-memory", memory]
+    estimator += ["--height", "56", "--width", "56", "--frames", "4", "--json"]
+    assert estimator_main(estimator) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["variants"]
+    assert entry["max_frames"] == document["max_frames"]
+    assert entry["estimates"][0]["required_bytes"] == document["per_rank_bytes"]
+
+
+def test_dry_run_prints_the_requirement_and_the_fit(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    config = write_config(inputs["root"] / "small.json")
+    argv = [str(inputs["images"]), "--out", "o", "--config", str(config), "--size", "56"]
+    assert main([*argv, "--dry-run", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "4 frames over 1 rank(s), precision fp32" in text
+    assert "device memory not known: give --device-memory" in text
+    assert main([*argv, "--dry-run", "--device-memory", "1MiB", "--device", "cpu"]) == 0
+    assert (
+        "does not fit 0.00 GiB per GPU; at most 0 frames fit 1 rank(s)" in capsys.readouterr().out
+    )
 
 
 def test_too_many_ranks(

@@ -67,7 +67,7 @@ def outputs(inputs: dict[str, Path]) -> dict[int, Path]:
         completed = run_command(launch(ranks, arguments(inputs, out)), TIMEOUT_S)
         assert completed.returncode == 0, completed.stderr[-4000:]
         assert f"4 frames on {ranks} rank" in completed.stdout
-        assert "estimated peak per rank" in completed.stderr
+        assert "estimated requirement per rank" in completed.stderr
         assert "(not checked on the CPU)" in completed.stderr
         folders[ranks] = out
     return folders

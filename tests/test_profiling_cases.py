@@ -5,16 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from profiling.sweep.cases import (
-    Architecture,
-    Precision,
-    SweepSettings,
-    build_groups,
-    parse_precision,
-)
+from profiling.sweep.cases import SweepSettings, build_groups
 from profiling.sweep.models import ModelCache
 from profiling.sweep.presets import PresetError, load_preset, preset_names
 from profiling.sweep.variants import BASELINE, get_variant, register_variant, variant_names
+from vggt.models.architecture import Architecture
+from vggt.precision import get_precision
 
 TINY = load_preset("tiny")
 
@@ -49,7 +45,7 @@ def test_grid_is_the_product_of_its_axes_with_unique_stable_ids() -> None:
         frames=(1, 2),
         batch=(1, 2),
         image_sizes=((56, 56), (28, 56)),
-        precisions=(Precision("fp32", "autocast"), Precision("bf16", "cast")),
+        precisions=(get_precision("fp32"), get_precision("bf16")),
     )
     groups = build_groups(TINY.architecture, grid)
     cases = [case for group in groups for case in group.cases()]
@@ -61,7 +57,7 @@ def test_grid_is_the_product_of_its_axes_with_unique_stable_ids() -> None:
         case.case_id for group in build_groups(TINY.architecture, grid) for case in group.cases()
     ]
     assert ids == again
-    assert "aggregator-optimized-bf16-cast-b2-f1-28x56-" in " ".join(ids)
+    assert "aggregator-optimized-bf16-b2-f1-28x56-" in " ".join(ids)
 
 
 def test_case_ids_change_with_the_architecture() -> None:
@@ -82,25 +78,6 @@ def test_global_attention_makes_cost_grow_faster_than_frames() -> None:
     group = build_groups(TINY.architecture, settings(frames=(8,)))[0]
     half = build_groups(TINY.architecture, settings(frames=(4,)))[0]
     assert group.cost() > 2 * half.cost()
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("fp32", Precision("fp32", "autocast")),
-        ("bf16", Precision("bf16", "cast")),
-        ("fp16-autocast", Precision("fp16", "autocast")),
-        ("bf16-cast", Precision("bf16", "cast")),
-    ],
-)
-def test_precisions_parse_with_a_default_mode(text: str, expected: Precision) -> None:
-    assert parse_precision(text, "cast") == expected
-
-
-@pytest.mark.parametrize("text", ["fp8", "bf16-sideways", ""])
-def test_bad_precisions_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="unknown dtype"):
-        parse_precision(text, "autocast")
 
 
 def test_head_layers_include_the_camera_heads_last_layer() -> None:

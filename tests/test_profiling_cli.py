@@ -86,7 +86,10 @@ def test_overrides_replace_the_presets_axes(tmp_path: Path) -> None:
     assert config.settings.frames == (4, 1)
     assert config.settings.batch == (2,)
     assert config.settings.image_sizes == ((28, 56), (42, 42))
-    assert [p.label for p in config.settings.precisions] == ["bf16-cast", "fp16-autocast"]
+    assert [p.label for p in config.settings.precisions] == ["bf16", "autocast-fp16"]
+    argv[-4:] = ["--precision", "autocast,bf16"]
+    config = parse_config(argv, attempt=0)
+    assert [p.label for p in config.settings.precisions] == ["autocast", "bf16"]
 
 
 def test_the_script_exits_2_without_a_traceback(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiling.estimate.fake_model import CUDA_CONTEXT_BYTES
 from profiling.evidence import aggregator, cli, runner
 from profiling.evidence.context import Context
 from profiling.evidence.estimates import (
@@ -24,6 +23,7 @@ from profiling.evidence.memory_budget import choose_cap, fit_need, memory_cap
 from profiling.evidence.plan import README_PRECISION, dry_run_plan
 from profiling.evidence.results import Deadline, StepResult
 from tests.profiling_records import RANK, sample_record
+from vggt.memory.estimate import CUDA_CONTEXT_BYTES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIDENCE_FILES = {
@@ -199,8 +199,8 @@ def test_points_past_the_budget_are_skipped_and_the_step_is_incomplete(
     assert result.status == "incomplete", result.verdict
     assert len(result.data["records"]) == 2 * 2
     assert result.data["skipped"] == [
-        {"precision": "bf16-cast", "frames": 1},
-        {"precision": "bf16-cast", "frames": 4},
+        {"precision": "bf16", "frames": 1},
+        {"precision": "bf16", "frames": 4},
     ]
     assert result.verdict.startswith(f"at 4 frames, {README_PRECISION.label}: optimized")
 

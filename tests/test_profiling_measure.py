@@ -6,15 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiling.meters.outputs import OutputBytes, compare, named_outputs, output_bytes
+from profiling.meters.outputs import compare
 from profiling.report.timelines import Timeline, from_cuda_snapshot, thin
-from profiling.sweep import variants
 from profiling.sweep.cases import build_groups
 from profiling.sweep.measure import measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.presets import load_preset
 from profiling.sweep.variants import Variant, build_full
 from tests.profiling_records import RANK
+from vggt.memory.outputs import OutputBytes, named_outputs, output_bytes
+from vggt.models import variants
 from vggt.models.aggregator_vram_optimized import LayerSelectView
 from vggt.streaming.offload import HostStore, OffloadedLayer
 

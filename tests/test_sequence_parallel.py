@@ -90,7 +90,7 @@ def test_three_ranks(tmp_path: Path) -> None:
     assert_exact(findings, "ulysses-7-chunked")
     assert_exact(findings, "ring-5-b2")
     for found in findings:
-        assert "at most 2 ranks, not 3; use attention='ring'" in found["too-many-ranks"]["error"]
+        assert "at most 2 ranks, not 3: use ring attention" in found["too-many-ranks"]["error"]
 
 
 @st.composite

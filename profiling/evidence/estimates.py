@@ -1,7 +1,7 @@
 """The estimator's figures for the measured points, computed in spawned worker processes while
 the GPU steps run (one fake pass of VGGT-1B takes tens of seconds of one CPU core).
 
-`estimate_point` is the only call into profiling.estimate.
+`estimate_point` is the only call into the estimator (vggt.memory).
 """
 
 import multiprocessing
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from profiling.estimate.fake_model import FakeModel
 from profiling.evidence.plan import Plan
 from profiling.native_stderr import STDERR_FD
-from profiling.sweep.cases import Architecture, Precision
 from profiling.sweep.records import one_line
+from vggt.memory.estimate import FakeModel
+from vggt.models.architecture import Architecture
+from vggt.precision import Precision
 
 MAX_WORKERS = 8
 # CPU cores left to the process that drives the GPU.
@@ -50,20 +51,13 @@ class EstimateFigures:
 
 
 def estimate_point(job: EstimateJob) -> EstimateFigures:
-    """The estimator's figures for `job`, in the job's precision mode (fp32 weights under
-    autocast, or weights cast to the dtype), for one batch of `frames` square images."""
+    """The estimator's figures for `job`, in the job's precision, for one batch of `frames`
+    square images."""
     torch.set_num_threads(1)
-    precision = job.precision
-    model = FakeModel(
-        job.variant,
-        job.component,
-        job.architecture,
-        precision.torch_dtype,
-        dtype_mode=precision.mode,
-    )
+    model = FakeModel(job.variant, job.component, job.architecture, job.precision)
     estimate = model.estimate(job.frames, 1, job.side, job.side)
     return EstimateFigures(
-        peak_bytes=estimate.peak_bytes,
+        peak_bytes=estimate.live_peak_bytes,
         allocated_bytes=estimate.allocated_bytes,
         reserved_bound_bytes=estimate.reserved_bound_bytes,
         cuda_context_bytes=estimate.cuda_context_bytes,

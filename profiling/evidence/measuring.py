@@ -3,11 +3,12 @@ peaks, NVML, time, comparison with a baseline), and reading the figures back."""
 
 from profiling.evidence.context import Context
 from profiling.native_stderr import native_stderr_to
-from profiling.sweep.cases import CaseGroup, Precision
+from profiling.sweep.cases import CaseGroup
 from profiling.sweep.measure import measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord
 from profiling.sweep.variants import BASELINE
+from vggt.precision import Precision
 
 # Timed forwards per variant after its memory run: the big configurations take seconds each.
 REPEATS = 1

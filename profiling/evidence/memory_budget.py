@@ -15,9 +15,9 @@ from profiling.evidence.context import Context
 from profiling.evidence.estimates import EstimateFigures, EstimateJob
 from profiling.evidence.measuring import allocated_bytes, group_of, measure, records_of
 from profiling.evidence.results import StepResult
-from profiling.meters.fake import LiveBytes
 from profiling.report.summary import format_size
 from profiling.sweep.models import ModelCache
+from vggt.memory.tracker import LiveBytes
 
 # The cap sits halfway between the two needs, but no further above the optimized one than
 # this factor and slack, so an estimator that undercounts full still sees it run out.

@@ -5,15 +5,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from profiling.sweep.cases import Architecture, Precision, parse_precision
 from profiling.sweep.presets import load_preset
+from vggt.models.architecture import VGGT_1B, Architecture
+from vggt.precision import Precision, get_precision
 
 GB = 10**9
 # VGGT's README, the aggregator on an H100 (peak memory in GB as printed, by frame count).
 REFERENCE_BYTES = {8: int(3.23 * GB), 100: int(21.15 * GB), 200: int(40.63 * GB)}
-# The README's precision: fp32 weights under bf16 autocast; and weights cast to bf16.
-README_PRECISION = parse_precision("bf16-autocast", "autocast")
-CAST_PRECISION = parse_precision("bf16-cast", "autocast")
+# The README's precision (fp32 weights under bf16 autocast), and the aggregator's weights in bf16.
+README_PRECISION = get_precision("autocast")
+CAST_PRECISION = get_precision("bf16")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def gpu_plan() -> Plan:
     memory cap is tried with bf16 weights, the precision of the README's estimator table."""
     return Plan(
         model="VGGT-1B (preset vggt-1b), random seeded weights",
-        architecture=load_preset("vggt-1b").architecture,
+        architecture=VGGT_1B,
         side=518,
         frames=(1, 8, 100, 200),
         precisions=(README_PRECISION, CAST_PRECISION),
@@ -95,7 +96,7 @@ def dry_run_plan() -> Plan:
         side=28,
         frames=(1, 4),
         precisions=(README_PRECISION, CAST_PRECISION),
-        budget_precision=parse_precision("fp32", "autocast"),
+        budget_precision=get_precision("fp32"),
         budget_frames=16,
         offload_frames=3,
         chunk_frames=(4, 64),

@@ -10,7 +10,7 @@ from profiling.evidence.measuring import allocated_bytes, records_of
 from profiling.evidence.plan import Plan
 from profiling.evidence.results import StepResult
 from profiling.report.plots import DPI, FIGSIZE, plot_against_frames
-from profiling.units import byte_unit
+from vggt.memory.units import byte_unit
 
 PEAK_PLOT = "peak-vs-frames.png"
 TIME_PLOT = "time-vs-frames.png"

@@ -3,8 +3,8 @@ offloaded to the host, and the optimized aggregator without token chunks."""
 
 from torch import nn
 
-from profiling.sweep.cases import Architecture
 from profiling.sweep.variants import Variant, register_variant, variant_names
+from vggt.models.architecture import Architecture
 
 OFFLOAD = "offload"
 UNCHUNKED = "unchunked"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from profiling.units import format_bytes
+from vggt.memory.units import format_bytes
 
 SUMMARY_FIELDS = [
     "configuration",

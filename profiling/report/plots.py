@@ -16,7 +16,7 @@ from profiling.report.summary import (
 )
 from profiling.report.timelines import Timeline
 from profiling.sweep.records import CaseRecord
-from profiling.units import byte_unit
+from vggt.memory.units import byte_unit
 
 TIMELINE_SOURCES = ("cpu-profiler", "cuda-snapshot", "nvml")
 FIGSIZE = (8, 5)

@@ -8,7 +8,7 @@ from typing import Any
 
 from profiling.sweep.records import CaseRecord
 from profiling.sweep.variants import BASELINE
-from profiling.units import format_bytes
+from vggt.memory.units import format_bytes
 
 
 def format_size(value: float | None) -> str:

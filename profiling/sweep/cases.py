@@ -1,94 +1,14 @@
 """The case grid: which model, variants and input shapes a sweep measures, in what order."""
 
-import contextlib
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import torch
+from vggt.models.architecture import Architecture
+from vggt.precision import Precision
 
-from profiling.units import DTYPES
-
-DTYPE_MODES = ("autocast", "cast")
-COMPONENTS = ("aggregator", "model")
 # Camera and register tokens that the aggregator puts before the patch tokens of each frame.
 SPECIAL_TOKENS = 5
 # The heads' share of a whole-model forward, for ordering only.
 MODEL_COST_FACTOR = 1.5
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The model's shape: the keyword arguments of `Aggregator` and `VGGT` that size it."""
-
-    img_size: int
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    patch_embed: str
-    intermediate_layer_idx: tuple[int, ...]
-
-    def aggregator_kwargs(self) -> dict:
-        """Keyword arguments for `Aggregator` and its subclasses: every field but the heads'."""
-        return {k: v for k, v in asdict(self).items() if k != "intermediate_layer_idx"}
-
-    def model_kwargs(self) -> dict:
-        """Keyword arguments for `VGGT` and its subclasses (the track head off: no queries)."""
-        return {
-            **self.aggregator_kwargs(),
-            "intermediate_layer_idx": self.intermediate_layer_idx,
-            "enable_track": False,
-        }
-
-    def head_layers(self) -> list[int]:
-        """The aggregator layers the heads read: the DPT layers and the camera head's last."""
-        return sorted({i % self.depth for i in self.intermediate_layer_idx} | {self.depth - 1})
-
-    def tag(self) -> str:
-        """Eight hex digits that change whenever any field changes."""
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-@dataclass(frozen=True)
-class Precision:
-    """A dtype and how it is applied: `cast` weights and autocast, or fp32 weights `autocast`."""
-
-    dtype: str
-    mode: str
-
-    @property
-    def label(self) -> str:
-        """`fp32`, or the dtype and mode such as `bf16-autocast`."""
-        return self.dtype if self.dtype == "fp32" else f"{self.dtype}-{self.mode}"
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        """The torch dtype that weights are cast to or autocast runs in."""
-        return DTYPES[self.dtype]
-
-    @property
-    def weights_dtype(self) -> torch.dtype:
-        """The dtype the weights are held in: the case's dtype when cast, else fp32."""
-        return self.torch_dtype if self.mode == "cast" else torch.float32
-
-    def autocast(self, device_type: str) -> contextlib.AbstractContextManager:
-        """Autocast to the case's dtype on `device_type`, or nothing for fp32."""
-        if self.dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=self.torch_dtype)
-
-
-def parse_precision(text: str, default_mode: str) -> Precision:
-    """`fp32`, `bf16`, `fp16`, optionally suffixed `-cast` or `-autocast`; ValueError otherwise."""
-    dtype, _, mode = text.strip().partition("-")
-    mode = mode or default_mode
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {text!r}; choose from {', '.join(DTYPES)}")
-    if mode not in DTYPE_MODES:
-        raise ValueError(f"unknown dtype mode in {text!r}; choose from {', '.join(DTYPE_MODES)}")
-    return Precision(dtype, "autocast" if dtype == "fp32" else mode)
 
 
 @dataclass(frozen=True)

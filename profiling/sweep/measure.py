@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from profiling.meters import cuda
-from profiling.meters.outputs import compare_each, named_outputs, output_bytes
+from profiling.meters.outputs import compare_each
 from profiling.meters.timing import time_call_ms
 from profiling.report.artifacts import save_snapshot
 from profiling.sweep.cases import CaseGroup
@@ -29,6 +29,7 @@ from profiling.sweep.memory_run import cpu_memory_run, cuda_memory_run
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord, TimeSummary, one_line
 from profiling.sweep.variants import BASELINE
+from vggt.memory.outputs import named_outputs, output_bytes
 
 
 def free_memory(device: torch.device) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from profiling.sweep.cases import CaseGroup
-from profiling.sweep.variants import get_variant
+from vggt.models.variants import get_variant
 
 LAYER_SCALE_INIT = 0.1
 VECTOR_NOISE = 0.02
@@ -72,8 +72,7 @@ def build_shared(group: CaseGroup, device: torch.device, seed: int) -> dict[str,
     first = modules[group.variants[0]]
     first.to_empty(device=device)
     init_weights(first, seed)
-    if group.precision.mode == "cast":
-        first.to(group.precision.torch_dtype)
+    group.precision.apply(first)
     state = first.state_dict()
     for name in group.variants[1:]:
         modules[name].load_state_dict(state, assign=True)

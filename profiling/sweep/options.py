@@ -14,17 +14,14 @@ from pathlib import Path
 
 import torch
 
-from profiling.sweep.cases import (
-    COMPONENTS,
-    DTYPE_MODES,
-    Architecture,
-    SweepSettings,
-    parse_precision,
-)
+from profiling.sweep.cases import SweepSettings
 from profiling.sweep.presets import load_preset
 from profiling.sweep.records import has_partial_results
-from profiling.sweep.variants import get_variant, load_variant_module, splits_sequences
-from vggt.parallel.sequence import ATTENTIONS
+from profiling.sweep.variants import load_variant_module, splits_sequences
+from vggt.models.architecture import Architecture
+from vggt.models.variants import COMPONENTS, get_variant
+from vggt.parallel.sequence import ATTENTIONS, choose_attention
+from vggt.precision import DTYPE_MODES, PRECISIONS, from_dtype, get_precision
 
 GPU_PRESET = "vggt-1b"
 CPU_PRESET = "cpu-small"
@@ -113,13 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", help="batch sizes, e.g. 1,2")
     parser.add_argument("--image-size", help="HxW sizes (or N for NxN), e.g. 518x518,294x518")
     parser.add_argument(
-        "--dtype", help="fp32, bf16, fp16, each optionally -cast or -autocast, e.g. bf16-cast"
+        "--precision",
+        help=f"precisions, e.g. autocast,bf16 ({', '.join(PRECISIONS)}; default: preset)",
+    )
+    parser.add_argument(
+        "--dtype",
+        help="earlier form of --precision: fp32, bf16, fp16, each optionally -cast or "
+        "-autocast (bf16-cast is the precision bf16, bf16-autocast is autocast)",
     )
     parser.add_argument(
         "--dtype-mode",
         choices=DTYPE_MODES,
-        help="how a bare bf16/fp16 applies: cast the weights (and autocast) or autocast "
-        "fp32 weights (default: autocast)",
+        help="with --dtype: how a bare bf16/fp16 applies (default: autocast)",
     )
     parser.add_argument("--warmup", type=int, help="warm-up runs per variant (default: preset)")
     parser.add_argument("--repeats", type=int, help="timed runs per variant (default: preset)")
@@ -147,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "that can split a sequence: the preset's others are left out)",
     )
     parser.add_argument(
+        "--attention",
         "--sp-attention",
+        dest="attention",
         choices=tuple(ATTENTIONS),
-        default="ulysses",
-        help="global attention across ranks with --parallel sequence (default: ulysses, "
-        "which needs at most as many ranks as heads)",
+        help="global attention across ranks with --parallel sequence (default: ulysses, ring "
+        "when there are more ranks than heads)",
     )
     return parser
 
@@ -238,14 +241,26 @@ def choose_out_dir(args: argparse.Namespace, attempt: int) -> tuple[Path | None,
 
 
 def precision_changes(args: argparse.Namespace, settings: SweepSettings) -> tuple:
-    """--dtype items with --dtype-mode (default autocast) for the bare ones."""
+    """--precision's names, or the earlier --dtype items with --dtype-mode (default autocast)
+    for the bare ones."""
+    if args.precision is not None:
+        if args.dtype is not None or args.dtype_mode is not None:
+            raise UsageError("--precision replaces --dtype and --dtype-mode: give one of them")
+        with usage_errors():
+            return tuple(get_precision(name) for name in split_list(args.precision))
     mode = args.dtype_mode or "autocast"
     if args.dtype is None:
         names = [precision.dtype for precision in settings.precisions]
     else:
         names = split_list(args.dtype)
     with usage_errors():
-        return tuple(parse_precision(name, mode) for name in names)
+        return tuple(from_dtype(*dtype_and_mode(name, mode)) for name in names)
+
+
+def dtype_and_mode(text: str, default_mode: str) -> tuple[str, str]:
+    """`bf16-cast` -> (bf16, cast); a bare dtype takes `default_mode`."""
+    dtype, _, mode = text.strip().partition("-")
+    return dtype, mode or default_mode
 
 
 def axis_changes(args: argparse.Namespace, settings: SweepSettings) -> dict:
@@ -261,7 +276,7 @@ def axis_changes(args: argparse.Namespace, settings: SweepSettings) -> dict:
         changes["batch"] = parse_counts(args.batch, "--batch")
     if args.image_size is not None:
         changes["image_sizes"] = parse_sizes(args.image_size)
-    if args.dtype is not None or args.dtype_mode is not None:
+    if args.precision is not None or args.dtype is not None or args.dtype_mode is not None:
         changes["precisions"] = precision_changes(args, settings)
     if args.warmup is not None:
         if args.warmup < 0:
@@ -289,7 +304,7 @@ def check_settings(settings: SweepSettings, patch_size: int) -> None:
                 f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}"
             )
     if not settings.components or not settings.precisions:
-        raise UsageError("--component and --dtype must name at least one value")
+        raise UsageError("--component and --precision must name at least one value")
     check_sizes(settings.image_sizes, patch_size)
 
 
@@ -350,6 +365,9 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
         variants = sequence_variants(settings, preset.architecture, args.variants is not None)
         settings = dataclasses.replace(settings, variants=variants)
     check_memory_budget(args.memory_budget, device_type)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    with usage_errors():
+        attention = choose_attention(args.attention, world_size, preset.architecture.num_heads)
     out_dir, resume = choose_out_dir(args, attempt)
     return SweepConfig(
         preset=preset.name,
@@ -362,5 +380,5 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
         seed=args.seed,
         quiet=args.quiet,
         parallel=args.parallel,
-        attention=args.sp_attention,
+        attention=attention,
     )

@@ -8,8 +8,8 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from profiling.meters.cpu import trace_cpu_memory
 from profiling.meters.cuda import measure_cuda_peak
-from profiling.meters.outputs import named_outputs, output_bytes
 from tests.benchmarks.configs import WARMUP_ROUNDS
+from vggt.memory.outputs import named_outputs, output_bytes
 
 CUDA_PEAK_SOURCE = "cuda max_memory_allocated above the bytes allocated before the call"
 

@@ -48,9 +48,8 @@ def resolve_checkpoint(name: str, config_file: str | None = None) -> Checkpoint:
     else:
         raise InputError(f"no checkpoint at {name} (a file, a folder or a hub id)")
     if config_file is not None:
-        config = _read_config(Path(config_file))
+        config = read_config(config_file, f"--config {config_file}")
         checkpoint = Checkpoint(checkpoint.weights, config, f"--config {config_file}")
-    check_config(checkpoint.config, checkpoint.config_source)
     return checkpoint
 
 
@@ -61,7 +60,7 @@ def _folder_checkpoint(folder: Path) -> Checkpoint:
         raise InputError(f"checkpoint folder {folder} holds none of {', '.join(WEIGHT_FILES)}")
     config_path = folder / CONFIG_FILE
     if config_path.is_file():
-        return Checkpoint(weights[0], _read_config(config_path), str(config_path))
+        return Checkpoint(weights[0], read_config(config_path), str(config_path))
     return Checkpoint(weights[0], {}, "VGGT-1B's architecture")
 
 
@@ -93,7 +92,7 @@ def _hub_checkpoint(repo_id: str) -> Checkpoint:
         config_path = Path(hf_hub_download(repo_id, CONFIG_FILE))
     except EntryNotFoundError:
         return Checkpoint(weights, {}, "VGGT-1B's architecture")
-    return Checkpoint(weights, _read_config(config_path), f"{repo_id}/{CONFIG_FILE}")
+    return Checkpoint(weights, read_config(config_path), f"{repo_id}/{CONFIG_FILE}")
 
 
 def _first_line(error: BaseException) -> str:
@@ -101,14 +100,17 @@ def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error).strip() else repr(error)
 
 
-def _read_config(path: Path) -> dict:
-    """The JSON object of constructor arguments at `path`; InputError otherwise."""
+def read_config(path: str | Path, source: str | None = None) -> dict:
+    """The JSON object of constructor arguments at `path`, checked (`check_config`);
+    InputError otherwise."""
+    path = Path(path)
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise InputError(f"cannot read model config {path}: {error}") from None
     if not isinstance(config, dict):
         raise InputError(f"model config {path} must be a JSON object of constructor arguments")
+    check_config(config, source or str(path))
     return config
 
 

@@ -3,7 +3,6 @@ through the model split over the ranks, each rank's frames written, and rank 0 w
 cameras, tracks and run.json of the whole sequence."""
 
 import argparse
-import contextlib
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +14,13 @@ import torch
 from tqdm import tqdm
 
 from vggt.infer import outputs
-from vggt.infer.checkpoint import Checkpoint, build_model, read_weights, resolve_checkpoint
+from vggt.infer.checkpoint import (
+    Checkpoint,
+    build_model,
+    read_config,
+    read_weights,
+    resolve_checkpoint,
+)
 from vggt.infer.errors import InputError
 from vggt.infer.failures import (
     describe_peer_failure,
@@ -33,17 +38,19 @@ from vggt.infer.inputs import (
     read_plans,
     read_query_points,
 )
-from vggt.infer.memory_check import check_memory
-from vggt.infer.options import parse_options, precision
+from vggt.infer.memory_check import RunShape, check_memory, dry_run_report, plan_memory
+from vggt.infer.options import parse_options
 from vggt.infer.ranks import Launch, Ranks
 from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
+from vggt.memory.estimate import CUDA_CONTEXT_BYTES
+from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 from vggt.parallel.group import rank_slice, split_evenly
+from vggt.parallel.sequence import choose_attention
 from vggt.utils.load_fn import ContentBox
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-DEFAULT_HEADS = 16
 Result = TypeVar("Result")
 
 
@@ -51,6 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; 0 on success, 2 for bad input (one line on stderr), 1 when a
     rank fails or stops, 130 when interrupted."""
     options = parse_options(argv)
+    if options.dry_run:
+        try:
+            print(dry_run(options))
+        except InputError as error:
+            print(f"vggt.infer: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
     launch = Launch.from_environment()
     if launch.world_size > 1:
         install_stop_handler(launch.rank)
@@ -81,7 +95,8 @@ def run(options: argparse.Namespace, launch: Launch) -> None:
             "frames"
         )
     checkpoint = resolve_checkpoint(options.checkpoint, options.config)
-    attention = choose_attention(options, checkpoint, launch.world_size)
+    architecture = VGGT_1B.with_config(checkpoint.config)
+    attention = attention_for(options, architecture, launch.world_size)
     if points is not None and not checkpoint.config.get("enable_track", True):
         raise InputError(f"the model of {checkpoint.config_source} has no track head")
     weights = read_weights(checkpoint)
@@ -115,7 +130,17 @@ def run_on_ranks(
     counts = split_evenly(len(paths), ranks.world_size)
     mine = rank_slice(counts, ranks.rank)
     images = _agreed(ranks, lambda: load_frames(paths[mine], options.mode, options.size, shape))
-    estimate = check_memory(options, ranks, len(paths), shape, checkpoint.config)
+    run = RunShape(
+        len(paths),
+        ranks.world_size,
+        *shape,
+        VGGT_1B.with_config(checkpoint.config),
+        options.precision,
+        attention,
+        options.offload,
+        points is not None,
+    )
+    estimate = check_memory(options, ranks, run)
     model = prepare_model(checkpoint, weights, options, ranks, attention)
     if ranks.is_first and not options.quiet and len({plan.shape for plan in plans}) > 1:
         info(f"frames of different sizes padded to {shape[0]}x{shape[1]}, outputs cut back")
@@ -154,8 +179,8 @@ def run_document(
         "frames": len(paths),
         "names": [str(path) for path in paths],
         "world_size": ranks.world_size,
-        "options": vars(options),
-        "precision": precision(options),
+        "options": {**vars(options), "precision": options.precision.label},
+        "precision": options.precision.label,
         "peak_memory_bytes": peaks,
         "peak_memory_kind": peak_memory_kind(ranks.device),
         "seconds": seconds,
@@ -174,18 +199,44 @@ def _agreed(ranks: Ranks, work: Callable[[], Result]) -> Result:
     return result
 
 
-def choose_attention(options: argparse.Namespace, checkpoint: Checkpoint, world_size: int) -> str:
-    """--attention, by default ulysses unless there are more ranks than heads (then ring);
+def attention_for(options: argparse.Namespace, architecture: Architecture, world_size: int) -> str:
+    """--attention, or the rule's default for `world_size` ranks (`choose_attention`);
     InputError for ulysses over more ranks than heads."""
-    heads = int(checkpoint.config.get("num_heads", DEFAULT_HEADS))
-    if options.attention is None:
-        return "ring" if world_size > heads else "ulysses"
-    if options.attention == "ulysses" and world_size > heads:
+    try:
+        return choose_attention(options.attention, world_size, architecture.num_heads)
+    except ValueError as error:
+        raise InputError(f"{error} (--attention ring)") from None
+
+
+def dry_run(options: argparse.Namespace) -> str:
+    """What --dry-run prints: the images' sizes read, no weights loaded, nothing run; the
+    architecture from --config, else VGGT-1B's."""
+    paths = find_images(options.images)
+    if len(paths) < options.world_size:
         raise InputError(
-            f"--attention ulysses splits the model's {heads} heads over the ranks, so at most "
-            f"{heads} ranks, not {world_size}: use --attention ring"
+            f"{len(paths)} frames for {options.world_size} ranks: use at most as many ranks as "
+            "frames"
         )
-    return options.attention
+    points = read_query_points(options.query_points) if options.query_points else None
+    config = read_config(options.config) if options.config else {}
+    architecture = VGGT_1B.with_config(config)
+    plans = read_plans(paths, options.mode, options.size)
+    if points is not None:
+        check_points_inside(points, content_boxes(plans)[0])
+    memory = options.device_memory
+    if memory is None and options.device == "cuda" and torch.cuda.is_available():
+        memory = torch.cuda.mem_get_info()[0] + CUDA_CONTEXT_BYTES
+    run = RunShape(
+        len(paths),
+        options.world_size,
+        *padded_shape(plans),
+        architecture,
+        options.precision,
+        attention_for(options, architecture, options.world_size),
+        options.offload,
+        points is not None,
+    )
+    return dry_run_report(plan_memory(run, memory), options.json)
 
 
 def prepare_model(
@@ -197,9 +248,8 @@ def prepare_model(
 ) -> VGGTOptimized:
     """The checkpoint's model on this rank's device in the run's precision, split over the
     ranks when there are several."""
-    model = build_model(checkpoint, weights, options.offload).to(ranks.device)
-    if options.dtype == "bf16" and options.dtype_mode == "cast":
-        model.aggregator.to(torch.bfloat16)
+    model = options.precision.apply(build_model(checkpoint, weights, options.offload))
+    model = model.to(ranks.device)
     if ranks.group is not None:
         model.parallelize(ranks.group, attention)
     return model
@@ -229,13 +279,8 @@ def predict(
         dynamic_ncols=True,
     )
     model.progress = bar.update
-    autocast = (
-        torch.autocast(ranks.device.type, dtype=torch.bfloat16)
-        if options.dtype == "bf16" and options.dtype_mode == "autocast"
-        else contextlib.nullcontext()
-    )
     try:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), options.precision.autocast(ranks.device.type):
             return model(images.to(ranks.device), query_points=query)
     finally:
         model.progress = None

@@ -1,15 +1,27 @@
-"""Before the model is loaded: the estimated peak per rank, printed, and on CUDA a refusal
-(exit 2) that names what would fit when it exceeds the GPUs' memory."""
+"""Does the run fit? The busiest rank's requirement, from the same estimate and fit as
+`python -m profiling.estimate --component model --variants optimized` (`vggt.memory`),
+printed before the model loads; on CUDA a run that exceeds a GPU's free memory is refused
+(exit 2), naming the frames that fit and the remedies. `--dry-run` answers without running.
+
+The requirement per rank is the estimator's: the reserved bound of the caching allocator
+model, the cuBLAS workspace, the CUDA context and, over several ranks, NCCL's buffers; with
+query points, rank 0 also holds every frame's track features. On CUDA it is compared with the
+free memory each rank reads once its own CUDA context exists, so the context counts once.
+"""
 
 import argparse
+import json
 import math
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from vggt.infer.estimate import estimate_per_rank
-from vggt.infer.options import DTYPES
 from vggt.infer.ranks import Ranks
 from vggt.infer.report import gib, info
+from vggt.memory.estimate import CUDA_CONTEXT_BYTES, Estimate, FakeModel
+from vggt.memory.fit import max_frames, max_frames_by_budget
+from vggt.models.architecture import Architecture
+from vggt.precision import Precision, get_precision
 
 # The track head's feature maps: channels, at half the input's height and width, in fp32.
 TRACK_FEATURES = 128
@@ -17,31 +29,61 @@ TRACK_DOWN_RATIO = 2
 TRACK_FEATURE_BYTES = 4
 
 
-def check_memory(
-    options: argparse.Namespace, ranks: Ranks, frames: int, shape: tuple[int, int], config: dict
-) -> dict | None:
-    """Rank 0 estimates the busiest rank's peak and prints it; on CUDA every rank raises
-    InputError when that exceeds the smallest GPU's memory (the CPU's limit is not known, so
-    a CPU run goes on). Returns the estimate for run.json (None with --no-estimate)."""
-    if options.no_estimate:
-        return None
-    memory = None
-    if ranks.device.type == "cuda":
-        memory = min(ranks.all_gather(torch.cuda.get_device_properties(ranks.device).total_memory))
-    found = problem = None
-    if ranks.is_first:
-        try:
-            found, problem = judge_estimate(
-                options, ranks.world_size, frames, shape, config, memory
-            )
-        except ImportError as error:
-            info(f"no memory estimate (the estimator needs the profiling extras: {error})")
-        else:
-            if not options.quiet:
-                info(estimate_line(found, memory))
-    found, problem = ranks.all_gather((found, problem))[0]
-    ranks.agree(problem)
-    return found
+@dataclass(frozen=True)
+class RunShape:
+    """What sizes a run's memory: its frames over `world_size` ranks, their padded size, and
+    how the model runs them."""
+
+    frames: int
+    world_size: int
+    height: int
+    width: int
+    architecture: Architecture
+    precision: Precision
+    attention: str
+    offload: bool
+    tracks: bool
+
+    def model(self) -> FakeModel:
+        """The optimized model as the command runs it, on fake tensors."""
+        return FakeModel(
+            "optimized",
+            "model",
+            self.architecture,
+            self.precision,
+            self.offload,
+            world_size=self.world_size,
+            attention=self.attention,
+        )
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The busiest rank's requirement (`per_rank_bytes`), the estimate behind it, and, against
+    `device_memory_bytes` (None: not known), whether it fits and the most frames that do."""
+
+    frames: int
+    world_size: int
+    precision: str
+    attention: str
+    per_rank_bytes: int
+    track_feature_bytes: int
+    device_memory_bytes: int | None
+    max_frames: int | None
+    estimate: Estimate
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether the requirement fits the device memory (None when that is not known)."""
+        if self.device_memory_bytes is None:
+            return None
+        return self.per_rank_bytes <= self.device_memory_bytes
+
+    def to_json(self) -> dict:
+        """The plan as `--dry-run --json` prints it and run.json keeps it."""
+        document = asdict(self)
+        document["fits"] = self.fits
+        return document
 
 
 def track_feature_bytes(frames: int, shape: tuple[int, int]) -> int:
@@ -50,68 +92,132 @@ def track_feature_bytes(frames: int, shape: tuple[int, int]) -> int:
     return frames * TRACK_FEATURES * height * width * TRACK_FEATURE_BYTES
 
 
-def estimate_line(found: dict, memory: int | None) -> str:
-    """The estimate as rank 0 prints it, against the GPU's memory when there is one."""
-    tracks = found["track_feature_bytes"]
-    extra = f" (+{gib(tracks)} GiB of track features on rank 0)" if tracks else ""
-    against = f"of {gib(memory)} GiB per GPU" if memory is not None else "(not checked on the CPU)"
+def plan_memory(
+    run: RunShape, device_memory: int | None, model: FakeModel | None = None
+) -> MemoryPlan:
+    """One fake pass for the run's frames, and, with a device memory, the fit (a few more)."""
+    model = model or run.model()
+    estimate = model.estimate(run.frames, 1, run.height, run.width)
+    tracks = track_feature_bytes(run.frames, (run.height, run.width)) if run.tracks else 0
+    most = None
+    if device_memory is not None:
+        budget = max(0, device_memory - tracks)
+        most = max_frames_by_budget(model, [budget], 1, run.height, run.width)[budget]
+    return MemoryPlan(
+        frames=run.frames,
+        world_size=run.world_size,
+        precision=run.precision.label,
+        attention=model.attention,
+        per_rank_bytes=estimate.required_bytes + tracks,
+        track_feature_bytes=tracks,
+        device_memory_bytes=device_memory,
+        max_frames=most,
+        estimate=estimate,
+    )
+
+
+def free_device_memory(ranks: Ranks) -> int | None:
+    """The least memory a rank can use, over the ranks: each GPU's free memory (read after
+    this process's CUDA context exists) plus that context's assumed size, so that the
+    requirement, which counts the context, is compared like for like; None on the CPU."""
+    if ranks.device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(ranks.device)
+    return min(ranks.all_gather(free)) + CUDA_CONTEXT_BYTES
+
+
+def check_memory(options: argparse.Namespace, ranks: Ranks, run: RunShape) -> dict | None:
+    """Rank 0 plans the run and prints its requirement; on CUDA every rank raises InputError
+    when it exceeds the least free GPU memory (the CPU's limit is not known, so a CPU run goes
+    on). Returns the plan for run.json (None with --no-estimate)."""
+    if options.no_estimate:
+        return None
+    memory = free_device_memory(ranks)
+    plan, problem = None, None
+    if ranks.is_first:
+        model = run.model()
+        plan = plan_memory(run, None, model)
+        if memory is not None and plan.per_rank_bytes > memory:
+            plan = plan_memory(run, memory, model)
+            problem = refusal(plan, run)
+        if not options.quiet:
+            info(estimate_line(plan, memory))
+    plan, problem = ranks.all_gather((plan, problem))[0]
+    ranks.agree(problem)
+    return plan.to_json()
+
+
+def estimate_line(plan: MemoryPlan, memory: int | None) -> str:
+    """The requirement as rank 0 prints it, against the GPUs' free memory when there is one."""
+    tracks = plan.track_feature_bytes
+    extra = f" (with {gib(tracks)} GiB of track features on rank 0)" if tracks else ""
+    against = (
+        f"against {gib(memory)} GiB free per GPU"
+        if memory is not None
+        else "(not checked on the CPU)"
+    )
     return (
-        f"estimated peak per rank {gib(found['peak_bytes'])} GiB{extra} {against}; "
-        "--no-estimate skips the estimate"
+        f"estimated requirement per rank {gib(plan.per_rank_bytes)} GiB{extra} {against}, "
+        f"precision {plan.precision}; --no-estimate skips the estimate"
     )
 
 
-def judge_estimate(
-    options: argparse.Namespace,
-    world_size: int,
-    frames: int,
-    shape: tuple[int, int],
-    config: dict,
-    memory: int | None,
-) -> tuple[dict, str | None]:
-    """The estimate, and the refusal's text when rank 0's peak (the busiest rank's, plus the
-    track features with --query-points) exceeds `memory` bytes; never a refusal when `memory`
-    is None. At most four fake passes: the run, its fit, and the run with --offload and with
-    bf16 cast."""
-    tracks = track_feature_bytes(frames, shape) if options.query_points else 0
-
-    def peak_with(dtype: torch.dtype, dtype_mode: str, offload: bool) -> int:
-        peak = estimate_per_rank(
-            frames, world_size, *shape, dtype, dtype_mode, offload, config, options.attention
-        )[0]
-        return peak + tracks
-
-    peak, fits = estimate_per_rank(
-        frames,
-        world_size,
-        *shape,
-        DTYPES[options.dtype],
-        options.dtype_mode,
-        options.offload,
-        config,
-        options.attention,
-    )
-    found = {
-        "peak_bytes": peak,
-        "track_feature_bytes": tracks,
-        "device_memory_bytes": memory,
-        "world_size": world_size,
-    }
-    if memory is None or peak + tracks <= memory:
-        return found, None
-    most = fits(max(0, memory - tracks))
+def refusal(plan: MemoryPlan, run: RunShape) -> str:
+    """The refusal's text: what the run needs, the most frames that fit, and which of
+    --offload, --precision bf16 or more ranks would fit (a fake pass each)."""
+    memory = plan.device_memory_bytes
     remedies = []
-    if not options.offload and peak_with(DTYPES[options.dtype], options.dtype_mode, True) <= memory:
+    if not run.offload and plan_memory(replace(run, offload=True), None).per_rank_bytes <= memory:
         remedies.append("--offload")
-    cast = options.dtype == "bf16" and options.dtype_mode == "cast"
-    if not cast and peak_with(torch.bfloat16, "cast", options.offload) <= memory:
-        remedies.append("--dtype bf16 --dtype-mode cast")
-    per_rank = most // world_size
-    if per_rank > 0 and math.ceil(frames / per_rank) > world_size:
-        remedies.append(f"{math.ceil(frames / per_rank)} ranks")
+    bf16 = get_precision("bf16")
+    if (
+        run.precision != bf16
+        and plan_memory(replace(run, precision=bf16), None).per_rank_bytes <= memory
+    ):
+        remedies.append("--precision bf16")
+    most = plan.max_frames or 0
+    if most >= run.frames:
+        # The requirement jitters with the allocator's segments: more frames than asked fit,
+        # but not these; name the most below them that do.
+        model = run.model()
+        below = {run.frames: model.estimate(run.frames, 1, run.height, run.width)}
+        budget = max(0, memory - plan.track_feature_bytes)
+        most = max_frames(model, budget, 1, run.height, run.width, below)
+    per_rank = most // run.world_size
+    if per_rank > 0 and math.ceil(run.frames / per_rank) > run.world_size:
+        remedies.append(f"{math.ceil(run.frames / per_rank)} ranks")
     advice = " or ".join(remedies) if remedies else "fewer or smaller frames"
-    return found, (
-        f"this run needs about {gib(peak + tracks)} GiB on a rank, more than the "
-        f"{gib(memory)} GiB of a GPU: at most {most} frames fit {world_size} rank(s) as "
-        f"configured; try {advice} (--no-estimate runs anyway)"
+    return (
+        f"this run needs about {gib(plan.per_rank_bytes)} GiB on a rank, more than the "
+        f"{gib(memory)} GiB a GPU has free: at most {most} frames fit "
+        f"{run.world_size} rank(s) as configured; try {advice} (--no-estimate runs anyway)"
     )
+
+
+def dry_run_report(plan: MemoryPlan, as_json: bool) -> str:
+    """What `--dry-run` prints: JSON, or a few lines."""
+    if as_json:
+        return json.dumps(plan.to_json(), indent=2)
+    lines = [
+        f"{plan.frames} frames over {plan.world_size} rank(s), precision {plan.precision}, "
+        f"{plan.attention} attention",
+        f"per rank: {gib(plan.per_rank_bytes)} GiB (reserved bound "
+        f"{gib(plan.estimate.reserved_bound_bytes)} GiB + CUDA context "
+        f"{gib(plan.estimate.cuda_context_bytes)} GiB"
+        + (f" + NCCL {gib(plan.estimate.nccl_bytes)} GiB" if plan.estimate.nccl_bytes else "")
+        + (
+            f" + track features {gib(plan.track_feature_bytes)} GiB"
+            if plan.track_feature_bytes
+            else ""
+        )
+        + ")",
+    ]
+    if plan.device_memory_bytes is None:
+        lines.append("device memory not known: give --device-memory (e.g. 80GiB) for the fit")
+    else:
+        verdict = "fits" if plan.fits else "does not fit"
+        lines.append(
+            f"{verdict} {gib(plan.device_memory_bytes)} GiB per GPU; at most "
+            f"{plan.max_frames} frames fit {plan.world_size} rank(s)"
+        )
+    return "\n".join(lines)

@@ -1,14 +1,18 @@
 """The command line's options: parsed and checked, with argparse's exit status 2 for misuse."""
 
 import argparse
+import os
 from collections.abc import Sequence
 
 import torch
 
+from vggt.memory.units import parse_bytes
+from vggt.parallel.sequence import ATTENTIONS
+from vggt.precision import DTYPE_MODES, PRECISIONS, from_dtype, get_precision
 from vggt.utils.load_fn import PATCH_SIZE, TARGET_SIZE
 
 DEFAULT_CHECKPOINT = "facebook/VGGT-1B"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DRY_RUN_ONLY = ("world_size", "device_memory", "json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,16 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
         "side --size, padded with white to a square (default: crop)",
     )
     parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        help="fp32 (no autocast), autocast (fp32 weights under bf16 autocast, as VGGT's "
+        "README) or bf16 (the aggregator's weights in bf16 under bf16 autocast, the heads in "
+        "fp32); default: autocast on CUDA, fp32 on the CPU",
+    )
+    parser.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
-        help="bf16 or fp32 (default: bf16 on CUDA, fp32 on the CPU)",
+        choices=("fp32", "bf16"),
+        help="earlier form of --precision: fp32, or bf16 with --dtype-mode",
     )
     parser.add_argument(
         "--dtype-mode",
-        choices=("autocast", "cast"),
-        default="autocast",
-        help="bf16 as autocast over fp32 weights (default) or the aggregator's weights cast "
-        "to bf16 without autocast (the heads stay fp32)",
+        choices=DTYPE_MODES,
+        help="with --dtype bf16: autocast (the precision autocast) or cast (the precision bf16)",
     )
     parser.add_argument(
         "--offload",
@@ -83,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--attention",
-        choices=("ulysses", "ring"),
+        choices=tuple(ATTENTIONS),
         help="global attention over ranks (default: ulysses, ring when ranks > heads)",
     )
     parser.add_argument(
@@ -99,6 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the memory estimate (and the refusal of runs that would not fit)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run nothing and load no weights: read the images' sizes and print what a rank "
+        "needs, how many frames fit and the precision",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        metavar="N",
+        help="with --dry-run: the ranks to plan for (default: torchrun's WORLD_SIZE, else 1)",
+    )
+    parser.add_argument(
+        "--device-memory",
+        metavar="SIZE",
+        help="with --dry-run: each GPU's memory, e.g. 80GiB (default: this GPU's free memory; "
+        "none on a machine without CUDA)",
+    )
+    parser.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
     return parser
 
 
@@ -112,13 +140,35 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--timeout must be positive, got {options.timeout}")
     if options.device is None:
         options.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif options.device == "cuda" and not torch.cuda.is_available():
+    elif options.device == "cuda" and not torch.cuda.is_available() and not options.dry_run:
         parser.error("--device cuda given but CUDA is not available")
-    if options.dtype is None:
-        options.dtype = "bf16" if options.device == "cuda" else "fp32"
+    try:
+        options.precision = choose_precision(options)
+        options.device_memory = (
+            None if options.device_memory is None else parse_bytes(options.device_memory)
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if not options.dry_run:
+        given = [name for name in DRY_RUN_ONLY if getattr(options, name) not in (None, False)]
+        if given:
+            names = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+            parser.error(f"{names} only apply with --dry-run")
+    if options.world_size is None:
+        options.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    elif options.world_size < 1:
+        parser.error(f"--world-size must be at least 1, got {options.world_size}")
     return options
 
 
-def precision(options: argparse.Namespace) -> str:
-    """How the run computes: `fp32`, `bf16-autocast` or `bf16-cast`."""
-    return "fp32" if options.dtype == "fp32" else f"{options.dtype}-{options.dtype_mode}"
+def choose_precision(options: argparse.Namespace):
+    """--precision, else the earlier --dtype/--dtype-mode's, else autocast on CUDA and fp32
+    on the CPU; ValueError when both forms are given."""
+    if options.precision is not None:
+        if options.dtype is not None or options.dtype_mode is not None:
+            raise ValueError("--precision replaces --dtype and --dtype-mode: give one of them")
+        return get_precision(options.precision)
+    if options.dtype is None and options.dtype_mode is None:
+        return get_precision("autocast" if options.device == "cuda" else "fp32")
+    dtype = options.dtype or ("bf16" if options.device == "cuda" else "fp32")
+    return from_dtype(dtype, options.dtype_mode or "autocast")

@@ -16,6 +16,9 @@ from vggt.heads.dpt_head import DPTHead
 from vggt.heads.track_head import TrackHead, check_query_points
 from vggt.models.aggregator import Aggregator
 
+# Device types with an autocast to turn off around the heads (meta tensors have none).
+AUTOCAST_DEVICES = ("cuda", "cpu", "mps", "xpu")
+
 
 def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """The state dict in `model.pt` (loaded weights only; memory-mapped unless in the legacy
@@ -156,11 +159,13 @@ class VGGT(nn.Module, PyTorchModelHubMixin):
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Run the enabled heads on the aggregator's layer outputs."""
         predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        dtype = self.heads_dtype()
+        layers = tokens if dtype is None else LayersAs(tokens, dtype)
         with heads_in_fp32(images):
             if self.camera_head is not None:
-                predictions.update(pose_predictions(self.camera_head(tokens)))
+                predictions.update(pose_predictions(self.camera_head(layers)))
             for name, head in self.dense_heads():
-                values = head(tokens, images=images, patch_start_idx=patch_start_idx)
+                values = head(layers, images=images, patch_start_idx=patch_start_idx)
                 predictions[name], predictions[f"{name}_conf"] = values
         if self.track_head is not None and query_points is not None:
             tracks = self.track_head(
@@ -169,10 +174,37 @@ class VGGT(nn.Module, PyTorchModelHubMixin):
             predictions.update(track_predictions(tracks))
         return predictions
 
+    def heads_dtype(self) -> torch.dtype | None:
+        """The dtype of the enabled heads' weights (None without heads)."""
+        heads = (self.camera_head, self.depth_head, self.point_head, self.track_head)
+        for head in heads:
+            if head is not None:
+                return next(head.parameters()).dtype
+        return None
+
+
+class LayersAs(Sequence):
+    """The aggregator's layers as a head reads them: each one, when read, in `dtype` (the
+    heads' own, when the aggregator's weights were cast to another)."""
+
+    def __init__(self, layers: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
+        self.layers = layers
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.layers[index].to(self.dtype)
+
 
 def heads_in_fp32(images: torch.Tensor) -> contextlib.AbstractContextManager:
-    """CUDA autocast off, as the reference runs its camera and dense heads in fp32."""
-    return torch.autocast("cuda", enabled=False) if images.is_cuda else contextlib.nullcontext()
+    """Autocast off on the images' device, as the reference runs its camera and dense heads in
+    fp32 (it turns CUDA autocast off; here the CPU's too, so a CPU run computes them as a GPU
+    run does)."""
+    if images.device.type not in AUTOCAST_DEVICES:
+        return contextlib.nullcontext()
+    return torch.autocast(images.device.type, enabled=False)
 
 
 def pose_predictions(pose_enc_list: list[torch.Tensor]) -> dict[str, torch.Tensor | list]:

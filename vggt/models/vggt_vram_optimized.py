@@ -122,14 +122,6 @@ class VGGTOptimized(VGGT):
             return predictions
         return self._predict_by_frame_chunk(tokens, images, patch_start_idx, query_points)
 
-    def heads_dtype(self) -> torch.dtype | None:
-        """The dtype of the enabled heads' weights (None without heads)."""
-        heads = (self.camera_head, self.depth_head, self.point_head, self.track_head)
-        for head in heads:
-            if head is not None:
-                return next(head.parameters()).dtype
-        return None
-
     def _predict_by_frame_chunk(
         self,
         view: LayerSelectView,

@@ -13,6 +13,23 @@ from vggt.streaming.chunks import ChunkPolicy
 ATTENTIONS = {"ulysses": ulysses_block_, "ring": ring_block_}
 
 
+def choose_attention(requested: str | None, world_size: int, heads: int) -> str:
+    """The global attention for a sequence over `world_size` ranks of a model with `heads`
+    heads: `requested`, or by default ulysses (less memory per rank, less traffic from 3 ranks
+    on) unless there are more ranks than heads, then ring. ValueError for an unknown name or
+    ulysses over more ranks than heads (it splits the heads over the ranks)."""
+    if requested is None:
+        return "ulysses" if world_size <= heads else "ring"
+    if requested not in ATTENTIONS:
+        raise ValueError(f"unknown attention {requested!r}; choose from {', '.join(ATTENTIONS)}")
+    if requested == "ulysses" and world_size > heads:
+        raise ValueError(
+            f"ulysses attention splits the model's {heads} heads over the ranks, so at most "
+            f"{heads} ranks, not {world_size}: use ring attention"
+        )
+    return requested
+
+
 class SequenceParallelBlocks(StreamedBlocks):
     """`StreamedBlocks` whose global blocks span every rank's frames, by `attention`
     ("ulysses": the `heads` over ranks by all-to-all; "ring": K/V blocks passed round them).
@@ -23,16 +40,9 @@ class SequenceParallelBlocks(StreamedBlocks):
     def __init__(
         self, policy: ChunkPolicy, group: SequenceGroup, attention: str, heads: int
     ) -> None:
-        if attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {attention!r}; choose from {list(ATTENTIONS)}")
-        if attention == "ulysses" and group.world_size > heads:
-            raise ValueError(
-                f"head-parallel (ulysses) attention splits the {heads} heads over the ranks, so "
-                f"at most {heads} ranks, not {group.world_size}; use attention='ring'"
-            )
         super().__init__(policy)
         self.group = group
-        self.attention = attention
+        self.attention = choose_attention(attention, group.world_size, heads)
         self.layout: FrameLayout | None = None
 
     def __call__(

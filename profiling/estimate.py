@@ -1,9 +1,10 @@
-"""The estimator's command line: estimates per variant and frame count, and the largest frame
-count that fits each device memory size, as a table or as JSON.
+"""`python -m profiling.estimate`: how many frames fit, without a GPU. Estimates per variant
+and frame count (`vggt.memory`), and the largest frame count that fits each device memory
+size, as a table or as JSON.
 
-    python -m profiling.estimate --preset vggt-1b --frames 1,200,1000 --dtype bf16 \\
-        --dtype-mode autocast --device-memory 24GiB,80GiB [--height H --width W] [--offload] \\
-        [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--world-size N] [--json]
+    python -m profiling.estimate --preset vggt-1b --frames 1,200,1000 --precision autocast \\
+        --device-memory 24GiB,80GiB [--height H --width W] [--offload] [--world-size N] \\
+        [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--nccl 1GiB] [--json]
 """
 
 import argparse
@@ -15,16 +16,25 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
-from profiling.estimate.fake_model import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FakeModel
-from profiling.estimate.fit import max_frames_by_budget
-from profiling.sweep.cases import DTYPE_MODES, parse_precision
 from profiling.sweep.options import UsageError, parse_counts
 from profiling.sweep.presets import load_preset
-from profiling.sweep.variants import variant_names
-from profiling.units import DTYPES, bytes_in, format_bytes, parse_bytes
+from vggt.memory.estimate import (
+    CUBLAS_WORKSPACE_BYTES,
+    CUDA_CONTEXT_BYTES,
+    NCCL_BYTES,
+    FakeModel,
+)
+from vggt.memory.fit import max_frames_by_budget
+from vggt.memory.units import bytes_in, format_bytes, parse_bytes
+from vggt.models.variants import COMPONENTS, variant_names
+from vggt.parallel.sequence import ATTENTIONS, choose_attention
+from vggt.precision import DTYPE_MODES, DTYPE_NAMES, PRECISIONS, from_dtype, get_precision
 
-FITS_RULE = "a frame count fits M when reserved bound + CUDA context <= M"
-CONTEXT_NOTE = "an assumption, measured by python -m profiling.gpu_check on a GPU"
+FITS_RULE = (
+    "a frame count fits M when reserved bound + CUDA context (+ NCCL buffers over several "
+    "GPUs) <= M"
+)
+CONTEXT_NOTE = "assumptions until python -m profiling.gpu_check measures them on a GPU"
 
 
 def gib(value: int) -> str:
@@ -33,11 +43,8 @@ def gib(value: int) -> str:
 
 
 def precision_text(args: argparse.Namespace) -> str:
-    """The precision as run: `fp32`, or the dtype, the mode and what the mode means."""
-    if args.dtype == "fp32":
-        return "fp32 (no autocast)"
-    weights = f"{args.dtype} weights" if args.dtype_mode == "cast" else "fp32 weights"
-    return f"{args.dtype} {args.dtype_mode} ({weights} under {args.dtype} autocast)"
+    """The precision as run: its name and what it means."""
+    return f"{args.precision.label} ({args.precision.description})"
 
 
 def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float) -> str:
@@ -65,7 +72,7 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
         for row in result["estimates"]:
             fits = ["yes" if row["required_bytes"] <= budget else "no" for budget in budgets]
             lines.append(
-                f"| {row['variant']} | {row['frames']} | {gib(row['peak_bytes'])} | "
+                f"| {row['variant']} | {row['frames']} | {gib(row['live_peak_bytes'])} | "
                 f"{gib(row['allocated_bytes'])} | {gib(row['reserved_bound_bytes'])} | "
                 f"{gib(row['weights_bytes'])} | {gib(row['output_bytes'])} | "
                 f"{gib(row['transient_bytes'])} | {gib(row['host_bytes'])} | "
@@ -74,8 +81,13 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
             )
     lines += [
         "",
-        f"CUDA context: {format_bytes(args.cuda_context_bytes, gib_digits=2)} ({CONTEXT_NOTE}); "
-        f"allocated includes a cuBLAS workspace of "
+        f"CUDA context: {format_bytes(args.cuda_context_bytes, gib_digits=2)}"
+        + (
+            f", NCCL buffers: {format_bytes(args.nccl_bytes, gib_digits=2)}"
+            if args.world_size > 1
+            else ""
+        )
+        + f" ({CONTEXT_NOTE}); allocated includes a cuBLAS workspace of "
         f"{format_bytes(args.cublas_workspace_bytes)}; {FITS_RULE}.",
     ]
     for result in results:
@@ -94,13 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", default="vggt-1b", help="architecture preset")
     parser.add_argument("--frames", default="1,200,1000", help="comma-separated frame counts")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        help="fp32: no autocast; autocast: fp32 weights under bf16 autocast (default); bf16: "
+        "the aggregator's weights in bf16 under bf16 autocast (the heads in fp32); "
+        "autocast-fp16, fp16: the same with fp16",
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="earlier form of --precision")
     parser.add_argument(
         "--dtype-mode",
-        default="autocast",
         choices=DTYPE_MODES,
-        help="autocast: fp32 weights under autocast to --dtype; cast: weights cast to --dtype, "
-        "also under autocast (as profiling/run.py); fp32 runs without autocast",
+        help="with --dtype (earlier form of --precision): bf16 with autocast is the precision "
+        "autocast, with cast the precision bf16",
     )
     parser.add_argument(
         "--device-memory",
@@ -111,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, help="image width (default: preset img_size)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variants", default="full,optimized", help="comma-separated")
-    parser.add_argument("--component", default="aggregator", choices=["aggregator", "model"])
+    parser.add_argument(
+        "--component",
+        default="aggregator",
+        choices=COMPONENTS,
+        help="aggregator, or model: the aggregator and the camera, depth and point heads (as "
+        "vggt.infer runs them)",
+    )
     parser.add_argument("--offload", action="store_true", help="kept layers in host memory")
     parser.add_argument(
         "--world-size",
@@ -120,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs the sequence is split over (optimized variant): the busiest rank's needs, "
         "frames counted over all ranks",
     )
-    parser.add_argument("--attention", default="ulysses", choices=["ulysses", "ring"])
+    parser.add_argument(
+        "--attention",
+        choices=tuple(ATTENTIONS),
+        help="global attention over the GPUs (default: ulysses, ring when there are more GPUs "
+        "than heads)",
+    )
     parser.add_argument(
         "--cublas-workspace",
         default=format_bytes(CUBLAS_WORKSPACE_BYTES),
@@ -132,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=format_bytes(CUDA_CONTEXT_BYTES),
         help="CUDA context and kernels, outside the allocator (default: %(default)s, an "
         "assumption)",
+    )
+    parser.add_argument(
+        "--nccl",
+        default=format_bytes(NCCL_BYTES),
+        help="NCCL's buffers outside the allocator, counted over several GPUs (default: "
+        "%(default)s, an assumption)",
     )
     parser.add_argument(
         "--jobs",
@@ -152,10 +187,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.budgets = [parse_bytes(text) for text in args.device_memory.split(",")]
         args.cublas_workspace_bytes = parse_bytes(args.cublas_workspace)
         args.cuda_context_bytes = parse_bytes(args.cuda_context)
+        args.nccl_bytes = parse_bytes(args.nccl)
         architecture = load_preset(args.preset).architecture
     except (UsageError, ValueError) as error:
         parser.error(str(error))
-    args.dtype_mode = parse_precision(args.dtype, args.dtype_mode).mode
+    args.precision = choose_precision(parser, args)
     args.variant_list = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variant_list if v not in variant_names()]
     if unknown:
@@ -173,14 +209,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--world-size must be at least 1")
     if args.world_size > 1 and "full" in args.variant_list:
         parser.error("--world-size above 1 splits only the optimized variant: --variants optimized")
-    if args.attention == "ulysses" and args.world_size > architecture.num_heads:
-        parser.error(
-            f"ulysses attention splits the {architecture.num_heads} heads over the GPUs: "
-            "--world-size at most that, or --attention ring"
-        )
+    try:
+        args.attention = choose_attention(args.attention, args.world_size, architecture.num_heads)
+    except ValueError as error:
+        parser.error(f"{error} (--attention ring)")
     if min(args.frames_list) < args.world_size:
         parser.error("--frames must each be at least --world-size (a frame per rank)")
     return args
+
+
+def choose_precision(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """--precision, or the precision the earlier --dtype and --dtype-mode name (default
+    autocast); argparse's exit 2 when both forms are given."""
+    if args.precision is not None:
+        if args.dtype is not None or args.dtype_mode is not None:
+            parser.error("--precision replaces --dtype and --dtype-mode: give one of them")
+        return get_precision(args.precision)
+    if args.dtype is None and args.dtype_mode is None:
+        return get_precision("autocast")
+    return from_dtype(args.dtype or "bf16", args.dtype_mode or "autocast")
 
 
 def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
@@ -191,20 +238,19 @@ def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
         variant,
         args.component,
         architecture,
-        DTYPES[args.dtype],
-        args.dtype_mode,
+        args.precision,
         args.offload,
         cublas_workspace_bytes=args.cublas_workspace_bytes,
         cuda_context_bytes=args.cuda_context_bytes,
+        nccl_bytes=args.nccl_bytes,
         world_size=args.world_size,
         attention=args.attention,
     )
-    cache = {frames: model.estimate(frames, *size) for frames in args.frames_list}
-    estimates = [cache[frames] for frames in args.frames_list]
-    fits = max_frames_by_budget(model, args.budgets, *size, cache)
+    estimates = [model.estimate(frames, *size) for frames in args.frames_list]
+    fits = max_frames_by_budget(model, args.budgets, *size)
     return {
         "variant": variant,
-        "peaks": {str(e.frames): e.peak_bytes for e in estimates},
+        "live_peaks": {str(e.frames): e.live_peak_bytes for e in estimates},
         "max_frames": fits[args.budgets[0]],
         "max_frames_by_budget": {str(budget): frames for budget, frames in fits.items()},
         "fake_passes": model.passes,
@@ -234,8 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         document = {
             "preset": args.preset,
             "component": args.component,
-            "dtype": args.dtype,
-            "dtype_mode": args.dtype_mode,
+            "precision": args.precision.label,
             "height": args.height,
             "width": args.width,
             "batch": args.batch,
@@ -244,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "attention": args.attention,
             "cublas_workspace_bytes": args.cublas_workspace_bytes,
             "cuda_context_bytes": args.cuda_context_bytes,
+            "nccl_bytes": args.nccl_bytes if args.world_size > 1 else 0,
             "fits_rule": FITS_RULE,
             "device_memory_bytes": args.budgets[0],
             "device_memory_list": args.budgets,
@@ -254,3 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(format_table(results, args, elapsed_s))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

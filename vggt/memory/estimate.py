@@ -1,48 +1,46 @@
-"""A variant built on fake tensors, and what one forward pass of it needs on a CUDA device:
-live tensor bytes at the peak (weights, input, kept outputs, transient activations), the
-caching allocator's view of them (allocated bytes, a bound on reserved bytes) and the CUDA
-context.
+"""What one forward pass of a model needs on a CUDA device, from a pass on fake tensors (no
+memory, no GPU): live tensor bytes at the peak (weights, input, kept outputs, transient
+activations), the caching allocator's view of them (allocated bytes, a bound on reserved
+bytes), and what must fit beside them: the CUDA context and, split over ranks, NCCL's buffers.
 
-Precision follows the sweep (profiling/run.py): `autocast` runs fp32 weights under autocast to
-the dtype, `cast` casts the weights to it and also runs under autocast, fp32 runs without
-autocast; the images are fp32, as users pass them. The fake pass runs on the CPU under CPU
-autocast, which differs from CUDA autocast in one known way: it leaves layer_norm in its input
-dtype where CUDA autocast runs it in fp32. That changes the q/k-norm outputs (and, with cast
-weights, the block norms' outputs): chunk-sized temporaries. Under autocast the residual stream
-and the kept layer outputs are fp32 (fp32 camera and register tokens join the patch tokens).
-With `--component model` the heads run in fp32 on CUDA but under autocast here.
+The pass runs the precision's program (`vggt.precision`): its weights, its autocast, the heads
+in fp32 with autocast off; the images are fp32, as users pass them. It runs on the CPU under
+CPU autocast, which differs from CUDA autocast in one known way: CPU autocast leaves
+layer_norm in its input dtype where CUDA autocast runs it in fp32, which changes the q/k-norm
+outputs (chunk-sized temporaries). Kernel workspaces that do not back a tensor (cuDNN's,
+oneDNN's scratchpads) are not seen; the cuBLAS workspace is added.
 """
 
 import contextlib
-import dataclasses
 import gc
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from profiling.estimate.caching_allocator import (
-    peak_rounded_bytes,
-    reserved_bound,
-    round_request,
-)
-from profiling.meters.fake import LiveBytesTracker
-from profiling.meters.outputs import named_outputs, output_bytes
-from profiling.sweep.cases import Architecture, parse_precision
-from profiling.sweep.variants import get_variant
-from profiling.units import DTYPES
+from vggt.memory.allocator import peak_rounded_bytes, reserved_bound, round_request
+from vggt.memory.outputs import named_outputs, output_bytes
+from vggt.memory.tracker import LiveBytesTracker
+from vggt.models.architecture import Architecture
+from vggt.models.variants import get_variant
 from vggt.parallel.group import SimulatedGroup, split_evenly
+from vggt.parallel.sequence import choose_attention
+from vggt.precision import Precision
 from vggt.streaming.blocks import StreamedBlocks
 from vggt.streaming.chunks import MIN_CHUNK_ELEMENTS
 
 # cuBLAS/cuBLASLt workspace PyTorch allocates for the compute stream on compute capability
 # >= 9.0 (Hopper): 4096 KiB x 8, taken from the caching allocator at the first matmul.
 CUBLAS_WORKSPACE_BYTES = 32 << 20
-# An assumption, measured by `python -m profiling.gpu_check` on a GPU: the CUDA context and the
+# An assumption until `python -m profiling.gpu_check` measures it: the CUDA context and the
 # loaded kernels, device memory outside the caching allocator.
 CUDA_CONTEXT_BYTES = 600 << 20
+# An allowance, at world size > 1, for what NCCL holds outside the caching allocator: its
+# communicator's channel buffers (NCCL_BUFFSIZE, 4 MiB by default, per channel and peer for
+# each protocol) and its kernels. An assumption until gpu_check measures it.
+NCCL_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -50,21 +48,21 @@ class Estimate:
     """What one forward pass needs on the (busiest) device, in bytes.
 
     `frames` over all `world_size` ranks, `rank_frames` of them on the busiest rank (rank 0).
-    `peak_bytes`: live tensor bytes at the peak (weights + input + activations), of which
+    `live_peak_bytes`: live tensor bytes at the peak (weights + input + activations), of which
     `output_bytes` are kept outputs and `transient_bytes` the rest of the activations.
     `allocated_bytes`: that peak with each allocation rounded as the caching allocator rounds
     it, plus the cuBLAS workspace. `reserved_bound_bytes`: the device memory within which a
     model of the caching allocator completes the pass, releasing cached segments under
-    pressure as PyTorch does (`caching_allocator.reserved_bound`). `required_bytes`: reserved
-    bound + CUDA context, what must fit in the device's memory.
+    pressure as PyTorch does (`allocator.reserved_bound`). `required_bytes`: what must be free
+    on the device: reserved bound + CUDA context + NCCL's buffers (world size > 1).
     """
 
     variant: str
     frames: int
     world_size: int
     rank_frames: int
-    dtype_mode: str
-    peak_bytes: int
+    precision: str
+    live_peak_bytes: int
     weights_bytes: int
     input_bytes: int
     output_bytes: int
@@ -73,6 +71,7 @@ class Estimate:
     allocated_bytes: int
     reserved_bound_bytes: int
     cuda_context_bytes: int
+    nccl_bytes: int
     required_bytes: int
 
 
@@ -82,10 +81,10 @@ class FakeModel:
     `target_device` is the device type the estimate is for: the streamed blocks take its
     minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_ELEMENTS). With `world_size` > 1 the
     sequence is split over that many ranks (`parallelize(group, attention)`, the optimized
-    variant's) and a pass traces rank 0 alone through a `SimulatedGroup`: it holds the largest
-    share of `split_evenly` (the first ranks take the extra frames) and frame 0, whose camera
-    and register tokens are the same size as the others', so it is the busiest rank.
-    `passes` counts fake passes.
+    variant's; `attention` None takes `choose_attention`'s default) and a pass traces rank 0
+    alone through a `SimulatedGroup`: it holds the largest share of `split_evenly` (the first
+    ranks take the extra frames) and frame 0, whose camera and register tokens are the same
+    size as the others', so it is the busiest rank. `passes` counts fake passes.
     """
 
     def __init__(
@@ -93,45 +92,44 @@ class FakeModel:
         variant: str,
         component: str,
         architecture: Architecture,
-        dtype: torch.dtype,
-        dtype_mode: str = "autocast",
+        precision: Precision,
         offload: bool = False,
         target_device: str = "cuda",
         cublas_workspace_bytes: int = CUBLAS_WORKSPACE_BYTES,
         cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
+        nccl_bytes: int = NCCL_BYTES,
         world_size: int = 1,
-        attention: str = "ulysses",
+        attention: str | None = None,
     ) -> None:
-        names = {value: name for name, value in DTYPES.items()}
-        if dtype not in names:
-            raise ValueError(f"unsupported dtype {dtype}; choose from {', '.join(DTYPES)}")
         if target_device not in MIN_CHUNK_ELEMENTS:
             raise ValueError(f"unknown target device {target_device!r}")
         if world_size < 1:
             raise ValueError(f"world_size must be at least 1, got {world_size}")
         self.variant = variant
         self.target_device = target_device
-        self.precision = parse_precision(names[dtype], dtype_mode)
+        self.precision = precision
         self.cublas_workspace_bytes = cublas_workspace_bytes
         self.cuda_context_bytes = cuda_context_bytes
+        self.nccl_bytes = nccl_bytes if world_size > 1 else 0
         self.world_size = world_size
+        self._estimates: dict[tuple[int, int, int, int], Estimate] = {}
+        self.attention = choose_attention(attention, world_size, architecture.num_heads)
         self.passes = 0
         with torch.device("meta"):
-            module = get_variant(variant).build(component, architecture)
-            module = module.to(self.precision.weights_dtype)
+            module = precision.apply(get_variant(variant).build(component, architecture))
         aggregator = getattr(module, "aggregator", module)
         if offload and hasattr(aggregator, "offload_device"):
             aggregator.offload_device = torch.device("meta")
         runner = getattr(aggregator, "block_runner", None)
         if isinstance(runner, StreamedBlocks) and runner.policy.min_chunk_tokens is None:
             minimum = runner.policy.min_tokens(torch.device(target_device), aggregator.embed_dim)
-            runner.policy = dataclasses.replace(runner.policy, min_chunk_tokens=minimum)
+            runner.policy = replace(runner.policy, min_chunk_tokens=minimum)
         self.group: SimulatedGroup | None = None
         if world_size > 1:
             if not hasattr(module, "parallelize"):
                 raise ValueError(f"variant {variant!r} cannot split a sequence over ranks")
             self.group = SimulatedGroup(rank=0, world_size=world_size)
-            module.parallelize(self.group, attention)
+            module.parallelize(self.group, self.attention)
             runner = aggregator.block_runner
         self.chunk_runner = runner if isinstance(runner, StreamedBlocks) else None
         self.mode = LiveBytesTracker("cpu")
@@ -142,11 +140,6 @@ class FakeModel:
         }
         self.weight_storage_bytes = [storage.nbytes() for storage in storages.values()]
         self.weights_bytes = sum(self.weight_storage_bytes)
-
-    @property
-    def dtype_mode(self) -> str:
-        """`autocast` or `cast` (fp32 counts as `autocast`: it runs without autocast)."""
-        return self.precision.mode
 
     def affine_from(self, batch: int, height: int, width: int) -> int:
         """The fewest frames at which every streamed chunk is over the device's minimum (1 with
@@ -177,8 +170,15 @@ class FakeModel:
         return [*self.module.parameters(), *self.module.buffers()]
 
     def estimate(self, frames: int, batch: int, height: int, width: int) -> Estimate:
-        """Run one fake forward pass of `batch` x `frames` fp32 images of height x width (over
-        all ranks; rank 0's share when split)."""
+        """The estimate of `batch` x `frames` fp32 images of height x width (over all ranks;
+        rank 0's share when split): one fake forward pass, remembered for the next ask."""
+        key = (frames, batch, height, width)
+        if key not in self._estimates:
+            self._estimates[key] = self._trace(frames, batch, height, width)
+        return self._estimates[key]
+
+    def _trace(self, frames: int, batch: int, height: int, width: int) -> Estimate:
+        """Run one fake forward pass."""
         counts = split_evenly(frames, self.world_size)
         if counts[-1] < 1:
             raise ValueError(f"{frames} frames leave ranks of {self.world_size} without frames")
@@ -200,8 +200,8 @@ class FakeModel:
             frames=frames,
             world_size=self.world_size,
             rank_frames=counts[0],
-            dtype_mode=self.dtype_mode,
-            peak_bytes=self.weights_bytes + input_bytes + live.peak_bytes,
+            precision=self.precision.label,
+            live_peak_bytes=self.weights_bytes + input_bytes + live.peak_bytes,
             weights_bytes=self.weights_bytes,
             input_bytes=input_bytes,
             output_bytes=kept.device,
@@ -210,7 +210,8 @@ class FakeModel:
             allocated_bytes=sum(map(round_request, resident)) + peak_rounded_bytes(live.events),
             reserved_bound_bytes=reserved,
             cuda_context_bytes=self.cuda_context_bytes,
-            required_bytes=reserved + self.cuda_context_bytes,
+            nccl_bytes=self.nccl_bytes,
+            required_bytes=reserved + self.cuda_context_bytes + self.nccl_bytes,
         )
 
 

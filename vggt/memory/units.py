@@ -1,10 +1,7 @@
-"""Byte sizes read from and written for people, and the dtype names the command lines take."""
+"""Byte sizes read from and written for people (`80GiB` in, `80.0 GiB` out)."""
 
 import re
 
-import torch
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BYTE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _PARSED_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _PARSED_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})

@@ -1,5 +1,6 @@
 """The largest frame count that fits a device memory size: a frame count fits M bytes when its
-estimate's reserved bound plus the CUDA context is at most M (`Estimate.required_bytes`).
+estimate's requirement is at most M (`Estimate.required_bytes`: reserved bound, CUDA context
+and, split over ranks, NCCL's buffers).
 
 `max_frames` searches exactly: a gallop from a guess, then interpolation between the traced
 frame counts on either side of the budget (bisection where that does not shrink them fast).
@@ -15,12 +16,11 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from profiling.estimate.fake_model import Estimate, FakeModel
+from vggt.memory.estimate import Estimate, FakeModel
 
 SEARCH_LIMIT = 1 << 20
-# Frame counts of the line, as multiples of the first frame count of the affine regime; frame
-# counts already estimated beyond the first take the place of the larger multiples. The line
-# starts at twice that count: just past it the near-equal chunks round to few per stream and
+# Frame counts of the line, as multiples of the first frame count of the affine regime. The
+# line starts at twice that count: just past it the near-equal chunks round to few per stream and
 # bend the requirement (VGGT-1B, bf16 cast: 339 MB off the line through 96, 384 and 1536
 # frames; 4.6 MB through 192, 768 and 3072, whose answers equal the exact search's).
 LINE_MULTIPLES = (2, 8, 32)
@@ -218,19 +218,11 @@ class RequirementLine:
         return frames if frames >= self.first else None
 
 
-def line_frames(model: FakeModel, batch: int, height: int, width: int, cache: Cache) -> list[int]:
-    """Three or more frame counts of the affine regime to fit a line through, multiples of the
-    world size: twice its first frame count, the cached ones beyond, and as many multiples of
-    the first as three need."""
+def line_frames(model: FakeModel, batch: int, height: int, width: int) -> list[int]:
+    """The frame counts of the affine regime the line runs through: LINE_MULTIPLES of its first
+    frame count (multiples of the world size)."""
     affine = model.affine_from(batch, height, width)
-    start = affine * LINE_MULTIPLES[0]
-    step = model.world_size
-    frames = {start} | {count for count in cache if count > start and count % step == 0}
-    for multiple in LINE_MULTIPLES[1:]:
-        if len(frames) >= len(LINE_MULTIPLES):
-            break
-        frames.add(affine * multiple)
-    return sorted(frames)
+    return [affine * multiple for multiple in LINE_MULTIPLES]
 
 
 def requirement_line(
@@ -238,7 +230,7 @@ def requirement_line(
 ) -> RequirementLine:
     """Trace the requirement at `line_frames` and fit the line through the outer two; the
     residuals of the inner ones give its largest deviation and its curvature."""
-    frames = line_frames(model, batch, height, width, cache)
+    frames = line_frames(model, batch, height, width)
     values = {count: required_bytes(model, count, batch, height, width, cache) for count in frames}
     first, last = frames[0], frames[-1]
     line = RequirementLine(first, values[first], last, values[last], 0)
@@ -254,28 +246,35 @@ def requirement_line(
 
 
 def max_frames_by_budget(
-    model: FakeModel,
-    budgets: list[int],
-    batch: int,
-    height: int,
-    width: int,
-    cache: Cache | None = None,
+    model: FakeModel, budgets: list[int], batch: int, height: int, width: int
 ) -> dict[int, int]:
-    """Budget -> the largest frame count that fits it, from few passes: read off the line where
-    it decides (`RequirementLine.answer`: conservative within the line's margin), found by
-    `max_frames` elsewhere (for every budget when they all end before the affine regime)."""
-    cache = {} if cache is None else cache
+    """Budget -> the largest frame count that fits it, from few passes. Frame counts double
+    from one per rank; a budget they outgrow before the affine regime is searched exactly
+    between the last two (`max_frames`), so small budgets cost only small passes. Beyond, the
+    answer is read off the line where it decides (`RequirementLine.answer`: conservative
+    within the line's margin), and searched exactly elsewhere.
+
+    Each budget's answer depends on nothing but the model, the size and the budget (its search
+    sees only its own traced counts; `FakeModel.estimate` remembers the passes), so every
+    command that asks gets the same answer."""
     start = model.affine_from(batch, height, width) * LINE_MULTIPLES[0]
-    if required_bytes(model, start, batch, height, width, cache) > max(budgets):
-        return {
-            budget: max_frames(model, budget, batch, height, width, cache) for budget in budgets
-        }
-    line = requirement_line(model, batch, height, width, cache)
+    line: RequirementLine | None = None
+    line_cache: Cache = {}
     answers = {}
     for budget in budgets:
+        cache: Cache = {}
+        frames = model.world_size
+        while (
+            frames < start and required_bytes(model, frames, batch, height, width, cache) <= budget
+        ):
+            frames = min(start, 2 * frames)
+        if frames < start or required_bytes(model, start, batch, height, width, cache) > budget:
+            answers[budget] = max_frames(model, budget, batch, height, width, cache)
+            continue
+        line = line or requirement_line(model, batch, height, width, line_cache)
         answer = line.answer(budget)
         if answer is None:
             guess = line.crossing(budget) if line.collinear else None
-            answer = max_frames(model, budget, batch, height, width, cache, guess)
+            answer = max_frames(model, budget, batch, height, width, dict(line_cache), guess)
         answers[budget] = answer
     return answers
