@@ -92,7 +92,8 @@ def profile(session: nox.Session) -> None:
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={ranks}",
-        "profiling/run.py",
+        "-m",
+        "profiling.run",
         *session.posargs,
     )
 

@@ -23,9 +23,9 @@ import torch.distributed as dist  # noqa: E402
 
 from profiling.meters.cpu import peak_live_bytes  # noqa: E402
 from profiling.sweep.presets import load_preset  # noqa: E402
-from profiling.sweep.variants import get_variant  # noqa: E402
 from tests.helpers import GOLDEN_FILE, SMALL_VGGT, manifest, rel_l2, seeded_images  # noqa: E402
 from tests.recipe import recipe_images, recipe_query_points, recipe_state_dict  # noqa: E402
+from vggt.models.variants import get_variant  # noqa: E402
 from vggt.models.vggt_vram_optimized import VGGTOptimized  # noqa: E402
 from vggt.parallel.group import SequenceGroup, rank_slice, split_evenly  # noqa: E402
 from vggt.streaming.chunks import ChunkPolicy  # noqa: E402

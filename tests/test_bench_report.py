@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from profiling.report.benchmarks import main
+from profiling.bench_report import main
 
 GROUP = "aggregator B1 S2 56x56"
 

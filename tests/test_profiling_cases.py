@@ -8,8 +8,8 @@ import torch
 from profiling.sweep.cases import SweepSettings, build_groups
 from profiling.sweep.models import ModelCache
 from profiling.sweep.presets import PresetError, load_preset, preset_names
-from profiling.sweep.variants import BASELINE, get_variant, register_variant, variant_names
 from vggt.models.architecture import Architecture
+from vggt.models.variants import BASELINE, get_variant, register_variant, variant_names
 from vggt.precision import get_precision
 
 TINY = load_preset("tiny")

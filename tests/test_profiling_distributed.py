@@ -19,7 +19,7 @@ import torch
 
 from profiling.sweep.cases import build_groups
 from profiling.sweep.presets import load_preset
-from profiling.sweep.variants import Variant, build_full, register_variant, variant_names
+from vggt.models.variants import Variant, build_full, register_variant, variant_names
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "profiling" / "run.py"

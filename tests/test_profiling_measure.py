@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from profiling.meters.outputs import compare
-from profiling.report.timelines import Timeline, from_cuda_snapshot, thin
+from profiling.meters.timelines import Timeline, from_cuda_snapshot, thin
 from profiling.sweep.cases import build_groups
 from profiling.sweep.measure import measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.presets import load_preset
-from profiling.sweep.variants import Variant, build_full
 from tests.profiling_records import RANK
 from vggt.memory.outputs import OutputBytes, named_outputs, output_bytes
 from vggt.models import variants
 from vggt.models.aggregator_vram_optimized import LayerSelectView
+from vggt.models.variants import Variant, build_full
 from vggt.streaming.offload import HostStore, OffloadedLayer
 
 TINY = load_preset("tiny")
@@ -62,7 +62,7 @@ def test_full_and_optimized_are_measured_and_agree(tmp_path: Path) -> None:
     for record in records:
         assert record.status == "ok"
         assert record.time_ms.repeats == 3
-        assert record.peak_bytes > 0
+        assert record.activation_peak_bytes > 0
         assert record.cpu_max_rss_bytes > 0
         assert (tmp_path / record.files["cpu-profiler"]).is_file()
     assert optimized.output_bytes < full.output_bytes

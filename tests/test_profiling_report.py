@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from profiling.meters.timelines import Timeline
 from profiling.report.results import write_report
-from profiling.report.timelines import Timeline
 from profiling.sweep.cases import build_groups
 from profiling.sweep.environment import collect_environment
 from profiling.sweep.measure import measure_group
@@ -43,13 +43,11 @@ CASE_KEYS = [
     "status",
     "error",
     "time_ms",
-    "peak_bytes",
     "activation_peak_bytes",
     "cuda_max_allocated_bytes",
     "cuda_max_reserved_bytes",
     "nvml_peak_used_bytes",
     "nvml_sample_rate_hz",
-    "cpu_peak_live_bytes",
     "cpu_max_rss_bytes",
     "output_bytes",
     "weight_bytes",
@@ -65,15 +63,16 @@ CASE_KEYS = [
     "attention",
     "comm_seconds",
     "comm_bytes",
+    "cpu_scratch_peak_bytes",
 ]
 CSV_HEADER = (
     "case_id,group_id,variant,component,frames,batch,height,width,dtype,dtype_mode,precision,"
     "architecture,device,device_name,rank,world_size,attempt,host,status,error,time_ms_median"
-    ",time_ms_min,time_ms_max,time_ms_iqr,time_ms_repeats,peak_bytes,activation_peak_bytes,cu"
-    "da_max_allocated_bytes,cuda_max_reserved_bytes,nvml_peak_used_bytes,nvml_sample_rate_hz,"
-    "cpu_peak_live_bytes,cpu_max_rss_bytes,output_bytes,weight_bytes,input_bytes,max_abs_diff"
-    ",max_rel_diff,compared_to,warmup,repeats,files_cpu-profiler,finished_at,parallel,attentio"
-    "n,comm_seconds,comm_bytes"
+    ",time_ms_min,time_ms_max,time_ms_iqr,time_ms_repeats,activation_peak_bytes,cuda_max_allo"
+    "cated_bytes,cuda_max_reserved_bytes,nvml_peak_used_bytes,nvml_sample_rate_hz,cpu_max_rss"
+    "_bytes,output_bytes,weight_bytes,input_bytes,max_abs_diff,max_rel_diff,compared_to,warmu"
+    "p,repeats,files_cpu-profiler,finished_at,parallel,attention,comm_seconds,comm_bytes,cpu_"
+    "scratch_peak_bytes"
 )
 ENVIRONMENT_KEYS = [
     "torch",
@@ -103,7 +102,7 @@ def record(variant: str, frames: int, peak_mib: float | None, ms: float | None, 
         status=status,
         error=None if status == "ok" else "injected",
         time_ms=None if ms is None else TimeSummary(ms, ms, ms, 0.0, 1),
-        peak_bytes=None if peak_mib is None else int(peak_mib * MIB),
+        activation_peak_bytes=None if peak_mib is None else int(peak_mib * MIB),
         output_bytes=None if peak_mib is None else int(peak_mib * MIB / 2),
         max_abs_diff=None if variant == "full" or status != "ok" else 0.0,
         files=extra.pop("files", {}),
@@ -157,7 +156,7 @@ def test_report_files_exist_and_parse(tmp_path: Path) -> None:
     with (tmp_path / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 6
-    assert {"case_id", "status", "time_ms_median", "time_ms_iqr", "peak_bytes"} <= set(rows[0])
+    assert {"case_id", "status", "time_ms_median", "activation_peak_bytes"} <= set(rows[0])
     plots = sorted(path.name for path in (tmp_path / "plots").glob("*.png"))
     assert any(name.startswith("peak-memory-") for name in plots)
     assert any(name.startswith("time-") for name in plots)
@@ -206,3 +205,9 @@ def test_results_keep_their_keys_columns_and_nesting(tmp_path: Path) -> None:
     assert (tmp_path / "results.csv").read_text().splitlines()[0] == CSV_HEADER
     PartialLog(tmp_path, 0).append(records)
     assert read_partial_records(tmp_path) == records
+
+
+def test_an_earlier_runs_records_read_without_their_retired_fields() -> None:
+    (current,) = [record("optimized", 4, 2.0, 30.0)]
+    earlier = {**current.to_json(), "peak_bytes": 123, "cpu_peak_live_bytes": 456}
+    assert CaseRecord.from_json(earlier) == current

@@ -113,7 +113,7 @@ def split_record(world_size: int, rank: int, peak_mib: float, ms: float, **chang
         world_size=world_size,
         parallel="sequence",
         attention=None if world_size == 1 else "ulysses",
-        peak_bytes=int(peak_mib * MIB),
+        activation_peak_bytes=int(peak_mib * MIB),
         time_ms=TimeSummary(ms, ms, ms, 0.0, 1),
         comm_seconds=0.0 if world_size == 1 else 0.002 * (rank + 1),
         comm_bytes=0 if world_size == 1 else MIB,
@@ -202,7 +202,7 @@ def test_two_gloo_ranks_split_each_configuration(
         else:
             assert case["attention"] == attention
             assert case["comm_bytes"] > 0 and case["comm_seconds"] > 0
-            assert case["peak_bytes"] < alone["peak_bytes"]
+            assert case["activation_peak_bytes"] < alone["activation_peak_bytes"]
     summary = (out / "summary.md").read_text()
     assert "| variant | frames | ranks | 1-rank peak | peak per rank |" in summary
     for count in counts:

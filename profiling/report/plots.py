@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from profiling.meters.timelines import Timeline, plot_timelines
 from profiling.report.summary import (
     config_slug,
     config_title,
@@ -14,7 +15,6 @@ from profiling.report.summary import (
     series_label,
     series_order,
 )
-from profiling.report.timelines import Timeline
 from profiling.sweep.records import CaseRecord
 from vggt.memory.units import byte_unit
 
@@ -67,28 +67,6 @@ def plot_against_frames(
     figure.savefig(path)
 
 
-def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> None:
-    """Bytes over time, one line per label (a variant, or a variant and a source)."""
-    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    axes = figure.subplots()
-    largest = max((t.peak_bytes for t in series.values()), default=1)
-    unit, divisor = byte_unit(largest, "MiB")
-    for label, timeline in series.items():
-        values = [b / divisor for b in timeline.bytes]
-        peak = max(values, default=0.0)
-        axes.step(timeline.times_s, values, where="post", label=f"{label} (peak {peak:.2f} {unit})")
-    axes_kinds = {t.time_axis for t in series.values()}
-    in_seconds = axes_kinds <= {"seconds"}
-    axes.set_xlabel("seconds from the start of the forward" if in_seconds else "allocator event")
-    axes.set_ylabel(f"memory ({unit})")
-    axes.set_title(title)
-    axes.set_ylim(bottom=0)
-    axes.grid(True, alpha=0.3)
-    if series:
-        axes.legend()
-    figure.savefig(path)
-
-
 def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
     """Peak memory and time against frames per configuration (the largest over the ranks
     of a sequence-parallel case), and memory timelines."""
@@ -106,8 +84,9 @@ def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
                 failures[label][frames] = record.status
                 continue
             # Ranks of one sequence-parallel case share a point: the largest of theirs.
-            if record.peak_bytes is not None:
-                peaks[label][frames] = max(record.peak_bytes, peaks[label].get(frames, 0))
+            peak = record.activation_peak_bytes
+            if peak is not None:
+                peaks[label][frames] = max(peak, peaks[label].get(frames, 0))
             if record.median_ms is not None:
                 times[label][frames] = max(record.median_ms, times[label].get(frames, 0.0))
         path = plot_dir / f"peak-memory-{name}.png"

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from profiling.sweep.records import CaseRecord
-from profiling.sweep.variants import BASELINE
 from vggt.memory.units import format_bytes
+from vggt.models.variants import BASELINE
 
 
 def format_size(value: float | None) -> str:
@@ -120,7 +120,7 @@ def config_table(records: list[CaseRecord]) -> list[str]:
         row = {v: by_cell.get((frames, v)) for v in variants}
         base = row.get(BASELINE)
         cells = [str(frames)]
-        for name, text in (("peak_bytes", format_size), ("median_ms", format_ms)):
+        for name, text in (("activation_peak_bytes", format_size), ("median_ms", format_ms)):
             cells += [describe(row[v], text, ok_value(row[v], name)) for v in variants]
             cells += [format_ratio(ok_value(row[v], name), ok_value(base, name)) for v in others]
         cells += [describe(row[v], format_size, ok_value(row[v], "output_bytes")) for v in variants]
@@ -160,10 +160,10 @@ def sequence_table(records: list[CaseRecord]) -> list[str]:
         alone = cells.get((variant, frames, 1), [])
         split = cells[(variant, frames, world_size)]
         row = [variant, str(frames), str(world_size)]
-        for name, text in (("peak_bytes", format_size), ("median_ms", format_ms)):
+        for name, text in (("activation_peak_bytes", format_size), ("median_ms", format_ms)):
             row += [ranks_cell(alone, name, text), ranks_cell(split, name, text)]
             # The peak ratio is split / alone (below 1 is smaller); the speed-up alone / split.
-            ratio = (split, alone) if name == "peak_bytes" else (alone, split)
+            ratio = (split, alone) if name == "activation_peak_bytes" else (alone, split)
             row.append(format_ratio(*(largest_over_ranks(r, name) for r in ratio)))
         row.append(ranks_cell(split, "comm_seconds", lambda seconds: format_ms(seconds * 1e3)))
         row.append(ranks_cell(split, "comm_bytes", format_size))
@@ -220,9 +220,10 @@ def summary_markdown(records: list[CaseRecord], environment: dict[str, Any]) -> 
         f"{len(records)} cases ({status_text or 'none'}) on {environment.get('world_size')} "
         "rank(s).",
         "",
-        "Peak: `torch.cuda.max_memory_allocated` on GPUs (weights, input and activations); "
-        "on CPUs the peak of the tensor bytes allocated during the forward (profiler memory "
-        "events; weights and input excluded). Times are medians of the timed repeats "
+        "Peak: the activation peak, bytes allocated during the forward above those live "
+        "before it (weights and input excluded): `max_memory_allocated` minus the start on "
+        "GPUs, the profiler's tensor bytes on CPUs (kernel scratch apart; results.csv has "
+        "both, and the allocator's totals). Times are medians of the timed repeats "
         f"(min, max and IQR in results.csv). Ratios are variant / {BASELINE}: below 1 is "
         f"smaller or faster. Max abs diff compares outputs with {BASELINE}'s (same weights "
         "and input).",

@@ -1,5 +1,6 @@
 """The process group and shared store of a run, under torchrun or as a single process."""
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from profiling.sweep.environment import RankInfo
+from vggt.parallel.launch import Launch
 
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 OUT_KEY = "profiling/out"
@@ -24,11 +26,6 @@ class RankContext:
     launched_by_torchrun: bool
 
 
-def launched_by_torchrun() -> bool:
-    """True when torchrun (or another env:// launcher) set RANK and WORLD_SIZE."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def restart_count() -> int:
     """How many times torchrun has restarted the workers (0 on the first attempt)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -36,32 +33,18 @@ def restart_count() -> int:
 
 def start(device_type: str) -> RankContext:
     """Join the process group (NCCL on CUDA, gloo on CPU) or stand alone with a local store."""
-    if not launched_by_torchrun():
-        device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+    if not Launch.by_torchrun():
+        device = Launch(0, 1, 0).device(device_type)
         info = RankInfo.of(0, 1, restart_count(), device)
         return RankContext(info, device, dist.HashStore(), False)
     store, rank, world_size = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launch = dataclasses.replace(Launch.from_environment(), rank=rank, world_size=world_size)
     attempt = restart_count()
-    if device_type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
+    device = launch.device(device_type)
     # torchrun's store outlives the workers of a failed attempt; a prefix per attempt keeps
     # the process group from reading the dead workers' addresses.
     group_store = dist.PrefixStore(f"profiling/attempt{attempt}/process_group", store)
-    dist.init_process_group(
-        backend,
-        store=group_store,
-        rank=rank,
-        world_size=world_size,
-        timeout=PROCESS_GROUP_TIMEOUT,
-    )
+    launch.join(device_type, PROCESS_GROUP_TIMEOUT, group_store)
     return RankContext(RankInfo.of(rank, world_size, attempt, device), device, store, True)
 
 

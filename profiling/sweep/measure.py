@@ -22,14 +22,14 @@ from torch import nn
 from profiling.meters import cuda
 from profiling.meters.outputs import compare_each
 from profiling.meters.timing import time_call_ms
-from profiling.report.artifacts import save_snapshot
+from profiling.sweep.artifacts import save_snapshot
 from profiling.sweep.cases import CaseGroup
 from profiling.sweep.environment import RankInfo
 from profiling.sweep.memory_run import cpu_memory_run, cuda_memory_run
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord, TimeSummary, one_line
-from profiling.sweep.variants import BASELINE
 from vggt.memory.outputs import named_outputs, output_bytes
+from vggt.models.variants import BASELINE
 
 
 def free_memory(device: torch.device) -> None:

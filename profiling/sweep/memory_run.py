@@ -14,16 +14,16 @@ from profiling.meters import cuda
 from profiling.meters.cpu import max_rss_bytes, trace_cpu_memory
 from profiling.meters.cuda import measure_cuda_peak
 from profiling.meters.nvml import NvmlSampler, NvmlUnavailable
-from profiling.report.artifacts import save_snapshot, save_timeline
-from profiling.report.timelines import from_cpu_trace, from_nvml
+from profiling.meters.timelines import from_cpu_trace, from_nvml
+from profiling.sweep.artifacts import save_snapshot, save_timeline
 from profiling.sweep.records import CaseRecord, one_line
 
 
 def cpu_memory_run(forward: Callable[[], Any], record: CaseRecord, folder: Path) -> Any:
     """Peak live tensor bytes and their timeline from the profiler, and the peak RSS."""
     outputs, trace = trace_cpu_memory(forward)
-    record.peak_bytes = record.activation_peak_bytes = trace.tensor_peak_bytes
-    record.cpu_peak_live_bytes = trace.tensor_peak_bytes
+    record.activation_peak_bytes = trace.tensor_peak_bytes
+    record.cpu_scratch_peak_bytes = trace.scratch_peak_bytes
     record.cpu_max_rss_bytes = max_rss_bytes()
     save_timeline(folder, record, from_cpu_trace(trace))
     return outputs
@@ -49,7 +49,7 @@ def cuda_memory_run(
     sampler = nvml_sampler(device, record)
     with sampler or contextlib.nullcontext():
         outputs, peak = measure_cuda_peak(forward, device)
-    record.peak_bytes = record.cuda_max_allocated_bytes = peak.max_allocated_bytes
+    record.cuda_max_allocated_bytes = peak.max_allocated_bytes
     record.activation_peak_bytes = peak.above_start_bytes
     record.cuda_max_reserved_bytes = peak.max_reserved_bytes
     record.cpu_max_rss_bytes = max_rss_bytes()

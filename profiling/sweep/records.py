@@ -14,6 +14,10 @@ from profiling.sweep.cases import Case
 from profiling.sweep.environment import RankInfo
 
 PARTIAL_DIR = "partial"
+# Fields of earlier runs' records, read and dropped: `peak_bytes` meant max_memory_allocated
+# on CUDA but the activation peak on the CPU (now `cuda_max_allocated_bytes` and
+# `activation_peak_bytes`), `cpu_peak_live_bytes` repeated `activation_peak_bytes`.
+EARLIER_FIELDS = ("peak_bytes", "cpu_peak_live_bytes")
 MAX_MESSAGE = 500
 
 
@@ -52,7 +56,13 @@ class CaseRecord:
 
     `parallel` is `cases` (each case on one rank; `world_size` counts the run's ranks) or
     `sequence` (`world_size` ranks ran the case together, `attention` across them, and the
-    figures are this rank's own; the differences are from world size 1)."""
+    figures are this rank's own; the differences are from world size 1).
+
+    Memory: `activation_peak_bytes` is the peak allocated during the forward above what was
+    live before it (weights and input excluded), on either device: on CUDA
+    max_memory_allocated minus the start, on the CPU the profiler's tensor bytes, with kernel
+    scratch apart in `cpu_scratch_peak_bytes`. `cuda_max_allocated_bytes` and
+    `cuda_max_reserved_bytes` are the allocator's totals, weights included."""
 
     case_id: str
     group_id: str
@@ -75,13 +85,11 @@ class CaseRecord:
     status: str = "ok"
     error: str | None = None
     time_ms: TimeSummary | None = None
-    peak_bytes: int | None = None
     activation_peak_bytes: int | None = None
     cuda_max_allocated_bytes: int | None = None
     cuda_max_reserved_bytes: int | None = None
     nvml_peak_used_bytes: int | None = None
     nvml_sample_rate_hz: float | None = None
-    cpu_peak_live_bytes: int | None = None
     cpu_max_rss_bytes: int | None = None
     output_bytes: int | None = None
     weight_bytes: int | None = None
@@ -97,6 +105,7 @@ class CaseRecord:
     attention: str | None = None
     comm_seconds: float | None = None
     comm_bytes: int | None = None
+    cpu_scratch_peak_bytes: int | None = None
 
     @classmethod
     def start(cls, case: Case, rank: RankInfo, warmup: int, repeats: int) -> "CaseRecord":
@@ -147,9 +156,12 @@ class CaseRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CaseRecord":
-        """A record from `to_json`'s dict; TypeError or KeyError if it is not one."""
+        """A record from `to_json`'s dict (or an earlier run's, whose `peak_bytes` and
+        `cpu_peak_live_bytes` are left out: see EARLIER_FIELDS); TypeError or KeyError if it is
+        not one."""
         time_ms = None if data["time_ms"] is None else TimeSummary(**data["time_ms"])
-        return cls(**{**data, "time_ms": time_ms})
+        fields = {k: v for k, v in data.items() if k not in EARLIER_FIELDS}
+        return cls(**{**fields, "time_ms": time_ms})
 
 
 class PartialLog:

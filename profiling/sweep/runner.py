@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from profiling.native_stderr import native_stderr_to
-from profiling.report.artifacts import TIMELINE_DIR
+from profiling.sweep.artifacts import TIMELINE_DIR
 from profiling.sweep.cases import Case, CaseGroup, build_groups, sequence_splits
 from profiling.sweep.distributed import RankContext
 from profiling.sweep.environment import RankInfo, collect_environment

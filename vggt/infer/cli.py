@@ -40,12 +40,13 @@ from vggt.infer.inputs import (
 )
 from vggt.infer.memory_check import RunShape, check_memory, dry_run_report, plan_memory
 from vggt.infer.options import parse_options
-from vggt.infer.ranks import Launch, Ranks
+from vggt.infer.ranks import Ranks
 from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 from vggt.parallel.group import rank_slice, split_evenly
+from vggt.parallel.launch import Launch
 from vggt.parallel.sequence import choose_attention
 from vggt.utils.load_fn import ContentBox
 

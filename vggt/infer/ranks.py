@@ -1,8 +1,6 @@
 """This process's place in the run: its rank and device, the process group under torchrun,
 and the few collectives the command line needs beyond the model's."""
 
-import os
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -10,24 +8,7 @@ import torch.distributed as dist
 
 from vggt.infer.errors import InputError
 from vggt.parallel.group import FrameLayout, SequenceGroup
-
-
-@dataclass(frozen=True)
-class Launch:
-    """What torchrun (or a plain start: one rank) says about this process."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @classmethod
-    def from_environment(cls) -> "Launch":
-        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; rank 0 of 1 without them."""
-        return cls(
-            rank=int(os.environ.get("RANK", "0")),
-            world_size=int(os.environ.get("WORLD_SIZE", "1")),
-            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        )
+from vggt.parallel.launch import Launch
 
 
 class Ranks:
@@ -39,15 +20,10 @@ class Ranks:
         process group (NCCL on CUDA, gloo on the CPU) with the given timeout."""
         self.rank = launch.rank
         self.world_size = launch.world_size
-        if device_type == "cuda":
-            self.device = torch.device("cuda", launch.local_rank)
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device("cpu")
+        self.device = launch.device(device_type)
         self.group: SequenceGroup | None = None
         if self.world_size > 1:
-            backend = "nccl" if device_type == "cuda" else "gloo"
-            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+            launch.join(device_type, timedelta(seconds=timeout_s))
             self.group = SequenceGroup()
 
     @property

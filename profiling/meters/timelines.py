@@ -1,13 +1,18 @@
-"""Memory-over-time series from the CPU profiler, CUDA snapshots and NVML, saved as JSON."""
+"""Memory-over-time series from the CPU profiler, CUDA snapshots and NVML, saved as JSON and
+drawn as PNG."""
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from profiling.meters.cpu import MemoryTrace
 from profiling.meters.cuda import device_trace
 from profiling.meters.nvml import NvmlSamples
+from vggt.memory.units import byte_unit
 
 # Longest series written; a longer one keeps the highest point of each equal stretch.
 MAX_POINTS = 20_000
@@ -88,3 +93,25 @@ def from_cuda_snapshot(snapshot: dict[str, Any], device_index: int, base_bytes: 
             times.append((event["time_us"] - start_us) / 1e6)
         values.append(live)
     return Timeline("cuda-snapshot", times, values, "events" if start_us is None else "seconds")
+
+
+def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> None:
+    """Bytes over time, one line per label (a variant, or a variant and a source)."""
+    figure = Figure(figsize=(8, 5), dpi=120, layout="constrained")
+    axes = figure.subplots()
+    largest = max((t.peak_bytes for t in series.values()), default=1)
+    unit, divisor = byte_unit(largest, "MiB")
+    for label, timeline in series.items():
+        values = [b / divisor for b in timeline.bytes]
+        peak = max(values, default=0.0)
+        axes.step(timeline.times_s, values, where="post", label=f"{label} (peak {peak:.2f} {unit})")
+    axes_kinds = {t.time_axis for t in series.values()}
+    in_seconds = axes_kinds <= {"seconds"}
+    axes.set_xlabel("seconds from the start of the forward" if in_seconds else "allocator event")
+    axes.set_ylabel(f"memory ({unit})")
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    if series:
+        axes.legend()
+    figure.savefig(path)

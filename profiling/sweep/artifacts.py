@@ -7,8 +7,7 @@ from typing import Any
 import torch
 
 from profiling.meters import cuda
-from profiling.report.plots import plot_timelines
-from profiling.report.timelines import Timeline, from_cuda_snapshot
+from profiling.meters.timelines import Timeline, from_cuda_snapshot, plot_timelines
 from profiling.sweep.records import CaseRecord
 
 TIMELINE_DIR = "timelines"
