@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiling.evidence import aggregator, cli, runner
-from profiling.evidence.context import Context
+from profiling import gpu_check
+from profiling.evidence import checks
+from profiling.evidence.checks import Context, choose_cap, fit_need, memory_cap, pytest_summary
 from profiling.evidence.estimates import (
     EstimateFigures,
     EstimateJob,
@@ -18,10 +19,8 @@ from profiling.evidence.estimates import (
     estimate_jobs,
     estimate_point,
 )
-from profiling.evidence.gpu_tests import summary_line
-from profiling.evidence.memory_budget import choose_cap, fit_need, memory_cap
-from profiling.evidence.plan import README_PRECISION, dry_run_plan
-from profiling.evidence.results import Deadline, StepResult
+from profiling.evidence.plan import CAST_PRECISION, README_PRECISION, dry_run_plan
+from profiling.evidence.results import Deadline, Skipped, StepResult
 from tests.profiling_records import RANK, sample_record
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES
 
@@ -67,10 +66,10 @@ def stub_steps(monkeypatch: pytest.MonkeyPatch, **replaced) -> None:
     """Every step passes at once, except those `replaced` by name (dashes as underscores)."""
     steps = {
         name: (letter, replaced.get(name.replace("-", "_"), passing))
-        for name, (letter, _) in runner.STEPS.items()
+        for name, (letter, _) in checks.STEPS.items()
     }
-    monkeypatch.setattr(runner, "STEPS", steps)
-    monkeypatch.setattr(runner, "EstimatePool", NoEstimates)
+    monkeypatch.setattr(checks, "STEPS", steps)
+    monkeypatch.setattr(checks, "EstimatePool", NoEstimates)
 
 
 def statuses(out: Path) -> list[str]:
@@ -81,7 +80,7 @@ def test_the_dry_run_measures_every_step_and_writes_the_evidence(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "evidence"
-    code = cli.main(["--out", str(out), "--dry-run", "--device", "cpu"])
+    code = gpu_check.main(["--out", str(out), "--dry-run", "--device", "cpu"])
     printed = capsys.readouterr().out.splitlines()
     document = json.loads((out / "results.json").read_text())
     steps = {step["name"]: step for step in document["steps"]}
@@ -122,10 +121,11 @@ def test_without_cuda_it_says_so_and_runs_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli.main(["--out", str(tmp_path / "evidence")]) == 0
+    assert gpu_check.main(["--out", str(tmp_path / "evidence")]) == 0
     assert "no CUDA device" in capsys.readouterr().out
     assert not (tmp_path / "evidence").exists()
-    assert cli.main(["--out", str(tmp_path / "evidence"), "--device", "cpu"]) == cli.EXIT_USAGE
+    code = gpu_check.main(["--out", str(tmp_path / "evidence"), "--device", "cpu"])
+    assert code == gpu_check.EXIT_USAGE
 
 
 def test_an_error_stays_in_its_step_and_the_budget_skips_the_rest(
@@ -142,7 +142,7 @@ def test_an_error_stays_in_its_step_and_the_budget_skips_the_rest(
 
     stub_steps(monkeypatch, gpu_tests=broken, aggregator=slow)
     out = tmp_path / "evidence"
-    steps = runner.run_evidence(
+    steps = checks.run_evidence(
         dry_run_plan(), torch.device("cpu"), out, Deadline(100, clock=clock)
     )
     expected = ["error", "pass", *["skipped (time)"] * 4]
@@ -166,7 +166,7 @@ def test_a_killed_run_keeps_the_steps_it_finished(
     stub_steps(monkeypatch, estimates=killed)
     out = tmp_path / "evidence"
     with pytest.raises(KeyboardInterrupt):
-        runner.run_evidence(dry_run_plan(), torch.device("cpu"), out, Deadline(100))
+        checks.run_evidence(dry_run_plan(), torch.device("cpu"), out, Deadline(100))
     assert statuses(out) == ["pass", "pass", *["pending"] * 4]
 
 
@@ -182,26 +182,23 @@ def test_points_past_the_budget_are_skipped_and_the_step_is_incomplete(
                 variant=variant,
                 frames=group.frames,
                 precision=group.precision.label,
-                peak_bytes=(3 if variant == "full" else 2) * group.frames,
+                activation_peak_bytes=(3 if variant == "full" else 2) * group.frames,
                 max_rel_diff=0.0,
             )
             for variant in group.variants
         ]
 
-    monkeypatch.setattr(aggregator, "measure", fake_measure)
+    monkeypatch.setattr(checks, "measure", fake_measure)
     plan = dry_run_plan()
     context = Context(
         plan, torch.device("cpu"), RANK, tmp_path, tmp_path, tmp_path / "log",
         Deadline(100, clock=clock), None, {},
     )  # fmt: skip
     result = StepResult("aggregator", "b")
-    aggregator.run_aggregator(context, result)
+    checks.run_aggregator(context, result)
     assert result.status == "incomplete", result.verdict
-    assert len(result.data["records"]) == 2 * 2
-    assert result.data["skipped"] == [
-        {"precision": "bf16", "frames": 1},
-        {"precision": "bf16", "frames": 4},
-    ]
+    assert len(result.data.records) == 2 * 2
+    assert result.data.skipped == [Skipped(CAST_PRECISION, 1), Skipped(CAST_PRECISION, 4)]
     assert result.verdict.startswith(f"at 4 frames, {README_PRECISION.label}: optimized")
 
 
@@ -254,6 +251,6 @@ def test_estimates_whose_workers_cannot_start_say_why(monkeypatch: pytest.Monkey
 
 def test_pytests_summary_line_is_found() -> None:
     output = "....s\n=== 4 passed, 1 skipped, 2 deselected in 3.20s ===\n"
-    assert summary_line(output) == "4 passed, 1 skipped, 2 deselected in 3.20s"
-    assert summary_line("4 skipped in 1.1s\n") == "4 skipped in 1.1s"
-    assert summary_line("collected nothing") == "no summary"
+    assert pytest_summary(output) == "4 passed, 1 skipped, 2 deselected in 3.20s"
+    assert pytest_summary("4 skipped in 1.1s\n") == "4 skipped in 1.1s"
+    assert pytest_summary("collected nothing") == "no summary"

@@ -66,16 +66,20 @@ def estimate_point(job: EstimateJob) -> EstimateFigures:
     )
 
 
+def aggregator_job(plan: Plan, variant: str, precision: Precision, frames: int) -> EstimateJob:
+    """The estimate of one aggregator variant at `frames` of the plan's model and image size."""
+    return EstimateJob(variant, "aggregator", plan.architecture, precision, frames, plan.side)
+
+
 def estimate_jobs(plan: Plan) -> list[EstimateJob]:
     """The memory-budget step's two points first, then every point of the aggregator step by
     frame count."""
-    arch, side = plan.architecture, plan.side
     budget = [
-        EstimateJob(variant, "aggregator", arch, plan.budget_precision, plan.budget_frames, side)
+        aggregator_job(plan, variant, plan.budget_precision, plan.budget_frames)
         for variant in ("full", "optimized")
     ]
     grid = [
-        EstimateJob(variant, "aggregator", arch, precision, frames, side)
+        aggregator_job(plan, variant, precision, frames)
         for frames in plan.frames
         for precision in plan.precisions
         for variant in ("full", "optimized")

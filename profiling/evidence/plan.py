@@ -1,12 +1,15 @@
 """What the GPU evidence runs: sizes for one H100/H200 (VGGT-1B at 518x518), or tiny ones that
-run the same steps on a CPU in seconds (the dry run the tests use)."""
+run the same steps on a CPU in seconds (the dry run the tests use); and the two variants it
+adds to the sweep's, offloaded and unchunked."""
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+
+from torch import nn
 
 from profiling.sweep.presets import load_preset
 from vggt.models.architecture import VGGT_1B, Architecture
+from vggt.models.variants import Variant, register_variant, variant_names
 from vggt.precision import Precision, get_precision
 
 GB = 10**9
@@ -15,6 +18,8 @@ REFERENCE_BYTES = {8: int(3.23 * GB), 100: int(21.15 * GB), 200: int(40.63 * GB)
 # The README's precision (fp32 weights under bf16 autocast), and the aggregator's weights in bf16.
 README_PRECISION = get_precision("autocast")
 CAST_PRECISION = get_precision("bf16")
+OFFLOAD = "offload"
+UNCHUNKED = "unchunked"
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,6 @@ class Plan:
     reference_bytes: dict[int, int]
     pytest_paths: tuple[str, ...]
     seed: int = 0
-
-    def describe(self) -> dict[str, Any]:
-        """The plan as plain values, for results.json."""
-        values = dataclasses.asdict(self)
-        values["precisions"] = [precision.label for precision in self.precisions]
-        values["budget_precision"] = self.budget_precision.label
-        return values
 
     def step_lines(self, device: str) -> dict[str, str]:
         """Step name -> what it runs, as the plan printed first says it."""
@@ -103,3 +101,33 @@ def dry_run_plan() -> Plan:
         reference_bytes={},
         pytest_paths=("tests/test_profiling_gpu.py",),
     )
+
+
+def build_offload(component: str, architecture: Architecture) -> nn.Module:
+    """`VGGTOptimized(offload_outputs=True)`: kept layers in page-locked host memory."""
+    from vggt.models.vggt_vram_optimized import VGGTOptimized
+
+    if component != "model":
+        raise ValueError(f"the {OFFLOAD} variant is a whole model, not a {component}")
+    return VGGTOptimized(**architecture.model_kwargs(), offload_outputs=True)
+
+
+def build_unchunked(component: str, architecture: Architecture) -> nn.Module:
+    """The optimized aggregator with `transient_budget=None`: each in-place block runs on the
+    whole residual stream at once."""
+    from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
+
+    if component != "aggregator":
+        raise ValueError(f"the {UNCHUNKED} variant is an aggregator, not a {component}")
+    return AggregatorVramOptimized(
+        **architecture.aggregator_kwargs(),
+        selected_layer_idx=architecture.head_layers(),
+        transient_budget=None,
+    )
+
+
+def register_evidence_variants() -> None:
+    """Register both variants (once per process)."""
+    for variant in (Variant(OFFLOAD, build_offload), Variant(UNCHUNKED, build_unchunked)):
+        if variant.name not in variant_names():
+            register_variant(variant)
