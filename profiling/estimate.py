@@ -28,7 +28,13 @@ from vggt.memory.fit import max_frames_by_budget
 from vggt.memory.units import bytes_in, format_bytes, parse_bytes
 from vggt.models.variants import COMPONENTS, variant_names
 from vggt.parallel.sequence import ATTENTIONS, choose_attention
-from vggt.precision import DTYPE_MODES, DTYPE_NAMES, PRECISIONS, from_dtype, get_precision
+from vggt.precision import (
+    DTYPE_MODES,
+    DTYPE_NAMES,
+    PRECISIONS,
+    choose_precision,
+    get_precision,
+)
 
 FITS_RULE = (
     "a frame count fits M when reserved bound + CUDA context (+ NCCL buffers over several "
@@ -191,7 +197,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         architecture = load_preset(args.preset).architecture
     except (UsageError, ValueError) as error:
         parser.error(str(error))
-    args.precision = choose_precision(parser, args)
+    try:
+        default = get_precision("autocast")
+        args.precision = choose_precision(args.precision, args.dtype, args.dtype_mode, default)
+    except ValueError as error:
+        parser.error(str(error))
     args.variant_list = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variant_list if v not in variant_names()]
     if unknown:
@@ -216,18 +226,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if min(args.frames_list) < args.world_size:
         parser.error("--frames must each be at least --world-size (a frame per rank)")
     return args
-
-
-def choose_precision(parser: argparse.ArgumentParser, args: argparse.Namespace):
-    """--precision, or the precision the earlier --dtype and --dtype-mode name (default
-    autocast); argparse's exit 2 when both forms are given."""
-    if args.precision is not None:
-        if args.dtype is not None or args.dtype_mode is not None:
-            parser.error("--precision replaces --dtype and --dtype-mode: give one of them")
-        return get_precision(args.precision)
-    if args.dtype is None and args.dtype_mode is None:
-        return get_precision("autocast")
-    return from_dtype(args.dtype or "bf16", args.dtype_mode or "autocast")
 
 
 def estimate_variant(args: argparse.Namespace, variant: str) -> dict:

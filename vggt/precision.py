@@ -105,3 +105,17 @@ def from_dtype(dtype: str, mode: str = "autocast") -> Precision:
     if mode not in DTYPE_MODES:
         raise ValueError(f"unknown dtype mode {mode!r}; choose from {', '.join(DTYPE_MODES)}")
     return get_precision(f"{dtype}-{mode}")
+
+
+def choose_precision(
+    precision: str | None, dtype: str | None, dtype_mode: str | None, default: Precision
+) -> Precision:
+    """What a command line asks for: `--precision`, or the earlier `--dtype`/`--dtype-mode`
+    pair (a missing half taken from `default`), or `default`; ValueError for both forms."""
+    if precision is not None:
+        if dtype is not None or dtype_mode is not None:
+            raise ValueError("--precision replaces --dtype and --dtype-mode: give one of them")
+        return get_precision(precision)
+    if dtype is None and dtype_mode is None:
+        return default
+    return from_dtype(dtype or default.dtype, dtype_mode or "autocast")

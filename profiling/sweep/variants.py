@@ -1,34 +1,13 @@
-"""The variants a sweep compares (`vggt.models.variants`: `full`, the baseline, and
-`optimized`), and more from `--variant-module NAME`: the module is imported and its
-`register_variants()` is called, which calls `register_variant` (importable from here or from
-`vggt.models.variants`)."""
+"""More variants for a sweep than `vggt.models.variants`' `full` and `optimized`:
+`--variant-module NAME` imports NAME and calls its `register_variants()`, which calls
+`vggt.models.variants.register_variant`; and which variants can split a sequence."""
 
 import importlib
 
 import torch
 
 from vggt.models.architecture import Architecture
-from vggt.models.variants import (
-    BASELINE,
-    Variant,
-    build_full,
-    build_optimized,
-    get_variant,
-    register_variant,
-    variant_names,
-)
-
-__all__ = [
-    "BASELINE",
-    "Variant",
-    "build_full",
-    "build_optimized",
-    "get_variant",
-    "load_variant_module",
-    "register_variant",
-    "splits_sequences",
-    "variant_names",
-]
+from vggt.models.variants import get_variant
 
 
 def load_variant_module(module_name: str) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from vggt.memory.units import parse_bytes
 from vggt.parallel.sequence import ATTENTIONS
-from vggt.precision import DTYPE_MODES, PRECISIONS, from_dtype, get_precision
+from vggt.precision import DTYPE_MODES, PRECISIONS, choose_precision, get_precision
 from vggt.utils.load_fn import PATCH_SIZE, TARGET_SIZE
 
 DEFAULT_CHECKPOINT = "facebook/VGGT-1B"
@@ -143,7 +143,10 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif options.device == "cuda" and not torch.cuda.is_available() and not options.dry_run:
         parser.error("--device cuda given but CUDA is not available")
     try:
-        options.precision = choose_precision(options)
+        default = get_precision("autocast" if options.device == "cuda" else "fp32")
+        options.precision = choose_precision(
+            options.precision, options.dtype, options.dtype_mode, default
+        )
         options.device_memory = (
             None if options.device_memory is None else parse_bytes(options.device_memory)
         )
@@ -159,16 +162,3 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif options.world_size < 1:
         parser.error(f"--world-size must be at least 1, got {options.world_size}")
     return options
-
-
-def choose_precision(options: argparse.Namespace):
-    """--precision, else the earlier --dtype/--dtype-mode's, else autocast on CUDA and fp32
-    on the CPU; ValueError when both forms are given."""
-    if options.precision is not None:
-        if options.dtype is not None or options.dtype_mode is not None:
-            raise ValueError("--precision replaces --dtype and --dtype-mode: give one of them")
-        return get_precision(options.precision)
-    if options.dtype is None and options.dtype_mode is None:
-        return get_precision("autocast" if options.device == "cuda" else "fp32")
-    dtype = options.dtype or ("bf16" if options.device == "cuda" else "fp32")
-    return from_dtype(dtype, options.dtype_mode or "autocast")
