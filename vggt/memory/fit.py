@@ -4,10 +4,11 @@ and, split over ranks, NCCL's buffers).
 
 `max_frames` searches exactly: a gallop from a guess, then interpolation between the traced
 frame counts on either side of the budget (bisection where that does not shrink them fast).
-`max_frames_by_budget` answers several budgets from few passes: it traces the requirement at
-three frame counts where it grows affinely with the frame count and, when they are collinear,
-reads each budget's answer off the line, conservatively by the line's margin (WIGGLE_BYTES,
-the residual, and the bend a parabola through the three would show); any other budget gets the
+`max_frames_by_budget` answers several budgets from few passes: frame counts double from one
+per rank until the requirement outgrows the budget (then the exact search) or grows affinely
+with the frame count; there it traces three frame counts and, when they are collinear, reads
+each budget's answer off the line, conservatively by the line's margin (WIGGLE_BYTES, the
+residual, and the bend a parabola through the three would show); any other budget gets the
 exact search. Split over W ranks the line runs through multiples of W and answers in whole
 shares.
 """
