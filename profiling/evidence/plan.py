@@ -99,7 +99,7 @@ def dry_run_plan() -> Plan:
         offload_frames=3,
         chunk_frames=(4, 64),
         reference_bytes={},
-        pytest_paths=("tests/test_profiling_gpu.py",),
+        pytest_paths=("tests/profiling/test_gpu.py",),
     )
 
 

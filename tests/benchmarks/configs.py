@@ -1,6 +1,6 @@
 """The configurations the benchmarks compare the full and optimized variants on."""
 
-from tests.helpers import SMALL_AGGREGATOR
+from tests.support.configs import SMALL_AGGREGATOR
 
 # Wider and deeper than SMALL_AGGREGATOR so that, as in VGGT-1B, the per-layer outputs rather
 # than the images dominate memory; the heads read 4 of the 12 layers (VGGT-1B: 4 of 24).

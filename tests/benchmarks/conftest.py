@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.benchmarks.configs import BATCH, SHAPES, VARIANTS
-from tests.helpers import seeded_images
+from tests.support.images import seeded_images
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,154 @@
+"""`vggt.infer` end to end on gloo ranks: a plain run (world size 1) and torchrun runs at 2
+(ulysses) and 3 ranks (ring, as the small model has 2 heads) write the same frames, cameras
+and tracks to a relative L2 error of 1e-5; and a rank killed in the middle of the forward
+ends the whole run with a clear line, never a hang."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.infer_inputs import (
+    CONTENT_SHAPES,
+    IMAGE_SIZES,
+    KILL_WORKER,
+    SIZE,
+    environment,
+    run_infer,
+    write_checkpoint,
+    write_images,
+    write_query_points,
+)
+from tests.support.launch import torchrun
+
+pytestmark = pytest.mark.distributed
+
+BOUND = 1e-5
+TIMEOUT_S = 300
+KILL_BOUND_S = 120
+FRAME_KEYS = {"depth": (), "depth_conf": (), "world_points": (3,), "world_points_conf": ()}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("infer")
+    return {
+        "checkpoint": write_checkpoint(root / "checkpoint"),
+        "images": write_images(root / "images"),
+        "points": write_query_points(root / "points.csv"),
+        "root": root,
+    }
+
+
+def arguments(inputs: dict[str, Path], out: Path) -> list[str]:
+    return [
+        str(inputs["images"]),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(inputs["checkpoint"]),
+        "--size",
+        SIZE,
+        "--query-points",
+        str(inputs["points"]),
+        "--device",
+        "cpu",
+    ]
+
+
+@pytest.fixture(scope="module")
+def outputs(inputs: dict[str, Path]) -> dict[int, Path]:
+    """The output folder of a run at each world size."""
+    folders = {}
+    for ranks in (1, 2, 3):
+        out = inputs["root"] / f"out{ranks}"
+        completed = run_infer(ranks, arguments(inputs, out), TIMEOUT_S)
+        assert completed.returncode == 0, completed.stderr[-4000:]
+        assert f"4 frames on {ranks} rank" in completed.stdout
+        assert "estimated requirement per rank" in completed.stderr
+        assert "(not checked on the CPU)" in completed.stderr
+        folders[ranks] = out
+    return folders
+
+
+def rel_l2(ours: np.ndarray, reference: np.ndarray) -> float:
+    """||ours - reference|| / ||reference|| over the finite entries, which must coincide (a
+    random model's field of view may be 0, so a focal length infinite)."""
+    finite = np.isfinite(reference)
+    assert np.array_equal(finite, np.isfinite(ours))
+    difference = ours[finite].astype(np.float64) - reference[finite]
+    return float(np.linalg.norm(difference) / np.linalg.norm(reference[finite]))
+
+
+def all_arrays(out: Path) -> dict[str, np.ndarray]:
+    """Every array the run wrote, named file:key."""
+    arrays = {}
+    for path in sorted(out.rglob("*.npz")):
+        with np.load(path) as data:
+            arrays.update({f"{path.relative_to(out)}:{key}": data[key] for key in data.files})
+    return arrays
+
+
+def test_files_keys_shapes_and_dtypes(outputs: dict[int, Path]) -> None:
+    out = outputs[2]
+    frames = sorted((out / "frames").iterdir())
+    assert [path.name for path in frames] == [f"{i:06d}.npz" for i in range(4)]
+    for path, (height, width) in zip(frames, CONTENT_SHAPES, strict=True):
+        with np.load(path) as data:
+            assert set(data.files) == set(FRAME_KEYS)
+            for key, trailing in FRAME_KEYS.items():
+                assert data[key].shape == (height, width, *trailing), (path.name, key)
+                assert data[key].dtype == np.float32
+    with np.load(out / "cameras.npz") as cameras:
+        shapes = {key: cameras[key].shape for key in cameras.files}
+        assert shapes == {"pose_enc": (4, 9), "extrinsic": (4, 3, 4), "intrinsic": (4, 3, 3)}
+        # principal points in each frame's own pixels: the 112-row frames were padded by 14
+        assert cameras["intrinsic"][:, :2, 2].tolist() == [[70, 56], [70, 70], [70, 56], [70, 70]]
+    with np.load(out / "tracks.npz") as tracks:
+        shapes = {key: tracks[key].shape for key in tracks.files}
+        assert shapes == {"track": (4, 3, 2), "vis": (4, 3), "conf": (4, 3)}
+        assert all(tracks[key].dtype == np.float32 for key in tracks.files)
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_world_sizes_agree(outputs: dict[int, Path]) -> None:
+    reference = all_arrays(outputs[1])
+    assert len(reference) == 4 * 4 + 3 + 3
+    for ranks in (2, 3):
+        arrays = all_arrays(outputs[ranks])
+        assert arrays.keys() == reference.keys()
+        errors = {name: rel_l2(arrays[name], value) for name, value in reference.items()}
+        worst = {name: error for name, error in errors.items() if error > BOUND}
+        assert not worst, (ranks, worst)
+
+
+def test_run_json(outputs: dict[int, Path]) -> None:
+    run = json.loads((outputs[3] / "run.json").read_text())
+    assert run["frames"] == 4 and run["world_size"] == 3
+    assert [Path(name).name for name in run["names"]] == list(IMAGE_SIZES)
+    assert run["frames_per_rank"] == [2, 1, 1]
+    assert run["attention"] == "ring"
+    assert all(rank["bytes_sent"] > 0 for rank in run["communication_per_rank"])
+    assert len(run["peak_memory_bytes"]) == 3 and min(run["peak_memory_bytes"]) > 0
+    assert run["options"]["size"] == int(SIZE) and run["seconds"] > 0
+
+
+def test_a_killed_rank_ends_the_run(inputs: dict[str, Path]) -> None:
+    out = inputs["root"] / "killed"
+    started = time.monotonic()
+    completed = torchrun(
+        2,
+        KILL_WORKER,
+        [*arguments(inputs, out), "--timeout", "60"],
+        env=environment(),
+        timeout_s=KILL_BOUND_S,
+    )
+    assert time.monotonic() - started < KILL_BOUND_S
+    assert completed.returncode != 0
+    lines = completed.stderr.splitlines()
+    assert any(line.startswith("vggt.infer: rank 0 stopped: another rank") for line in lines), (
+        completed.stderr[-4000:]
+    )
+    assert not (out / "run.json").exists()

@@ -1,0 +1,66 @@
+"""Peak live tensor bytes on CPU (torch.profiler memory events): optimized against full."""
+
+import pytest
+import torch
+
+from profiling.meters.cpu import peak_live_bytes
+from tests.support.configs import MEMORY_AGGREGATOR
+from tests.support.images import seeded_images
+from vggt.models.aggregator import Aggregator
+from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
+
+KEPT = [4, 11, 17, 23]
+
+
+@pytest.fixture(scope="module")
+def aggregators() -> tuple[Aggregator, AggregatorVramOptimized]:
+    torch.manual_seed(0)
+    full = Aggregator(**MEMORY_AGGREGATOR).eval()
+    optimized = AggregatorVramOptimized(**MEMORY_AGGREGATOR, selected_layer_idx=KEPT).eval()
+    optimized.load_state_dict(full.state_dict())
+    return full, optimized
+
+
+def peak(model: torch.nn.Module, frames: int) -> int:
+    images = seeded_images(1, frames, 224, 224)
+    with torch.no_grad():
+        return peak_live_bytes(lambda: model(images))
+
+
+def stream_bytes(frames: int) -> int:
+    """Bytes of one residual stream [1, S, P, C] in float32."""
+    tokens = 1 + 4 + (224 // 14) ** 2
+    return frames * tokens * MEMORY_AGGREGATOR["embed_dim"] * 4
+
+
+def test_optimized_peak_is_under_022_of_full_at_8_frames(aggregators: tuple) -> None:
+    full, optimized = aggregators
+    full_peak, optimized_peak = peak(full, 8), peak(optimized, 8)
+    assert optimized_peak / full_peak <= 0.22
+    assert peak(optimized, 8) == optimized_peak, "CPU byte counts must be deterministic"
+
+
+def test_layer_selection_alone_is_under_030_of_full(aggregators: tuple) -> None:
+    full, optimized = aggregators
+    unchunked = AggregatorVramOptimized(
+        **MEMORY_AGGREGATOR, selected_layer_idx=KEPT, transient_budget=None
+    ).eval()
+    unchunked.load_state_dict(optimized.state_dict())
+    chunked_peak, unchunked_peak = peak(optimized, 8), peak(unchunked, 8)
+    assert chunked_peak < unchunked_peak <= 0.30 * peak(full, 8)
+
+
+def test_peak_bytes_bracket_the_analytic_floor(aggregators: tuple) -> None:
+    full, optimized = aggregators
+    unit = stream_bytes(8)
+    kept_outputs = 2 * len(KEPT) * unit
+    optimized_peak = peak(optimized, 8)
+    # kept outputs, the residual stream, K and V, and chunk-sized temporaries
+    assert kept_outputs + 3 * unit < optimized_peak <= kept_outputs + 5 * unit
+    assert peak(full, 8) >= 2 * 24 * unit
+
+
+@pytest.mark.parametrize("frames", range(1, 17))
+def test_optimized_never_above_full(aggregators: tuple, frames: int) -> None:
+    full, optimized = aggregators
+    assert peak(optimized, frames) <= peak(full, frames)

@@ -1,0 +1,125 @@
+"""A sequence split over gloo ranks (torchrun) matches one device to 1e-5 relative L2, refuses
+impossible splits, lowers each rank's peak, and reproduces the golden recipe at 2 ranks."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.parallel_cases import run_cases
+from tests.support.recipe import TOLERANCE, TRACKER_BOUNDS
+
+pytestmark = pytest.mark.distributed
+
+BOUND = 1e-5
+FOUR_HEADS = {"embed_dim": 64, "num_heads": 4}
+# The 2-rank cases of each test, run together in one launch by `two_rank_findings`.
+TWO_RANK_CASES = {
+    "test_two_ranks": [
+        {"name": "ulysses-5", "attention": "ulysses", "frames": 5, "batch": 1},
+        {"name": "ulysses-7-b2", "attention": "ulysses", "frames": 7, "batch": 2},
+        {"name": "ring-5", "attention": "ring", "frames": 5, "batch": 1, "tracks": False},
+        {"name": "one-frame", "attention": "ulysses", "frames": 1, "batch": 1},
+        {"name": "memory", "kind": "memory", "attention": "ulysses", "frames": 16},
+    ],
+    "test_golden_recipe_on_two_ranks": [
+        {"name": "golden", "kind": "golden", "attention": "ulysses"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def two_rank_findings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[dict]:
+    """Every rank's findings of one 2-rank launch with the cases of this module's selected tests."""
+    selected = {item.name for item in request.session.items if item.module is request.module}
+    cases = [case for test, cases in TWO_RANK_CASES.items() if test in selected for case in cases]
+    return run_cases(tmp_path_factory.mktemp("two-ranks"), 2, cases)
+
+
+def assert_exact(findings: list[dict], name: str) -> None:
+    covered = []
+    for rank, found in enumerate(findings):
+        result = found[name]
+        assert "error" not in result, (rank, result)
+        worst = {key: value for key, value in result["errors"].items() if value > BOUND}
+        assert not worst, (name, rank, worst)
+        covered.append(result["frames"])
+    assert covered[0][0] == 0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))
+
+
+def test_two_ranks(two_rank_findings: list[dict]) -> None:
+    findings = two_rank_findings
+    for name in ("ulysses-5", "ulysses-7-b2", "ring-5"):
+        assert_exact(findings, name)
+    for found in findings:
+        assert "rank 1: holds no frames" in found["one-frame"]["error"]
+    memory = findings[0]["memory"]
+    assert memory["split"] <= 0.55 * memory["alone"], memory
+    assert findings[1]["memory"]["split"] <= 0.55 * memory["alone"]
+
+
+@pytest.mark.slow
+def test_golden_recipe_on_two_ranks(two_rank_findings: list[dict]) -> None:
+    for rank, found in enumerate(two_rank_findings):
+        result = found["golden"]
+        assert result["frames"] == [rank, rank + 1]
+        for name, error in result["errors"].items():
+            assert error <= TRACKER_BOUNDS.get(name, TOLERANCE), (rank, name, error)
+
+
+def test_three_ranks(tmp_path: Path) -> None:
+    cases = [
+        {
+            "name": "ulysses-7-chunked",
+            "attention": "ulysses",
+            "frames": 7,
+            "batch": 1,
+            "architecture": FOUR_HEADS,
+            "min_chunk_tokens": 40,
+        },
+        {"name": "ring-5-b2", "attention": "ring", "frames": 5, "batch": 2, "tracks": False},
+        {"name": "too-many-ranks", "attention": "ulysses", "frames": 5, "batch": 1},
+    ]
+    findings = run_cases(tmp_path, 3, cases)
+    assert_exact(findings, "ulysses-7-chunked")
+    assert_exact(findings, "ring-5-b2")
+    for found in findings:
+        assert "at most 2 ranks, not 3: use ring attention" in found["too-many-ranks"]["error"]
+
+
+@st.composite
+def split_cases(draw: st.DrawFn) -> dict:
+    """A small architecture and an arbitrary split of a few frames over 2 ranks."""
+    heads = draw(st.sampled_from([2, 4]))
+    frames = draw(st.integers(2, 6))
+    first = draw(st.integers(1, frames - 1))
+    return {
+        "name": "case",
+        "attention": draw(st.sampled_from(["ulysses", "ring"])),
+        "frames": frames,
+        "counts": [first, frames - first],
+        "batch": draw(st.integers(1, 2)),
+        "architecture": {
+            "embed_dim": 16 * heads,
+            "num_heads": heads,
+            "depth": draw(st.integers(2, 4)),
+            "intermediate_layer_idx": (0, 1, -2, -1),
+        },
+        "min_chunk_tokens": draw(st.sampled_from([None, 24, 64])),
+        "size": draw(st.sampled_from([56, 84])),
+        "tracks": False,
+        "seed": draw(st.integers(0, 3)),
+    }
+
+
+@settings(
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=split_cases())
+def test_any_split_of_any_small_model_is_exact(tmp_path: Path, case: dict) -> None:
+    assert_exact(run_cases(tmp_path, 2, [case]), "case")
