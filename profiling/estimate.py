@@ -195,12 +195,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.cuda_context_bytes = parse_bytes(args.cuda_context)
         args.nccl_bytes = parse_bytes(args.nccl)
         architecture = load_preset(args.preset).architecture
-    except (UsageError, ValueError) as error:
-        parser.error(str(error))
-    try:
         default = get_precision("autocast")
         args.precision = choose_precision(args.precision, args.dtype, args.dtype_mode, default)
-    except ValueError as error:
+    except (UsageError, ValueError) as error:
         parser.error(str(error))
     args.variant_list = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variant_list if v not in variant_names()]

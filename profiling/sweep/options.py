@@ -6,7 +6,6 @@ Every problem becomes a `UsageError` with one line of text; run.py prints it and
 import argparse
 import contextlib
 import dataclasses
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from profiling.sweep.records import has_partial_results
 from profiling.sweep.variants import load_variant_module, splits_sequences
 from vggt.models.architecture import Architecture
 from vggt.models.variants import COMPONENTS, get_variant
+from vggt.parallel.launch import Launch
 from vggt.parallel.sequence import ATTENTIONS, choose_attention
 from vggt.precision import DTYPE_MODES, PRECISIONS, from_dtype, get_precision
 
@@ -314,7 +314,7 @@ def check_memory_budget(budget: float | None, device_type: str) -> None:
         return
     if device_type != "cuda":
         raise UsageError("--memory-budget caps CUDA memory; this run uses the CPU")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = Launch.from_environment().local_rank
     total = torch.cuda.get_device_properties(local_rank).total_memory / 2**30
     if not 0 < budget <= total:
         raise UsageError(
@@ -343,9 +343,9 @@ def sequence_variants(
     return able
 
 
-def check_world_size(parallel: str) -> None:
+def check_world_size(parallel: str, world_size: int) -> None:
     """UsageError for a sequence-parallel sweep without at least two ranks to split over."""
-    if parallel == "sequence" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if parallel == "sequence" and world_size < 2:
         raise UsageError("--parallel sequence needs torchrun with at least 2 ranks")
 
 
@@ -360,12 +360,12 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
             load_variant_module(module)
     settings = dataclasses.replace(preset.settings, **axis_changes(args, preset.settings))
     check_settings(settings, preset.architecture.patch_size)
-    check_world_size(args.parallel)
+    world_size = Launch.from_environment().world_size
+    check_world_size(args.parallel, world_size)
     if args.parallel == "sequence":
         variants = sequence_variants(settings, preset.architecture, args.variants is not None)
         settings = dataclasses.replace(settings, variants=variants)
     check_memory_budget(args.memory_budget, device_type)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     with usage_errors():
         attention = choose_attention(args.attention, world_size, preset.architecture.num_heads)
     out_dir, resume = choose_out_dir(args, attempt)

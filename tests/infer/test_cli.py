@@ -19,9 +19,8 @@ from tests.support.configs import SMALL_VGGT
 from tests.support.infer_inputs import (
     SIZE,
     environment,
-    write_checkpoint,
     write_images,
-    write_query_points,
+    write_inputs,
 )
 from vggt.infer import main
 from vggt.infer.errors import InputError
@@ -36,13 +35,7 @@ EXIT_BAD_INPUT = 2
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("infer_cli")
-    return {
-        "checkpoint": write_checkpoint(root / "checkpoint"),
-        "images": write_images(root / "images"),
-        "points": write_query_points(root / "points.csv"),
-        "root": root,
-    }
+    return write_inputs(tmp_path_factory.mktemp("infer_cli"))
 
 
 def run_main(inputs: dict[str, Path], *extra: str, images: str | None = None) -> int:
@@ -197,10 +190,11 @@ def test_memory_refusal_names_the_frames_that_fit() -> None:
     # offloaded and in bf16 already: the refusal tries no other options (fewer fake passes)
     frames, ranks = 8, 2
     run = small_run(frames, ranks)
-    needed = plan_memory(run, None).per_rank_bytes
-    plan = plan_memory(run, needed - 1)
+    model = run.model()
+    needed = plan_memory(run, None, model).per_rank_bytes
+    plan = plan_memory(run, needed - 1, model)
     assert plan.fits is False and plan.per_rank_bytes == needed
-    problem = refusal(plan, run)
+    problem = refusal(plan, run, model)
     assert "--no-estimate runs anyway" in problem
     most = int(re.search(r"at most (\d+) frames fit 2 rank", problem).group(1))
     assert 0 < most < frames

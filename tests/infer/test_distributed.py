@@ -17,9 +17,7 @@ from tests.support.infer_inputs import (
     SIZE,
     environment,
     run_infer,
-    write_checkpoint,
-    write_images,
-    write_query_points,
+    write_inputs,
 )
 from tests.support.launch import torchrun
 
@@ -33,13 +31,7 @@ FRAME_KEYS = {"depth": (), "depth_conf": (), "world_points": (3,), "world_points
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("infer")
-    return {
-        "checkpoint": write_checkpoint(root / "checkpoint"),
-        "images": write_images(root / "images"),
-        "points": write_query_points(root / "points.csv"),
-        "root": root,
-    }
+    return write_inputs(tmp_path_factory.mktemp("infer"))
 
 
 def arguments(inputs: dict[str, Path], out: Path) -> list[str]:

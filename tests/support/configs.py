@@ -10,15 +10,7 @@ SMALL_AGGREGATOR = {
     "patch_embed": "conv",
 }
 # A small VGGT whose heads read layers 1, 2, 4 and 5 of a 6-layer aggregator.
-SMALL_VGGT = {
-    "img_size": 56,
-    "patch_size": 14,
-    "embed_dim": 32,
-    "depth": 6,
-    "num_heads": 2,
-    "patch_embed": "conv",
-    "intermediate_layer_idx": (1, 2, 4, 5),
-}
+SMALL_VGGT = {**SMALL_AGGREGATOR, "intermediate_layer_idx": (1, 2, 4, 5)}
 # The configuration the memory targets of the optimized-aggregator issue are stated for.
 MEMORY_AGGREGATOR = {
     "embed_dim": 256,

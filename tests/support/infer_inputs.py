@@ -58,6 +58,17 @@ def write_query_points(path: Path) -> Path:
     return path
 
 
+def write_inputs(root: Path) -> dict[str, Path]:
+    """Everything a `vggt.infer` test runs on, written under `root`: the checkpoint folder,
+    the images, the query points, and `root` itself for outputs."""
+    return {
+        "checkpoint": write_checkpoint(root / "checkpoint"),
+        "images": write_images(root / "images"),
+        "points": write_query_points(root / "points.csv"),
+        "root": root,
+    }
+
+
 def environment() -> dict[str, str]:
     """The tests' environment for subprocesses: this checkout first, no hub access."""
     return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

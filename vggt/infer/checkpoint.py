@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 
 from vggt.infer.errors import InputError
+from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.vggt import VGGT, read_state_dict
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 
@@ -31,6 +32,11 @@ class Checkpoint:
     weights: Path
     config: dict
     config_source: str
+
+    @property
+    def architecture(self) -> Architecture:
+        """The model's shape: VGGT-1B's with what the config sets."""
+        return VGGT_1B.with_config(self.config)
 
 
 def resolve_checkpoint(name: str, config_file: str | None = None) -> Checkpoint:

@@ -38,11 +38,16 @@ from vggt.infer.inputs import (
     read_plans,
     read_query_points,
 )
-from vggt.infer.memory_check import RunShape, check_memory, dry_run_report, plan_memory
+from vggt.infer.memory_check import (
+    RunShape,
+    check_memory,
+    dry_run_report,
+    plan_memory,
+    usable_memory,
+)
 from vggt.infer.options import parse_options
 from vggt.infer.ranks import Ranks
 from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
-from vggt.memory.estimate import CUDA_CONTEXT_BYTES
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 from vggt.parallel.group import rank_slice, split_evenly
@@ -88,16 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(options: argparse.Namespace, launch: Launch) -> None:
     """The whole run on this rank; InputError for bad input, before any model work."""
     started = time.perf_counter()
-    paths = find_images(options.images)
+    paths = frames_for(options.images, launch.world_size)
     points = read_query_points(options.query_points) if options.query_points else None
-    if len(paths) < launch.world_size:
-        raise InputError(
-            f"{len(paths)} frames for {launch.world_size} ranks: use at most as many ranks as "
-            "frames"
-        )
     checkpoint = resolve_checkpoint(options.checkpoint, options.config)
-    architecture = VGGT_1B.with_config(checkpoint.config)
-    attention = attention_for(options, architecture, launch.world_size)
+    attention = attention_for(options, checkpoint.architecture, launch.world_size)
     if points is not None and not checkpoint.config.get("enable_track", True):
         raise InputError(f"the model of {checkpoint.config_source} has no track head")
     weights = read_weights(checkpoint)
@@ -135,7 +134,7 @@ def run_on_ranks(
         len(paths),
         ranks.world_size,
         *shape,
-        VGGT_1B.with_config(checkpoint.config),
+        checkpoint.architecture,
         options.precision,
         attention,
         options.offload,
@@ -200,6 +199,16 @@ def _agreed(ranks: Ranks, work: Callable[[], Result]) -> Result:
     return result
 
 
+def frames_for(images: Sequence[str], world_size: int) -> list[Path]:
+    """The frames IMAGES name; InputError when there are fewer than ranks."""
+    paths = find_images(images)
+    if len(paths) < world_size:
+        raise InputError(
+            f"{len(paths)} frames for {world_size} ranks: use at most as many ranks as frames"
+        )
+    return paths
+
+
 def attention_for(options: argparse.Namespace, architecture: Architecture, world_size: int) -> str:
     """--attention, or the rule's default for `world_size` ranks (`choose_attention`);
     InputError for ulysses over more ranks than heads."""
@@ -212,12 +221,7 @@ def attention_for(options: argparse.Namespace, architecture: Architecture, world
 def dry_run(options: argparse.Namespace) -> str:
     """What --dry-run prints: the images' sizes read, no weights loaded, nothing run; the
     architecture from --config, else VGGT-1B's."""
-    paths = find_images(options.images)
-    if len(paths) < options.world_size:
-        raise InputError(
-            f"{len(paths)} frames for {options.world_size} ranks: use at most as many ranks as "
-            "frames"
-        )
+    paths = frames_for(options.images, options.world_size)
     points = read_query_points(options.query_points) if options.query_points else None
     config = read_config(options.config) if options.config else {}
     architecture = VGGT_1B.with_config(config)
@@ -226,7 +230,7 @@ def dry_run(options: argparse.Namespace) -> str:
         check_points_inside(points, content_boxes(plans)[0])
     memory = options.device_memory
     if memory is None and options.device == "cuda" and torch.cuda.is_available():
-        memory = torch.cuda.mem_get_info()[0] + CUDA_CONTEXT_BYTES
+        memory = usable_memory(torch.device("cuda", torch.cuda.current_device()))
     run = RunShape(
         len(paths),
         options.world_size,

@@ -116,14 +116,19 @@ def plan_memory(
     )
 
 
-def free_device_memory(ranks: Ranks) -> int | None:
-    """The least memory a rank can use, over the ranks: each GPU's free memory (read after
-    this process's CUDA context exists) plus that context's assumed size, so that the
-    requirement, which counts the context, is compared like for like; None on the CPU."""
+def usable_memory(device: torch.device) -> int:
+    """What a run may use on CUDA `device`: its free memory (read after this process's CUDA
+    context exists) plus that context's assumed size, so that the requirement, which counts
+    the context, is compared like for like."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + CUDA_CONTEXT_BYTES
+
+
+def least_usable_memory(ranks: Ranks) -> int | None:
+    """The least `usable_memory` over the ranks' GPUs; None on the CPU."""
     if ranks.device.type != "cuda":
         return None
-    free, _ = torch.cuda.mem_get_info(ranks.device)
-    return min(ranks.all_gather(free)) + CUDA_CONTEXT_BYTES
+    return min(ranks.all_gather(usable_memory(ranks.device)))
 
 
 def check_memory(options: argparse.Namespace, ranks: Ranks, run: RunShape) -> dict | None:
@@ -132,14 +137,14 @@ def check_memory(options: argparse.Namespace, ranks: Ranks, run: RunShape) -> di
     on). Returns the plan for run.json (None with --no-estimate)."""
     if options.no_estimate:
         return None
-    memory = free_device_memory(ranks)
+    memory = least_usable_memory(ranks)
     plan, problem = None, None
     if ranks.is_first:
         model = run.model()
         plan = plan_memory(run, None, model)
         if memory is not None and plan.per_rank_bytes > memory:
             plan = plan_memory(run, memory, model)
-            problem = refusal(plan, run)
+            problem = refusal(plan, run, model)
         if not options.quiet:
             info(estimate_line(plan, memory))
     plan, problem = ranks.all_gather((plan, problem))[0]
@@ -162,9 +167,10 @@ def estimate_line(plan: MemoryPlan, memory: int | None) -> str:
     )
 
 
-def refusal(plan: MemoryPlan, run: RunShape) -> str:
-    """The refusal's text: what the run needs, the most frames that fit, and which of
-    --offload, --precision bf16 or more ranks would fit (a fake pass each)."""
+def refusal(plan: MemoryPlan, run: RunShape, model: FakeModel) -> str:
+    """The refusal's text: what the run needs, the most frames that fit (`model`: the run's,
+    which traced them), and which of --offload, --precision bf16 or more ranks would fit (a
+    fake pass each)."""
     memory = plan.device_memory_bytes
     remedies = []
     if not run.offload and plan_memory(replace(run, offload=True), None).per_rank_bytes <= memory:
@@ -179,7 +185,6 @@ def refusal(plan: MemoryPlan, run: RunShape) -> str:
     if most >= run.frames:
         # The requirement jitters with the allocator's segments: more frames than asked fit,
         # but not these; name the most below them that do.
-        model = run.model()
         below = {run.frames: model.estimate(run.frames, 1, run.height, run.width)}
         budget = max(0, memory - plan.track_feature_bytes)
         most = max_frames(model, budget, 1, run.height, run.width, below)

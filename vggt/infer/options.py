@@ -1,12 +1,12 @@
 """The command line's options: parsed and checked, with argparse's exit status 2 for misuse."""
 
 import argparse
-import os
 from collections.abc import Sequence
 
 import torch
 
 from vggt.memory.units import parse_bytes
+from vggt.parallel.launch import Launch
 from vggt.parallel.sequence import ATTENTIONS
 from vggt.precision import DTYPE_MODES, PRECISIONS, choose_precision, get_precision
 from vggt.utils.load_fn import PATCH_SIZE, TARGET_SIZE
@@ -158,7 +158,7 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
             names = ", ".join(f"--{name.replace('_', '-')}" for name in given)
             parser.error(f"{names} only apply with --dry-run")
     if options.world_size is None:
-        options.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        options.world_size = Launch.from_environment().world_size
     elif options.world_size < 1:
         parser.error(f"--world-size must be at least 1, got {options.world_size}")
     return options
