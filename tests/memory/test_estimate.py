@@ -9,7 +9,7 @@ from profiling.estimate import main
 from profiling.meters.cpu import peak_live_bytes
 from profiling.sweep.presets import load_preset
 from tests.support.images import seeded_images
-from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES, FakeModel
+from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES, CudaAutocastRules, FakeModel
 from vggt.memory.fit import max_frames
 from vggt.memory.units import parse_bytes
 from vggt.models.variants import get_variant
@@ -268,3 +268,39 @@ def test_cli_world_size(capsys: pytest.CaptureFixture) -> None:
     (entry,) = document["variants"]
     assert entry["estimates"][0]["rank_frames"] == 2
     assert entry["max_frames"] % 2 == 0
+
+
+def test_the_fake_pass_runs_qk_norms_in_fp32_as_cuda_autocast_does() -> None:
+    model = FakeModel("full", "aggregator", TINY, AUTOCAST)
+    seen: list[torch.dtype] = []
+    attn = model.module.frame_blocks[0].attn
+    attn.q_norm.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    original = attn.attend
+
+    def attend(q, k, v):
+        seen.extend((q.dtype, k.dtype, v.dtype))
+        return original(q, k, v)
+
+    attn.attend = attend
+    model.estimate(frames=2, batch=1, height=56, width=56)
+    assert seen == [torch.float32, torch.bfloat16, torch.bfloat16, torch.bfloat16]
+
+
+def test_cuda_autocast_rules_cast_up_only_under_autocast() -> None:
+    norm = torch.nn.LayerNorm(8)
+    half = torch.randn(3, 8).bfloat16()
+    with CudaAutocastRules():
+        assert norm(half.float()).dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert norm(half).dtype == torch.float32
+            assert half.softmax(-1).dtype == torch.float32
+            assert (half @ half.T).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(half).dtype == torch.bfloat16
+
+
+def test_unconstrained_reserve_is_at_least_the_bound() -> None:
+    estimate = FakeModel("full", "aggregator", TINY, AUTOCAST).estimate(4, 1, 56, 56)
+    assert estimate.reserved_peak_bytes >= estimate.reserved_bound_bytes
+    assert estimate.reserved_peak_bytes % (2 << 20) == 0
+    assert estimate.allocations > 4 * TINY.depth

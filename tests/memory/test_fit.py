@@ -49,6 +49,8 @@ class RequirementModel:
             host_bytes=0,
             allocated_bytes=need,
             reserved_bound_bytes=need,
+            reserved_peak_bytes=need,
+            allocations=1,
             cuda_context_bytes=0,
             nccl_bytes=0,
             required_bytes=need,

@@ -8,11 +8,11 @@ from tests.support.configs import SMALL_AGGREGATOR, SMALL_VGGT
 from tests.support.images import seeded_images
 from vggt.heads.camera_head import CameraHead
 from vggt.heads.dpt_head import DPTHead
+from vggt.layers.attention import attention_dtype
 from vggt.models.aggregator import Aggregator
 from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
 from vggt.models.vggt import VGGT
 from vggt.models.vggt_vram_optimized import VGGTOptimized
-from vggt.streaming.blocks import attention_dtype
 from vggt.streaming.chunks import ChunkPolicy
 
 # The report's unit tests use a conv patch embed with patch size 16 and 64x64 images.

@@ -9,6 +9,15 @@ from torch import nn
 QKV = "qkv"
 
 
+def attention_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype attention computes in: autocast's where it is on for the tensor's device, else
+    the tensor's own (scaled_dot_product_attention is on autocast's lower-precision list)."""
+    device_type = tensor.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
+
+
 class Attention(nn.Module):
     """Self-attention over [B, N, dim] tokens; `pos` feeds the rotary embedding if set.
 
@@ -53,9 +62,11 @@ class Attention(nn.Module):
     ) -> list[torch.Tensor]:
         """Heads [B, heads, N, head_dim] of `parts` ("qkv", "q", "kv", ...) for x [B, N, dim].
 
-        q and k are normalised and, with `pos`, rotated. "qkv" uses the fused projection; a
-        contiguous part of it multiplies only its rows of the weight. `rotate_inplace`
-        (autograd off) lets RoPE overwrite the fresh projections instead of copying them.
+        q and k are normalised, with `pos` rotated, then cast once to `attention_dtype` (CUDA
+        autocast runs the norms in fp32; attention would cast them again at every call). "qkv"
+        uses the fused projection; a contiguous part of it multiplies only its rows of the
+        weight. `rotate_inplace` (autograd off) lets RoPE overwrite the fresh projections
+        instead of copying them.
         """
         first = QKV.find(parts)
         if not parts or first < 0:
@@ -75,9 +86,10 @@ class Attention(nn.Module):
         for index, name in enumerate(parts):
             if name == "v":
                 continue
-            heads[index] = (self.q_norm if name == "q" else self.k_norm)(heads[index])
+            head = (self.q_norm if name == "q" else self.k_norm)(heads[index])
             if rotate:
-                heads[index] = self.rope(heads[index], pos, inplace=rotate_inplace)
+                head = self.rope(head, pos, inplace=rotate_inplace)
+            heads[index] = head.to(attention_dtype(head))
         return heads
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

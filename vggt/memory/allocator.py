@@ -181,7 +181,15 @@ def replay(
     return allocator
 
 
-def reserved_bound(events: list[tuple[int, int]], resident: list[int]) -> int:
+def never_release_bytes(events: list[tuple[int, int]], resident: list[int]) -> int:
+    """Peak reserved bytes of a replay that never releases a cached segment: what a device with
+    room to spare reserves for the events (after `resident`)."""
+    return replay(events, CachingAllocatorModel(), resident).peak_reserved_bytes
+
+
+def reserved_bound(
+    events: list[tuple[int, int]], resident: list[int], never: int | None = None
+) -> int:
     """Device bytes within which the allocator model completes the events (after `resident`),
     releasing cached segments only when a new one would not fit, as PyTorch does.
 

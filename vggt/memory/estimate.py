@@ -5,10 +5,10 @@ bytes), and what must fit beside them: the CUDA context and, split over ranks, N
 
 The pass runs the precision's program (`vggt.precision`): its weights, its autocast, the heads
 in fp32 with autocast off; the images are fp32, as users pass them. It runs on the CPU under
-CPU autocast, which differs from CUDA autocast in one known way: CPU autocast leaves
-layer_norm in its input dtype where CUDA autocast runs it in fp32, which changes the q/k-norm
-outputs (chunk-sized temporaries). Kernel workspaces that do not back a tensor (cuDNN's,
-oneDNN's scratchpads) are not seen; the cuBLAS workspace is added.
+CPU autocast with CUDA autocast's fp32 rule on top (`CudaAutocastRules`: layer_norm,
+group_norm and softmax run in fp32, as CUDA autocast runs them; CPU autocast would leave them
+in their input dtype). Kernel workspaces that do not back a tensor (cuDNN's, oneDNN's
+scratchpads) are not seen; the cuBLAS workspace is added.
 """
 
 import contextlib
@@ -17,10 +17,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
-from vggt.memory.allocator import peak_rounded_bytes, reserved_bound, round_request
+from vggt.memory.allocator import (
+    never_release_bytes,
+    peak_rounded_bytes,
+    reserved_bound,
+    round_request,
+)
 from vggt.memory.outputs import named_outputs, output_bytes
 from vggt.memory.tracker import LiveBytesTracker
 from vggt.models.architecture import Architecture
@@ -53,8 +61,11 @@ class Estimate:
     `allocated_bytes`: that peak with each allocation rounded as the caching allocator rounds
     it, plus the cuBLAS workspace. `reserved_bound_bytes`: the device memory within which a
     model of the caching allocator completes the pass, releasing cached segments under
-    pressure as PyTorch does (`allocator.reserved_bound`). `required_bytes`: what must be free
-    on the device: reserved bound + CUDA context + NCCL's buffers (world size > 1).
+    pressure as PyTorch does (`allocator.reserved_bound`); `reserved_peak_bytes`: what a device
+    with room to spare reserves (a replay that never releases), the figure an unconstrained
+    run's peak reserve is compared with. `allocations`: the pass's allocation count (sizes
+    the allocator's history when a snapshot is taken). `required_bytes`: what must be free on
+    the device: reserved bound + CUDA context + NCCL's buffers (world size > 1).
     """
 
     variant: str
@@ -70,6 +81,8 @@ class Estimate:
     host_bytes: int
     allocated_bytes: int
     reserved_bound_bytes: int
+    reserved_peak_bytes: int
+    allocations: int
     cuda_context_bytes: int
     nccl_bytes: int
     required_bytes: int
@@ -189,12 +202,14 @@ class FakeModel:
             images = torch.rand(batch, counts[0], 3, height, width)
             existing = [*self.weights(), images]
             tracking = self.mode.track(existing, record_events=True)
-            with tracking as live, torch.no_grad(), self.precision.autocast("cpu"):
+            autocast = self.precision.autocast("cpu")
+            with tracking as live, torch.no_grad(), autocast, CudaAutocastRules():
                 outputs = self.module(images)
             kept = output_bytes(named_outputs(outputs).values())
         input_bytes = images.numel() * images.element_size()
         resident = [*self.weight_storage_bytes, input_bytes, self.cublas_workspace_bytes]
-        reserved = reserved_bound(live.events, resident)
+        never = never_release_bytes(live.events, resident)
+        reserved = reserved_bound(live.events, resident, never)
         return Estimate(
             variant=self.variant,
             frames=frames,
@@ -209,10 +224,46 @@ class FakeModel:
             host_bytes=kept.host,
             allocated_bytes=sum(map(round_request, resident)) + peak_rounded_bytes(live.events),
             reserved_bound_bytes=reserved,
+            reserved_peak_bytes=never,
+            allocations=sum(1 for _, delta in live.events if delta > 0),
             cuda_context_bytes=self.cuda_context_bytes,
             nccl_bytes=self.nccl_bytes,
             required_bytes=reserved + self.cuda_context_bytes + self.nccl_bytes,
         )
+
+
+# Operators CUDA autocast runs in fp32 whatever their input's dtype, and that a VGGT forward
+# calls; CPU autocast runs them in their input's dtype.
+CUDA_AUTOCAST_FP32 = frozenset(
+    {
+        F.layer_norm,
+        torch.layer_norm,
+        F.group_norm,
+        torch.group_norm,
+        F.softmax,
+        torch.softmax,
+        torch.Tensor.softmax,
+    }
+)
+
+
+class CudaAutocastRules(TorchFunctionMode):
+    """While CPU autocast is on, run CUDA autocast's fp32 operators in fp32: their lower-precision
+    floating inputs are cast up first, as CUDA autocast casts them, so a fake pass allocates the
+    fp32 outputs (and input copies) that a CUDA pass does."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in CUDA_AUTOCAST_FP32 and torch.is_autocast_enabled("cpu"):
+            args, kwargs = tree_map(to_fp32, (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def to_fp32(value: object) -> object:
+    """A lower-precision floating tensor cast to fp32; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+        return value.float()
+    return value
 
 
 @contextlib.contextmanager

@@ -8,10 +8,10 @@ its own q, k, v, one incoming K/V block and a float32 output accumulator.
 
 import torch
 
-from vggt.layers.attention import Attention
+from vggt.layers.attention import Attention, attention_dtype
 from vggt.layers.block import Block
 from vggt.parallel.group import FrameLayout, SequenceGroup
-from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_, attention_dtype
+from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_
 from vggt.streaming.chunks import chunk_bounds
 
 

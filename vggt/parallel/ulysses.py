@@ -1,10 +1,12 @@
 """A global-attention block split over ranks by heads (the "Ulysses" scheme).
 
-Each rank projects q, k and v for its own frames' tokens, chunk by chunk, and an all-to-all
-gives every rank its share of the heads for all tokens of the sequence. Attention then runs
-per head over the whole sequence with the ordinary kernel (no softmax merging), and a second
-all-to-all returns each chunk's output, all heads, to the rank that owns the tokens, which
-finishes the block there (output projection, residual, MLP) in place. Ranks may hold different
+Each rank projects k and v for its own frames' tokens, chunk by chunk, and an all-to-all
+gives every rank its share of the heads for all tokens of the sequence. Then, chunk by chunk,
+each rank projects its queries, an all-to-all sends every rank its heads of them (so no rank
+keeps the whole sequence's queries), attention runs per head over the whole sequence with the
+ordinary kernel (no softmax merging), and a third all-to-all returns the chunk's output, all
+heads, to the rank that owns the tokens, which finishes the block there (output projection,
+residual, MLP) in place. Ranks may hold different
 token counts and head counts (16 heads over 3 ranks: 6, 5, 5); every rank makes the same
 number of exchanges, some possibly empty.
 """
@@ -13,10 +15,10 @@ import itertools
 
 import torch
 
-from vggt.layers.attention import Attention
+from vggt.layers.attention import Attention, attention_dtype
 from vggt.layers.block import Block
 from vggt.parallel.group import FrameLayout, SequenceGroup, split_evenly, starts
-from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_, attention_dtype
+from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_
 from vggt.streaming.chunks import chunk_count
 
 
@@ -40,30 +42,34 @@ def ulysses_block_(
     token_offsets = starts(tokens)
     head_ranges = list(zip(starts(heads), heads, strict=True))
     shape = (batch, heads[mine], sum(tokens), dim)
-    queries = keys = values = None
+    keys = values = None
     for piece in range(pieces):
         start, end = bounds[mine][piece]
         part_pos = None if pos is None else pos[:, start:end]
-        qkv = attn.project(block.norm1(x[:, start:end]), part_pos, rotate_inplace=True)
-        dtype = attention_dtype(qkv[2])
-        if queries is None:
-            queries, keys, values = (x.new_empty(shape, dtype=dtype) for _ in range(3))
-        outgoing = [[t[:, h : h + n] for t in qkv] for h, n in head_ranges]
-        incoming = [(3, batch, heads[mine], b - a, dim) for a, b in _column(bounds, piece)]
+        kv = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
+        dtype = attention_dtype(kv[1])
+        if keys is None:
+            keys, values = (x.new_empty(shape, dtype=dtype) for _ in range(2))
+        outgoing = [[t[:, h : h + n] for t in kv] for h, n in head_ranges]
+        incoming = [(2, batch, heads[mine], b - a, dim) for a, b in _column(bounds, piece)]
         received = group.exchange(outgoing, incoming, dtype)
-        del qkv, outgoing
+        del kv, outgoing
         for source, part in enumerate(received):
             a, b = bounds[source][piece]
             rows = slice(token_offsets[source] + a, token_offsets[source] + b)
-            for buffer, values_in in zip((queries, keys, values), part, strict=True):
-                buffer[:, :, rows] = values_in
+            keys[:, :, rows], values[:, :, rows] = part
         del received
     for piece in range(pieces):
-        outputs = []
-        for owner, (a, b) in enumerate(_column(bounds, piece)):
-            rows = slice(token_offsets[owner] + a, token_offsets[owner] + b)
-            outputs.append(_attend(attn, queries[:, :, rows], keys, values))
         start, end = bounds[mine][piece]
+        part_pos = None if pos is None else pos[:, start:end]
+        (q,) = attn.project(block.norm1(x[:, start:end]), part_pos, "q", rotate_inplace=True)
+        outgoing = [[q[:, h : h + n]] for h, n in head_ranges]
+        column = _column(bounds, piece)
+        incoming = [(batch, heads[mine], b - a, dim) for a, b in column]
+        received = group.exchange(outgoing, incoming, keys.dtype)
+        del q, outgoing
+        outputs = [_attend(attn, part, keys, values) for part in received]
+        del received
         incoming = [(1, batch, n, end - start, dim) for n in heads]
         received = group.exchange([[t] for t in outputs], incoming, outputs[0].dtype)
         del outputs

@@ -69,40 +69,27 @@ def _stream_group_(
     guard: WriteGuard,
 ) -> None:
     """The block on one long group x [1, N, C] starting at flat token `offset`: K/V chunk by
-    chunk, then queries and MLP."""
+    chunk, then per chunk its queries (projected then, from rows not yet overwritten, so no
+    group-long query buffer is kept), attention and MLP."""
     attn = block.attn
     tokens = x.shape[1]
-    queries, keys, values = [], None, None
+    keys = values = None
     for start, end in chunk_bounds(tokens, chunk):
         part_pos = None if pos is None else pos[:, start:end]
-        q, k, v = attn.project(block.norm1(x[:, start:end]), part_pos, rotate_inplace=True)
+        k, v = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
         if keys is None:
-            shape, dtype = (*k.shape[:2], tokens, k.shape[-1]), attention_dtype(k)
-            keys = k.new_empty(shape, dtype=dtype)
-            values = v.new_empty(shape, dtype=dtype)
+            shape = (*k.shape[:2], tokens, k.shape[-1])
+            keys, values = k.new_empty(shape), v.new_empty(shape)
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
-        # q must not keep the chunk's whole qkv projection alive (it does when q is a view)
-        queries.append(q.to(dtype, copy=q._is_view()))
-        del q, k, v
-    queries.reverse()
+        del k, v
     for start, end in chunk_bounds(tokens, chunk):
+        part_pos = None if pos is None else pos[:, start:end]
         rows = x[:, start:end]
+        q = attn.project(block.norm1(rows), part_pos, "q", rotate_inplace=True)
         guard(offset + end)
-        add_attention_(block, rows, _attend(block, [queries.pop(), keys, values]))
+        add_attention_(block, rows, _attend(block, [*q, keys, values]))
         add_mlp_(block, rows)
-
-
-def attention_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """The dtype attention computes in: autocast's where it is on for the tensor's device.
-
-    K and V kept in it take half the bytes under bf16 autocast and are not cast again for
-    every query chunk.
-    """
-    device_type = tensor.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return tensor.dtype
 
 
 def _attend(block: Block, qkv: list[torch.Tensor]) -> list[torch.Tensor]:
