@@ -4,22 +4,19 @@ the memory-lean model built from both with weights-only loading."""
 import inspect
 import json
 import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from vggt.infer.errors import InputError
 from vggt.models.architecture import VGGT_1B, Architecture
+from vggt.models.hub import CONFIG_FILE, HUB_ID, import_optional
 from vggt.models.vggt import VGGT, read_state_dict
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 
 WEIGHT_FILES = ("model.safetensors", "model.pt")
-CONFIG_FILE = "config.json"
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 OPTIMIZED_ONLY = ("selected_layer_idx", "offload_outputs")
 SHOWN_KEYS = 3
@@ -72,8 +69,14 @@ def _folder_checkpoint(folder: Path) -> Checkpoint:
 
 def _hub_checkpoint(repo_id: str) -> Checkpoint:
     """The weights and config of hub repository `repo_id` (downloaded, or from the cache when
-    offline); InputError when neither the hub nor the cache has them."""
-    from huggingface_hub import hf_hub_download
+    offline); InputError when neither the hub nor the cache has them, or without
+    huggingface_hub."""
+    try:
+        hf_hub_download = import_optional(
+            "huggingface_hub", "loading it from the hub"
+        ).hf_hub_download
+    except ImportError as error:
+        raise InputError(f"no checkpoint {repo_id}: {error}") from None
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     weights, uncached = None, None
@@ -145,7 +148,7 @@ def read_weights(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
     expected = _meta_model(checkpoint, offload=False).state_dict()
     try:
         state_dict = read_state_dict(checkpoint.weights)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as error:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, ImportError) as error:
         raise InputError(
             f"cannot load checkpoint {checkpoint.weights}: {_first_line(error)}"
         ) from None

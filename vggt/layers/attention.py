@@ -13,7 +13,7 @@ def attention_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype attention computes in: autocast's where it is on for the tensor's device, else
     the tensor's own (scaled_dot_product_attention is on autocast's lower-precision list)."""
     device_type = tensor.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return tensor.dtype
 

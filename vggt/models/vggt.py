@@ -2,41 +2,19 @@
 
 import contextlib
 import os
-import zipfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from vggt.heads.camera_head import CameraHead
 from vggt.heads.dpt_head import DPTHead
 from vggt.heads.track_head import TrackHead, check_query_points
 from vggt.models.aggregator import Aggregator
+from vggt.models.hub import HubMixin, read_state_dict
 
 # Device types with an autocast to turn off around the heads (meta tensors have none).
 AUTOCAST_DEVICES = ("cuda", "cpu", "mps", "xpu")
-
-
-def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
-    """The state dict in `model.pt` (loaded weights only; memory-mapped unless in the legacy
-    format, so shapes are known before the data is read) or a `.safetensors` file, on the
-    CPU; FileNotFoundError without a file, ValueError when it holds anything but tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    if path.suffix == ".safetensors":
-        state_dict = load_safetensors(path, device="cpu")
-    else:
-        mmap = zipfile.is_zipfile(path)
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(value, torch.Tensor) for value in state_dict.values()
-    ):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return state_dict
 
 
 def batch_inputs(
@@ -56,11 +34,12 @@ def batch_inputs(
     return images, query_points
 
 
-class VGGT(nn.Module, PyTorchModelHubMixin):
+class VGGT(nn.Module, HubMixin):
     """Visual Geometry Grounded Transformer: cameras, depth, point maps and tracks from frames.
 
     The first seven arguments are the reference constructor; `depth`, `num_heads`,
     `patch_embed` and `intermediate_layer_idx` size smaller models for tests and profiling.
+    `save_pretrained` and `from_pretrained` write and read config.json plus model.safetensors.
     """
 
     def __init__(
