@@ -1,6 +1,8 @@
 """Project-wide pytest set-up: markers, Hypothesis profiles and the --device option."""
 
 import os
+import signal
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,6 +29,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("cpu", "cuda"),
         help="device for tests that take the `device` fixture (default: cpu)",
     )
+    parser.addoption(
+        "--test-timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="fail a test that runs longer than S seconds (0, the default: no limit)",
+    )
+
+
+class TestTimeout(Exception):
+    """A test ran past --test-timeout."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Stop the test's call with TestTimeout after --test-timeout seconds (a SIGALRM timer)."""
+    limit = item.config.getoption("--test-timeout")
+    if not limit or not hasattr(signal, "setitimer"):
+        return (yield)
+
+    def expire(signum: int, frame: object) -> None:
+        raise TestTimeout(f"{item.nodeid} ran past --test-timeout {limit:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        return (yield)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def pytest_configure(config: pytest.Config) -> None:

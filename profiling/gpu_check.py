@@ -1,72 +1,110 @@
-"""`python -m profiling.gpu_check --out DIR [--budget-s 420]`: the GPU evidence in one command
-(profiling/evidence/: the plan, the checks, the estimates' workers, the report).
+"""`python -m profiling.gpu_check --out DIR`: the GPU evidence in one command, planned to fit
+its time budget (profiling/evidence/: the plan with its predicted seconds, the checks, the
+estimates' workers, the report).
 
-Hidden options for tests and smoke runs: `--dry-run` runs the same steps at tiny sizes, and
-`--device cpu` runs them without CUDA. Without CUDA (and without `--device cpu`) it says so,
-runs nothing and exits 0. Otherwise it exits 1 when a check failed or erred, else 0.
+`--plan` prints each step's predicted seconds and the total without running anything (no GPU
+needed; `--json` for a machine-readable form). Exit status: 0 when every planned check ran
+and passed, 1 when a check failed or erred, 3 when a check was skipped for time or is
+incomplete, or nothing could run (no CUDA device). `--dry-run --device cpu` runs the same
+steps at tiny sizes on a CPU, as the tests do.
 """
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from profiling.evidence.checks import print_plan, run_evidence
-from profiling.evidence.plan import dry_run_plan, gpu_plan
+from profiling.evidence.checks import plan_lines, run_evidence
+from profiling.evidence.plan import DEFAULT_BUDGET_S, Rates, dry_run_plan, gpu_plan
 from profiling.evidence.report import SUMMARY_FILE
-from profiling.evidence.results import ERROR, FAIL, Deadline
+from profiling.evidence.results import EXIT_INCOMPLETE, Deadline, exit_status, unfinished
 
-DEFAULT_BUDGET_S = 420.0
-EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options; two hidden ones for tests."""
+    """The options."""
     parser = argparse.ArgumentParser(
         prog="python -m profiling.gpu_check",
-        description="Run the GPU evidence on one CUDA device (about 7 minutes on an H100 or "
-        "H200): the gpu tests; full against optimized VGGT-1B aggregators at 1, 8, 100 and 200 "
-        "frames of 518x518 in bf16 autocast and bf16 weights; the memory estimator against "
-        "them; a memory cap; offload and token chunks on and off. Writes DIR/summary.md, "
-        "DIR/results.json and plots.",
+        description="Run the GPU evidence on one CUDA device, within --budget-s seconds: the "
+        "CUDA context and NCCL's buffers, the gpu tests, full against optimized VGGT-1B "
+        "aggregators at VGGT's README frame counts and size (350x518), the memory estimator "
+        "against them, a memory cap around the estimate, token chunks, offload, then 518x518 "
+        "points as time allows. Writes DIR/summary.md, DIR/results.json and plots.",
     )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder")
     parser.add_argument(
         "--budget-s",
         type=float,
         default=DEFAULT_BUDGET_S,
         metavar="S",
-        help="seconds after which the remaining steps are skipped "
-        f"(default {DEFAULT_BUDGET_S:.0f})",
+        help=f"seconds the run may take (default {DEFAULT_BUDGET_S:.0f}); the plan is sized to "
+        "fit them and a step or point predicted not to finish in the time left is skipped",
     )
-    parser.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tflops",
+        type=float,
+        default=Rates().tflops,
+        metavar="T",
+        help="effective bf16 TFLOP/s of the GPU the plan's seconds are predicted for "
+        f"(default {Rates().tflops:g}, an H100 or H200 under PyTorch's SDPA)",
+    )
+    parser.add_argument(
+        "--plan", action="store_true", help="print the plan and its predicted seconds; run nothing"
+    )
+    parser.add_argument("--json", action="store_true", help="with --plan: print it as JSON")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes that run on a CPU in seconds (tests)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cuda (default), or cpu with --dry-run",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the evidence; see the module docstring for the exit codes."""
-    args = build_parser().parse_args(argv)
+    """Plan or run the evidence; see the module docstring for the exit statuses."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tflops <= 0 or args.budget_s <= 0:
+        parser.error("--tflops and --budget-s must be positive")
+    plan = dry_run_plan() if args.dry_run else gpu_plan(args.budget_s, Rates(tflops=args.tflops))
+    if args.plan:
+        if args.json:
+            print(json.dumps(plan.plan_json(), indent=2))
+        else:
+            print(f"GPU evidence plan: {plan.model}")
+            print("\n".join(plan_lines(plan, args.device, args.budget_s)))
+        return 0
+    if args.out is None:
+        parser.error("--out DIR is required to run (or pass --plan)")
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "profiling.gpu_check: no CUDA device (torch.cuda.is_available() is False): the GPU "
-            "evidence needs one, so nothing was run."
+            "evidence needs one, so nothing was run (`--plan` shows what would run)."
         )
-        return 0
+        return EXIT_INCOMPLETE
     if args.device == "cpu" and not args.dry_run:
         print("profiling.gpu_check: --device cpu runs the --dry-run sizes only")
         return EXIT_USAGE
-    plan = dry_run_plan() if args.dry_run else gpu_plan()
     device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"GPU evidence on {device} ({name}): {plan.model}; budget {args.budget_s:.0f} s")
+    print("\n".join(plan_lines(plan, device.type, args.budget_s)), flush=True)
     deadline = Deadline(args.budget_s)
-    print_plan(plan, device, args.budget_s)
     results = run_evidence(plan, device, args.out, deadline)
+    status = exit_status(results)
     print(f"summary: {args.out / SUMMARY_FILE} ({deadline.elapsed():.0f} s)")
-    return EXIT_FAILED if any(step.status in (FAIL, ERROR) for step in results) else 0
+    if status:
+        print(f"not passed: {', '.join(unfinished(results))} (exit status {status})")
+    return status
 
 
 if __name__ == "__main__":

@@ -1,55 +1,54 @@
-"""The six checks of the GPU evidence and the runner that takes them in order within the time
-budget: each in a try/except (an error is recorded in one line and the next step runs), memory
-freed between them, and results.json and summary.md rewritten after each; plots at the end (a
-failure to draw them is printed, the rest is kept)."""
+"""The checks of the GPU evidence and the runner that takes them in order within the time
+budget. A step whose predicted seconds exceed the time left is not started, and measuring
+steps check the time before each point; each step runs in a try/except (an error is recorded
+in one line and the next step runs), memory is freed between them, and results.json and
+summary.md are rewritten after each."""
 
 import contextlib
+import importlib
 import multiprocessing
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiling.evidence.estimates import (
     EstimateFigures,
     EstimatePool,
-    aggregator_job,
     estimate_jobs,
+    point_jobs,
 )
 from profiling.evidence.plan import (
-    OFFLOAD,
-    README_PRECISION,
-    UNCHUNKED,
     Plan,
+    Point,
     register_evidence_variants,
 )
 from profiling.evidence.report import write_plots, write_results, write_summary
 from profiling.evidence.results import (
     ERROR,
+    PASS,
     SKIPPED_TIME,
-    AggregatorData,
-    ChunkingData,
+    ContextData,
     Deadline,
     EstimateRow,
     EstimatesData,
     GpuTestsData,
     Measured,
-    MemoryBudgetData,
+    MemoryCapData,
     Pair,
+    PreflightData,
     Run,
-    Skipped,
     StepResult,
     allocated_bytes,
     data_of,
-    reserved_bytes,
 )
+from profiling.meters import cuda, sdpa
+from profiling.meters.cap import memory_cap
 from profiling.native_stderr import native_stderr_to
 from profiling.report.summary import format_diff, format_ratio, format_size
 from profiling.sweep.cases import CaseGroup
@@ -57,88 +56,226 @@ from profiling.sweep.environment import RankInfo, collect_environment
 from profiling.sweep.measure import free_memory, measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord, one_line
-from vggt.memory.tracker import LiveBytes
-from vggt.precision import Precision
+from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NATIVE_LOG = "native-stderr.log"
+SNAPSHOTS = "snapshots"
 COMMAND = "python -m profiling.gpu_check"
 PYTEST_OUTPUT = "pytest-gpu.txt"
 # The end of pytest's output that is kept (its summary is at the end).
 KEPT_CHARS = 1 << 20
 PYTEST_COUNT = re.compile(r"\d+ (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
-# Timed forwards per variant after its memory run: the big configurations take seconds each.
-REPEATS = 1
 # The largest difference from the baseline, relative to the baseline's largest magnitude, that
 # counts as agreement: about one bf16 rounding step (2**-7) with some room.
 DIFF_TOLERANCE = 1e-2
 ESTIMATE_TOLERANCE = 0.10
-# The memory cap sits halfway between the two needs, but no further above the optimized one
-# than this factor and slack, so an estimator that undercounts full still sees it run out.
-CAP_FACTOR = 1.25
-CAP_SLACK_BYTES = 1 << 30
-AGGREGATORS = ("full", "optimized")
-ON_DEVICE = "optimized"
-CHUNKED = "optimized"
+# The memory cap runs the optimized aggregator this far above and below the estimated need.
+CAP_MARGIN = 0.08
+# Imports the evidence needs (pytest for the gpu tests, NVML for the context, matplotlib for
+# the plots); the others are reported when missing.
+REQUIRED_IMPORTS = ("pytest", "pynvml", "matplotlib")
+OPTIONAL_IMPORTS = ("hypothesis", "safetensors", "huggingface_hub", "tqdm")
 
 
 @dataclass
 class Context:
     """What every step reads: the plan, the device, the time budget, the estimates computing in
-    the background and the earlier steps' results. `scratch` takes the sweep's per-case files
-    (snapshots, timelines), which are not part of the evidence; `native_log` native stderr."""
+    the background, the earlier steps' results, and where files go (`snapshots`: the memory
+    runs' allocator snapshots and timelines)."""
 
     plan: Plan
     device: torch.device
     rank: RankInfo
     out_dir: Path
-    scratch: Path
+    snapshots: Path
     native_log: Path
     deadline: Deadline
     estimates: EstimatePool
     steps: dict[str, StepResult]
 
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
 
-def measure(
-    context: Context, group: CaseGroup, cache: ModelCache, warmup: int, baseline: str
-) -> list[CaseRecord]:
-    """The sweep's records of `group` (warm-up, peaks, NVML, time), each variant compared with
-    `baseline`."""
+    def fits(self, point: Point) -> bool:
+        """Whether `point` is predicted to finish in the time left."""
+        return self.deadline.allows(self.plan.point_seconds(point))
+
+
+def history_entries(context: Context, point: Point) -> int | None:
+    """Allocator history for a point's memory runs: None where the plan records none, else
+    room for the estimator's allocation count of its largest variant (the default size when
+    that estimate is not ready)."""
+    if not point.history:
+        return None
+    counts = []
+    for job in point_jobs(point, context.plan.architecture):
+        with contextlib.suppress(Exception):
+            counts.append(context.estimates.result(job, 0.0).allocations)
+    return cuda.history_entries_for(max(counts)) if counts else cuda.HISTORY_MAX_ENTRIES
+
+
+def point_group(plan: Plan, point: Point) -> CaseGroup:
+    """The sweep's configuration of a point (batch 1)."""
+    return CaseGroup(
+        point.component,
+        point.frames,
+        1,
+        point.height,
+        point.width,
+        point.precision,
+        point.variants,
+        plan.architecture,
+    )
+
+
+def measure_point(context: Context, cache: ModelCache, point: Point) -> list[CaseRecord]:
+    """The sweep's records of the point's variants (warm-up, peaks, NVML, time), each
+    compared with the first."""
+    plan = context.plan
     with native_stderr_to(context.native_log):
         return measure_group(
-            group,
+            point_group(plan, point),
             cache,
             context.rank,
-            warmup,
-            REPEATS,
-            context.scratch,
-            context.plan.seed,
-            baseline,
+            point.warmup,
+            1,
+            context.snapshots,
+            plan.seed,
+            point.variants[0],
+            history_entries(context, point),
         )
 
 
-def measure_pair(
-    context: Context,
-    cache: ModelCache,
-    component: str,
-    frames: int,
-    precision: Precision,
-    variants: tuple[str, str],
-    warmup: int,
-) -> Pair:
-    """Both `variants` of a batch-1 configuration of the plan's model and image size, the
-    second compared with the first."""
-    plan = context.plan
-    group = CaseGroup(
-        component, frames, 1, plan.side, plan.side, precision, variants, plan.architecture
-    )
-    baseline, compared = measure(context, group, cache, warmup, variants[0])
-    return Pair(precision, frames, baseline, compared)
+def measure_pair(context: Context, cache: ModelCache, point: Point) -> Pair:
+    """Both variants of a point, the SDPA backend of every attention call counted."""
+    with sdpa.counting_backends() as counts:
+        baseline, compared = measure_point(context, cache, point)
+    return Pair(point, baseline, compared, dict(counts))
+
+
+def measure_points(context: Context, points: tuple[Point, ...], data: Measured) -> None:
+    """Each point that fits in the time left, one model cache per precision and component;
+    the labels of the others go to `data.skipped`."""
+    cache = ModelCache(context.device, context.plan.seed)
+    for point in points:
+        if not context.fits(point):
+            data.skipped.append(point.label)
+            continue
+        data.pairs.append(measure_pair(context, cache, point))
+        free_memory(context.device)
+    cache.clear()
 
 
 def agrees(record: CaseRecord) -> bool:
     """Whether a variant's outputs were compared and lie within DIFF_TOLERANCE."""
     return record.max_rel_diff is not None and record.max_rel_diff <= DIFF_TOLERANCE
+
+
+def import_problem(name: str) -> str | None:
+    """Why `name` cannot be imported, or None."""
+    try:
+        importlib.import_module(name)
+    except Exception as error:
+        return f"{name} ({one_line(error)})"
+    return None
+
+
+def run_preflight(context: Context, result: StepResult) -> None:
+    """Step a: the versions, the imports the evidence needs, the SDPA backends enabled."""
+    data = result.data = PreflightData()
+    data.versions = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version())
+        if torch.backends.cudnn.is_available()
+        else None,
+        "device": torch.cuda.get_device_name(context.device) if context.on_cuda else "CPU",
+    }
+    problems = [import_problem(name) for name in (*REQUIRED_IMPORTS, *OPTIONAL_IMPORTS)]
+    data.missing = [problem for problem in problems if problem]
+    if context.on_cuda:
+        checks = sdpa.backend_checks()
+        data.sdpa_enabled = {name: bool(enabled()) for name, (enabled, _) in checks.items()}
+    required = [problem for problem in data.missing if problem.split()[0] in REQUIRED_IMPORTS]
+    versions = ", ".join(f"{key} {value}" for key, value in data.versions.items())
+    text = versions + (f"; missing: {'; '.join(data.missing)}" if data.missing else "")
+    result.judge(not required, text)
+
+
+def outside_allocator_bytes(device: torch.device) -> int:
+    """Device memory NVML counts as used beyond what the caching allocator reserved."""
+    from profiling.meters.nvml import nvml_handle_for, start_nvml
+
+    torch.cuda.synchronize(device)
+    pynvml = start_nvml()
+    try:
+        used = pynvml.nvmlDeviceGetMemoryInfo(nvml_handle_for(pynvml, device)).used
+    finally:
+        pynvml.nvmlShutdown()
+    return used - torch.cuda.memory_reserved(device)
+
+
+def first_kernels(device: torch.device) -> None:
+    """A matmul and an attention call, so cuBLAS and the attention kernels are loaded."""
+    x = torch.randn(256, 256, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        (x @ x).sum().item()
+        heads = x.view(1, 4, 64, 256)
+        torch.nn.functional.scaled_dot_product_attention(heads, heads, heads).sum().item()
+
+
+@contextlib.contextmanager
+def one_rank_group(backend: str, folder: Path) -> Iterator[None]:
+    """A process group of this process alone, through a file store under `folder`."""
+    import torch.distributed as dist
+
+    store = folder / "one-rank-store"
+    store.unlink(missing_ok=True)
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        store.unlink(missing_ok=True)
+
+
+def run_cuda_context(context: Context, result: StepResult) -> None:
+    """Step b: NVML used minus reserved bytes after the first kernels (the CUDA context), and
+    what a one-rank NCCL group and its first all-reduce add; pass when both fit the
+    estimator's allowances. On a CPU a one-rank gloo group is started and used instead."""
+    import torch.distributed as dist
+
+    data = result.data = ContextData()
+    device = context.device
+    backend = data.backend = "nccl" if context.on_cuda else "gloo"
+    first_kernels(device)
+    if context.on_cuda:
+        data.cuda_context_bytes = outside_allocator_bytes(device)
+    with one_rank_group(backend, context.out_dir):
+        tensor = torch.ones(1 << 18, device=device)
+        dist.all_reduce(tensor)
+        if context.on_cuda:
+            data.nccl_bytes = outside_allocator_bytes(device) - data.cuda_context_bytes
+    if not context.on_cuda:
+        result.judge(True, f"no CUDA context on a CPU; a one-rank {backend} group all-reduced")
+        return
+    judge_context(result, data)
+
+
+def judge_context(result: StepResult, data: ContextData) -> None:
+    """Pass when the measured context (the larger of both readings) and NCCL's bytes are
+    within the estimator's allowances."""
+    contexts = [data.cuda_context_bytes, data.after_forwards_bytes]
+    measured = max(value for value in contexts if value is not None)
+    nccl = data.nccl_bytes or 0
+    text = (
+        f"CUDA context {format_size(measured)} (allowance {format_size(CUDA_CONTEXT_BYTES)}), "
+        f"NCCL {format_size(nccl)} at world size 1 (allowance {format_size(NCCL_BYTES)})"
+    )
+    result.judge(measured <= CUDA_CONTEXT_BYTES and nccl <= NCCL_BYTES, text)
 
 
 def pytest_summary(output: str) -> str:
@@ -154,11 +291,29 @@ def decoded(output: bytes | str | None) -> str:
     return output or ""
 
 
+def pytest_command(plan: Plan, device: torch.device) -> list[str]:
+    """pytest on the plan's gpu test files only, each test stopped after its timeout."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "--device",
+        device.type,
+        "--test-timeout",
+        f"{plan.test_timeout_s:.0f}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *plan.pytest_paths,
+    ]
+
+
 def run_gpu_tests(context: Context, result: StepResult) -> None:
-    """Step a: `pytest -m gpu --device <device>` within the time left, its output kept in
-    DIR/pytest-gpu.txt; pass when it exits 0."""
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "--device", context.device.type]
-    command += ["-q", "-p", "no:cacheprovider", *context.plan.pytest_paths]
+    """Step c: the gpu-marked tests of the plan's files within the time left, their output
+    kept in DIR/pytest-gpu.txt; pass when pytest exits 0."""
+    command = pytest_command(context.plan, context.device)
     data = result.data = GpuTestsData(" ".join(command[1:]))
     timeout_s = max(1.0, context.deadline.left())
     try:
@@ -176,33 +331,12 @@ def run_gpu_tests(context: Context, result: StepResult) -> None:
     result.judge(completed.returncode == 0, f"{data.summary} (exit code {completed.returncode})")
 
 
-def run_aggregator(context: Context, result: StepResult) -> None:
-    """Step b: full against optimized at each frame count and precision of the plan while time
-    is left (the first of each precision after a warm-up forward); the rest are skipped."""
-    plan = context.plan
-    data = result.data = AggregatorData()
-    for precision in plan.precisions:
-        cache = ModelCache(context.device, plan.seed)
-        for index, frames in enumerate(plan.frames):
-            if context.deadline.passed():
-                data.skipped.append(Skipped(precision, frames))
-                continue
-            warmup = 1 if index == 0 else 0
-            pair = measure_pair(
-                context, cache, "aggregator", frames, precision, AGGREGATORS, warmup
-            )
-            data.pairs.append(pair)
-        cache.clear()
-        free_memory(context.device)
-    judge_aggregator(result, data, plan)
-
-
 def point_problem(pair: Pair, reference: int | None, largest: bool) -> str | None:
-    """What is wrong with one aggregator point (`largest`: its precision's largest frame
-    count), or None: optimized must run, need less than full and agree with it, and stay
-    under VGGT's README figure where there is one."""
+    """What is wrong with one full-against-optimized point (`largest`: its precision's largest
+    frame count), or None: optimized must run, need less than full and agree with it, and
+    stay under VGGT's README figure where there is one."""
     full, optimized = pair.baseline, pair.compared
-    where = f"{optimized.precision}, {optimized.frames} frames"
+    where = pair.point.label
     if full.status != "ok" or optimized.status != "ok":
         return f"{where}: full {full.status}, optimized {optimized.status}"
     peak, full_peak = allocated_bytes(optimized), allocated_bytes(full)
@@ -215,241 +349,176 @@ def point_problem(pair: Pair, reference: int | None, largest: bool) -> str | Non
     return None
 
 
-def judge_aggregator(result: StepResult, data: AggregatorData, plan: Plan) -> None:
-    """Pass when every measured point is fine; the verdict quotes the largest README-precision
-    point (or the largest point)."""
+def judge_pairs(result: StepResult, data: Measured, plan: Plan) -> None:
+    """Pass when every measured point is fine; the verdict quotes the largest point."""
     if not data.pairs:
         result.judge(False, "no point was measured")
         return
-    largest: dict[Precision, int] = {}
+    largest: dict[tuple, int] = {}
     for pair in data.pairs:
-        largest[pair.precision] = max(pair.frames, largest.get(pair.precision, 0))
-    problems = []
-    for pair in data.pairs:
-        readme = pair.precision == README_PRECISION
-        reference = plan.reference_bytes.get(pair.frames) if readme else None
-        problem = point_problem(pair, reference, pair.frames == largest[pair.precision])
-        if problem:
-            problems.append(problem)
+        key = (pair.precision, pair.point.height, pair.point.width)
+        largest[key] = max(pair.frames, largest.get(key, 0))
+    problems = [
+        problem
+        for pair in data.pairs
+        if (
+            problem := point_problem(
+                pair,
+                plan.reference_for(pair.point),
+                pair.frames == largest[(pair.precision, pair.point.height, pair.point.width)],
+            )
+        )
+    ]
     if problems:
         result.judge(False, "; ".join(problems[:3]))
         return
-    quoted = max(data.pairs, key=lambda pair: (pair.precision == README_PRECISION, pair.frames))
+    quoted = max(data.pairs, key=lambda pair: pair.frames)
     full, optimized = quoted.baseline, quoted.compared
     peak, full_peak = allocated_bytes(optimized), allocated_bytes(full)
     text = (
-        f"at {quoted.frames} frames, {quoted.precision.label}: optimized {format_size(peak)}, "
-        f"full {format_size(full_peak)} ({format_ratio(peak, full_peak)}), max rel diff "
-        f"{format_diff(optimized.max_rel_diff)}"
+        f"at {quoted.point.label}: optimized {format_size(peak)}, full {format_size(full_peak)} "
+        f"({format_ratio(peak, full_peak)}), max rel diff {format_diff(optimized.max_rel_diff)}"
     )
-    if quoted.precision == README_PRECISION and quoted.frames in plan.reference_bytes:
-        text += f"; VGGT README {plan.reference_bytes[quoted.frames] / 1e9:.2f} GB"
+    reference = plan.reference_for(quoted.point)
+    if reference is not None:
+        text += f"; VGGT README {reference / 1e9:.2f} GB"
+    backends = sorted({name for pair in data.pairs for name in pair.sdpa})
+    if backends:
+        text += f"; SDPA {', '.join(backends)}"
     result.judge(True, text, complete=not data.skipped)
 
 
-def compare_point(context: Context, precision: Precision, record: CaseRecord) -> EstimateRow:
-    """One measured aggregator point against its estimate: the bytes allocated at the peak
-    within ESTIMATE_TOLERANCE, and the reserved bytes under the estimator's bound if it has one."""
-    job = aggregator_job(context.plan, record.variant, precision, record.frames)
+def run_aggregator(context: Context, result: StepResult) -> None:
+    """Step d: full against optimized at the README's size and frame counts while time is
+    left; then the device memory outside the allocator is read again."""
+    data = result.data = Measured()
+    measure_points(context, context.plan.aggregator, data)
+    step = context.steps.get("cuda-context")
+    if context.on_cuda and step is not None and isinstance(step.data, ContextData):
+        step.data.after_forwards_bytes = outside_allocator_bytes(context.device)
+        judge_context(step, step.data)
+    judge_pairs(result, data, context.plan)
+
+
+def compare_point(context: Context, pair: Pair, record: CaseRecord) -> EstimateRow:
+    """One measured variant against its estimate: activations within ESTIMATE_TOLERANCE, and
+    on CUDA the unconstrained peak reserve within it of the never-release figure; judged
+    only where its activations are at least half of its peak."""
+    jobs = {job.variant: job for job in point_jobs(pair.point, context.plan.architecture)}
     try:
-        figures = context.estimates.result(job, context.deadline.left())
+        figures = context.estimates.result(jobs[record.variant], context.deadline.left())
     except multiprocessing.TimeoutError:
         return EstimateRow(record, error=SKIPPED_TIME)
     except Exception as error:
         return EstimateRow(record, error=f"the estimator failed: {one_line(error)}", ok=False)
     row = EstimateRow(record, figures)
-    relative = row.relative_error
-    bound, reserved = figures.reserved_bound_bytes, reserved_bytes(record)
-    within = relative is not None and abs(relative) <= ESTIMATE_TOLERANCE
-    row.ok = within and (bound is None or reserved is None or reserved <= bound)
+    if not row.judged:
+        return row
+    errors = [row.relative_error, row.reserved_error]
+    row.ok = errors[0] is not None and all(
+        error is None or abs(error) <= ESTIMATE_TOLERANCE for error in errors
+    )
     return row
 
 
 def error_size(row: EstimateRow) -> float:
     """How far off a row's estimate is; infinite without one."""
-    error = row.relative_error
-    return float("inf") if error is None else abs(error)
+    errors = [abs(error) for error in (row.relative_error, row.reserved_error) if error is not None]
+    return max(errors, default=float("inf"))
 
 
-def run_estimate_check(context: Context, result: StepResult) -> None:
-    """Step c: every point that ran in the aggregator step against its estimate; pass when all
-    are within."""
-    measured = data_of(context.steps["aggregator"], AggregatorData).pairs
-    rows = [
-        compare_point(context, pair.precision, record)
-        for pair in measured
+def estimate_rows(context: Context, pairs: list[Pair]) -> list[EstimateRow]:
+    """Every variant of `pairs` that ran, against its estimate."""
+    return [
+        compare_point(context, pair, record)
+        for pair in pairs
         for record in (pair.baseline, pair.compared)
         if record.status == "ok"
     ]
-    result.data = EstimatesData(rows)
+
+
+def judge_rows(
+    result: StepResult, rows: list[EstimateRow], complete: bool, require_judged: bool = True
+) -> None:
+    """Pass when every judged row agrees (and, if `require_judged`, at least one was judged);
+    the verdict names the largest error."""
     judged = [row for row in rows if row.ok is not None]
+    waiting = [row for row in rows if row.error == SKIPPED_TIME]
     if not judged:
-        result.judge(False, "no point had both a measurement and an estimate")
+        text = f"no point was judged ({len(rows)} measured, activations under half of the peak)"
+        result.judge(not require_judged and not waiting, text, complete=complete)
         return
-    worst = max(judged, key=error_size)
     failed = [row for row in judged if not row.ok]
+    worst = max(judged, key=error_size)
     point = worst.record
     where = f"{point.variant} {point.precision} {point.frames} frames"
     if worst.relative_error is not None:
-        text = f"{len(judged) - len(failed)} of {len(judged)} points within "
-        text += f"{ESTIMATE_TOLERANCE:.0%}; largest error {worst.relative_error:+.1%} ({where})"
+        text = f"{len(judged) - len(failed)} of {len(judged)} judged points within "
+        text += f"{ESTIMATE_TOLERANCE:.0%}: largest error {error_size(worst):.1%} ({where})"
     else:
         text = f"{len(failed)} of {len(judged)} points failed; {where}: {worst.error}"
-    result.judge(not failed, text, complete=len(judged) == len(rows))
+    unjudged = len(rows) - len(judged) - len(waiting)
+    if unjudged:
+        text += f"; {unjudged} not judged (activations under half of the peak)"
+    result.judge(not failed, text, complete=complete and not waiting)
 
 
-class CappedLiveBytes(TorchDispatchMode):
-    """Counts the bytes of tensors created under it on the CPU and raises OutOfMemoryError when
-    they pass `cap_bytes`, as a capped CUDA allocator would."""
-
-    def __init__(self, cap_bytes: int) -> None:
-        super().__init__()
-        self.cap_bytes = cap_bytes
-        self.meter = LiveBytes("cpu", record_events=False)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.meter.count_outputs(out)
-        if self.meter.live_bytes > self.cap_bytes:
-            raise torch.OutOfMemoryError(
-                f"emulated out of memory: {self.meter.live_bytes} live bytes pass the CPU cap "
-                f"of {self.cap_bytes}"
-            )
-        return out
-
-
-@contextlib.contextmanager
-def memory_cap(device: torch.device, cap_bytes: int) -> Iterator[None]:
-    """Cap the memory the block's tensors may take on `device` at `cap_bytes`: on CUDA with
-    torch.cuda.set_per_process_memory_fraction (a limit on PyTorch's caching allocator), on a
-    CPU with a live-bytes tracker."""
-    if device.type != "cuda":
-        with CappedLiveBytes(cap_bytes):
-            yield
-        return
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(cap_bytes / total, device)
-    try:
-        yield
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+def run_estimate_check(context: Context, result: StepResult) -> None:
+    """Step e: every variant the aggregator step measured against its estimate."""
+    pairs = data_of(context.steps["aggregator"], Measured).pairs
+    rows = estimate_rows(context, pairs)
+    result.data = EstimatesData(rows)
+    judge_rows(result, rows, complete=True)
 
 
 def fit_need(figures: EstimateFigures, device: torch.device) -> int:
-    """The bytes the estimator says a run needs under the cap of `device`: on CUDA, where the
-    cap limits what the allocator reserves, its reserved bound if it gives one, else the bytes
-    allocated at the peak (the CUDA context is outside the cap either way); on a CPU, whose cap
-    counts live tensor bytes, the live peak (no allocator rounding, no cuBLAS workspace)."""
-    if device.type != "cuda":
-        return figures.peak_bytes
-    if figures.reserved_bound_bytes is not None:
+    """What the estimator says a run needs under a cap of `device`: on CUDA, where the cap
+    limits what the allocator reserves (weights included), its reserved bound; on a CPU,
+    whose cap counts the tensors created under it, the live peak less the weights."""
+    if device.type == "cuda":
         return figures.reserved_bound_bytes
-    return figures.allocated_bytes
+    return figures.peak_bytes - figures.weights_bytes
 
 
-def choose_cap(optimized_need: int, full_need: int) -> int:
-    """A cap that the estimator says optimized fits and full does not; ValueError when it puts
-    optimized at or above full."""
-    if optimized_need >= full_need:
-        raise ValueError(
-            f"the estimator puts optimized ({format_size(optimized_need)}) at or above full "
-            f"({format_size(full_need)}), so no cap separates them"
-        )
-    return int(min((optimized_need + full_need) / 2, optimized_need * CAP_FACTOR + CAP_SLACK_BYTES))
-
-
-def run_memory_budget(context: Context, result: StepResult) -> None:
-    """Step d: full and optimized under a cap between their estimates (what `--memory-budget`
-    does), after a warm-up as the sweep does; pass when full runs out of memory and optimized
-    runs, as the estimator says."""
-    plan = context.plan
-    data = result.data = MemoryBudgetData()
-    full_job, optimized_job = (
-        aggregator_job(plan, variant, plan.budget_precision, plan.budget_frames)
-        for variant in AGGREGATORS
+def run_memory_cap(context: Context, result: StepResult) -> None:
+    """Step f: the optimized aggregator under a cap CAP_MARGIN above its estimated need must
+    run, and under one CAP_MARGIN below it must run out of memory."""
+    point = context.plan.cap
+    data = result.data = MemoryCapData()
+    (job,) = point_jobs(point, context.plan.architecture)
+    need = data.need_bytes = fit_need(
+        context.estimates.result(job, context.deadline.left()), context.device
     )
-    full = context.estimates.result(full_job, context.deadline.left())
-    full_need = data.full_estimate_bytes = fit_need(full, context.device)
-    data.cuda_context_bytes = full.cuda_context_bytes
-    optimized = context.estimates.result(optimized_job, context.deadline.left())
-    optimized_need = data.optimized_estimate_bytes = fit_need(optimized, context.device)
-    cap = data.cap_bytes = choose_cap(optimized_need, full_need)
-    with memory_cap(context.device, cap):
-        cache = ModelCache(context.device, plan.seed)
-        pair = measure_pair(
-            context,
-            cache,
-            "aggregator",
-            plan.budget_frames,
-            plan.budget_precision,
-            AGGREGATORS,
-            warmup=1,
-        )
-        cache.clear()
-    data.pairs.append(pair)
-    passed = pair.baseline.status == "oom" and pair.compared.status == "ok"
-    peak = allocated_bytes(pair.compared)
+    cache = ModelCache(context.device, context.plan.seed)
+    cache.modules_for(point_group(context.plan, point))
+    for factor in (1 + CAP_MARGIN, 1 - CAP_MARGIN):
+        cap = int(need * factor)
+        with memory_cap(context.device, cap):
+            (record,) = measure_point(context, cache, point)
+        data.runs.append((cap, record))
+    cache.clear()
+    (above, run_above), (below, run_below) = data.runs
+    passed = run_above.status == "ok" and run_below.status == "oom"
+    peak = allocated_bytes(run_above)
     result.judge(
         passed,
-        f"cap {format_size(cap)} at {plan.budget_frames} frames: full {pair.baseline.status}, "
-        f"optimized {pair.compared.status}"
-        + (f" (peak {format_size(peak)})" if peak is not None else ""),
+        f"estimated need {format_size(need)}: under {format_size(above)} "
+        f"{run_above.status}"
+        + (f" (peak {format_size(peak)})" if peak else "")
+        + f", under {format_size(below)} {run_below.status} (expected ok, then oom)",
     )
-
-
-def run_offload(context: Context, result: StepResult) -> None:
-    """Step e: the whole optimized model with its kept layers on the device and offloaded to
-    the host; pass when the predictions are equal bit for bit and (on CUDA) offloading lowers
-    the peak."""
-    cache = ModelCache(context.device, context.plan.seed)
-    frames = context.plan.offload_frames
-    pair = measure_pair(
-        context, cache, "model", frames, README_PRECISION, (ON_DEVICE, OFFLOAD), warmup=0
-    )
-    cache.clear()
-    result.data = Measured([pair])
-    kept, offloaded = pair.baseline, pair.compared
-    if kept.status != "ok" or offloaded.status != "ok":
-        result.judge(False, f"on the device {kept.status}, offloaded {offloaded.status}")
-        return
-    equal = offloaded.max_abs_diff == 0.0
-    peak, kept_peak = allocated_bytes(offloaded), allocated_bytes(kept)
-    text = "predictions equal bit for bit" if equal else f"max abs diff {offloaded.max_abs_diff}"
-    text += (
-        f"; peak {format_size(kept_peak)} on the device, {format_size(peak)} offloaded "
-        f"({format_ratio(peak, kept_peak)}); time ratio "
-        f"{format_ratio(offloaded.median_ms, kept.median_ms)}"
-    )
-    on_cuda = context.device.type == "cuda"
-    result.judge(equal and (peak < kept_peak or not on_cuda), text)
 
 
 def run_chunking(context: Context, result: StepResult) -> None:
-    """Step f: the optimized aggregator with and without token chunks at each of the plan's
-    frame counts while time is left."""
-    data = result.data = ChunkingData()
-    cache = ModelCache(context.device, context.plan.seed)
-    for frames in context.plan.chunk_frames:
-        if context.deadline.passed():
-            data.skipped_frames.append(frames)
-            continue
-        variants = (UNCHUNKED, CHUNKED)
-        pair = measure_pair(
-            context, cache, "aggregator", frames, README_PRECISION, variants, warmup=0
-        )
-        data.pairs.append(pair)
-        free_memory(context.device)
-    cache.clear()
-    judge_chunking(result, data)
-
-
-def judge_chunking(result: StepResult, data: ChunkingData) -> None:
-    """Pass when every frame count ran and agrees and chunks lower the largest one's peak."""
+    """Step g: the optimized aggregator with and without token chunks; pass when every point
+    ran and agrees and chunks lower the largest one's peak."""
+    data = result.data = Measured()
+    measure_points(context, context.plan.chunking, data)
     if not data.pairs:
-        result.judge(False, "no frame count was measured")
+        result.judge(False, "no point was measured")
         return
     failed = [
-        f"{pair.frames} frames: unchunked {pair.baseline.status}, chunked {pair.compared.status}"
+        f"{pair.point.label}: unchunked {pair.baseline.status}, chunked {pair.compared.status}"
         for pair in data.pairs
         if pair.baseline.status != "ok" or pair.compared.status != "ok"
     ]
@@ -468,33 +537,102 @@ def judge_chunking(result: StepResult, data: ChunkingData) -> None:
     )
     if disagree:
         text += f"; outputs differ beyond tolerance at {disagree} frames"
-    passed = not disagree and peak < plain_peak
-    result.judge(passed, text, complete=not data.skipped_frames)
+    result.judge(not disagree and peak < plain_peak, text, complete=not data.skipped)
+
+
+def run_offload(context: Context, result: StepResult) -> None:
+    """Step h: the whole optimized model with its kept layers on the device and offloaded to
+    the host in several pieces; pass when the predictions are equal bit for bit and (on
+    CUDA) offloading lowers the peak."""
+    data = result.data = Measured()
+    measure_points(context, (context.plan.offload,), data)
+    if not data.pairs:
+        result.judge(False, "not measured")
+        return
+    kept, offloaded = data.pairs[0].baseline, data.pairs[0].compared
+    if kept.status != "ok" or offloaded.status != "ok":
+        result.judge(False, f"on the device {kept.status}, offloaded {offloaded.status}")
+        return
+    equal = offloaded.max_abs_diff == 0.0
+    peak, kept_peak = allocated_bytes(offloaded), allocated_bytes(kept)
+    text = "predictions equal bit for bit" if equal else f"max abs diff {offloaded.max_abs_diff}"
+    text += (
+        f"; peak {format_size(kept_peak)} on the device, {format_size(peak)} offloaded "
+        f"({format_ratio(peak, kept_peak)}); time ratio "
+        f"{format_ratio(offloaded.median_ms, kept.median_ms)}"
+    )
+    result.judge(equal and (peak < kept_peak or not context.on_cuda), text)
+
+
+def run_square(context: Context, result: StepResult) -> None:
+    """Step i: full against optimized at 518x518 (and the precision with bf16 weights) while
+    time is left, each point also judged against its estimate."""
+    data = result.data = Measured()
+    measure_points(context, context.plan.square, data)
+    if not data.pairs:
+        result.judge(not context.plan.square, "no point was planned or measured")
+        if data.skipped:
+            result.status = SKIPPED_TIME
+        return
+    judge_pairs(result, data, context.plan)
+    if result.status != PASS:
+        return
+    data.rows = estimate_rows(context, data.pairs)
+    verdict = result.verdict
+    judge_rows(result, data.rows, complete=not data.skipped, require_judged=False)
+    result.verdict = f"{verdict}; estimates: {result.verdict}"
+
+
+def run_report(context: Context, result: StepResult) -> None:
+    """Step j: the plots, from whatever the steps recorded."""
+    write_plots(context.out_dir, context.plan, list(context.steps.values()))
+    result.judge(True, "plots written")
 
 
 Step = Callable[[Context, StepResult], None]
 STEPS: dict[str, tuple[str, Step]] = {
-    "gpu-tests": ("a", run_gpu_tests),
-    "aggregator": ("b", run_aggregator),
-    "estimates": ("c", run_estimate_check),
-    "memory-budget": ("d", run_memory_budget),
-    "offload": ("e", run_offload),
-    "chunking": ("f", run_chunking),
+    "preflight": ("a", run_preflight),
+    "cuda-context": ("b", run_cuda_context),
+    "gpu-tests": ("c", run_gpu_tests),
+    "aggregator": ("d", run_aggregator),
+    "estimates": ("e", run_estimate_check),
+    "memory-cap": ("f", run_memory_cap),
+    "chunking": ("g", run_chunking),
+    "offload": ("h", run_offload),
+    "square": ("i", run_square),
+    "report": ("j", run_report),
 }
 
 
-def print_plan(plan: Plan, device: torch.device, budget_s: float) -> None:
-    """The plan, before anything runs."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"GPU evidence on {device} ({name}): {plan.model}; time budget {budget_s:.0f} s")
-    for step, line in plan.step_lines(device.type).items():
-        print(f"  {STEPS[step][0]}. {step}: {line}")
-    print(flush=True)
+def plan_lines(plan: Plan, device_type: str, budget_s: float) -> list[str]:
+    """Each step with its predicted seconds and what it runs, then the total and whether it
+    exceeds `budget_s`."""
+    described = {
+        "preflight": "versions, imports, SDPA backends",
+        "cuda-context": "NVML used minus reserved: the CUDA context, a one-rank NCCL group",
+        "gpu-tests": " ".join(pytest_command(plan, torch.device(device_type))[1:]),
+        "estimates": "the estimator against each aggregator point (computed meanwhile)",
+        "report": "plots",
+    }
+    lines = []
+    for name, seconds in plan.step_seconds().items():
+        points = plan.points(name)
+        what = described.get(name) or "; ".join(point.label for point in points) or "nothing"
+        lines.append(f"  {STEPS[name][0]}. {name} ({seconds:.0f} s): {what}")
+    total = plan.total_seconds()
+    lines.append(f"  total: {total:.0f} s at {plan.rates.tflops:g} TFLOP/s")
+    if total > budget_s:
+        lines.append(
+            f"  the total exceeds the budget of {budget_s:.0f} s: the steps and points that "
+            "cannot finish in the time left will be skipped (exit status 3)"
+        )
+    return lines
 
 
-def run_step(context: Context, result: StepResult, step: Step) -> None:
-    """Run one step unless the budget is spent; an exception becomes its error."""
-    if context.deadline.passed():
+def run_step(context: Context, result: StepResult, step: Step, predicted_s: float) -> None:
+    """Run one step unless its predicted seconds exceed the time left; an exception becomes
+    its error."""
+    if not context.deadline.allows(predicted_s):
         result.status = SKIPPED_TIME
         return
     started = context.deadline.elapsed()
@@ -508,7 +646,7 @@ def run_step(context: Context, result: StepResult, step: Step) -> None:
 
 
 def report_line(result: StepResult) -> str:
-    """`b. aggregator: pass (95.2 s): the verdict`."""
+    """`d. aggregator: pass (95.2 s): the verdict`."""
     seconds = "" if result.seconds is None else f" ({result.seconds:.1f} s)"
     detail = result.error or result.verdict
     return f"{result.letter}. {result.name}: {result.status}{seconds}" + (
@@ -521,36 +659,33 @@ def run_evidence(
 ) -> list[StepResult]:
     """Every step in order; the outputs are rewritten after each."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    register_evidence_variants()
+    (out_dir / SNAPSHOTS).mkdir(exist_ok=True)
+    register_evidence_variants(plan)
     rank = RankInfo.of(0, 1, 0, device)
     environment = collect_environment([rank], {"command": COMMAND, "seed": plan.seed})
     run = Run(datetime.now(UTC).isoformat(), plan, environment, deadline)
     steps = {name: StepResult(name, letter) for name, (letter, _) in STEPS.items()}
     results = list(steps.values())
-    estimates = EstimatePool(estimate_jobs(plan), out_dir / NATIVE_LOG)
+    predicted = plan.step_seconds()
+    estimates = EstimatePool(estimate_jobs(plan), out_dir / NATIVE_LOG, device.type)
+    context = Context(
+        plan,
+        device,
+        rank,
+        out_dir,
+        out_dir / SNAPSHOTS,
+        out_dir / NATIVE_LOG,
+        deadline,
+        estimates,
+        steps,
+    )
     try:
-        with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-            context = Context(
-                plan,
-                device,
-                rank,
-                out_dir,
-                Path(scratch),
-                out_dir / NATIVE_LOG,
-                deadline,
-                estimates,
-                steps,
-            )
+        write_results(out_dir, run, results)
+        for name, (_, step) in STEPS.items():
+            run_step(context, steps[name], step, predicted[name])
             write_results(out_dir, run, results)
-            for name, (_, step) in STEPS.items():
-                run_step(context, steps[name], step)
-                write_results(out_dir, run, results)
-                write_summary(out_dir, run, results)
-                print(report_line(steps[name]), flush=True)
+            write_summary(out_dir, run, results)
+            print(report_line(steps[name]), flush=True)
     finally:
         estimates.close()
-    try:
-        write_plots(out_dir, plan, results)
-    except Exception as error:
-        print(f"plots not written: {one_line(error)}", flush=True)
     return results

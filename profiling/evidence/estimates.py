@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from profiling.evidence.plan import Plan
+from profiling.evidence.plan import Plan, Point
 from profiling.native_stderr import STDERR_FD
 from profiling.sweep.records import one_line
-from vggt.memory.estimate import FakeModel
+from vggt.memory.allocator import round_request
+from vggt.memory.estimate import CUBLAS_WORKSPACE_BYTES, FakeModel
 from vggt.models.architecture import Architecture
 from vggt.precision import Precision
 
@@ -26,65 +27,89 @@ CORES_KEPT = 2
 
 @dataclass(frozen=True)
 class EstimateJob:
-    """One point to estimate: a variant of a component, a precision, frames of side x side."""
+    """One point to estimate: a variant of a component, a precision, frames of height x
+    width."""
 
     variant: str
     component: str
     architecture: Architecture
     precision: Precision
     frames: int
-    side: int
+    height: int
+    width: int
 
 
 @dataclass(frozen=True)
 class EstimateFigures:
-    """What the comparisons read from an estimate: the peak, the bytes allocated at it, the
-    bound on reserved bytes and the CUDA context (None and 0 where the estimator has none),
-    and the weights and input in it."""
+    """What the comparisons read from an estimate: the live peak, the bytes allocated at it
+    and the part of them the forward allocated (`activation_bytes`: above the weights, input
+    and cuBLAS workspace, each rounded as the allocator rounds it; on a CPU target the live
+    activations), the bound on reserved bytes and the never-release reserve, the allocation
+    count, the weights and input."""
 
     peak_bytes: int
     allocated_bytes: int
-    reserved_bound_bytes: int | None
-    cuda_context_bytes: int
+    activation_bytes: int
+    reserved_bound_bytes: int
+    reserved_peak_bytes: int
+    allocations: int
     weights_bytes: int
     input_bytes: int
 
 
-def estimate_point(job: EstimateJob) -> EstimateFigures:
-    """The estimator's figures for `job`, in the job's precision, for one batch of `frames`
-    square images."""
+def estimate_point(job: EstimateJob, target_device: str) -> EstimateFigures:
+    """The estimator's figures for `job` on a `target_device` ("cuda", or "cpu" for the dry
+    run), in the job's precision, for one batch of `frames` images."""
     torch.set_num_threads(1)
-    model = FakeModel(job.variant, job.component, job.architecture, job.precision)
-    estimate = model.estimate(job.frames, 1, job.side, job.side)
+    on_cuda = target_device == "cuda"
+    model = FakeModel(
+        job.variant,
+        job.component,
+        job.architecture,
+        job.precision,
+        target_device=target_device,
+        cublas_workspace_bytes=CUBLAS_WORKSPACE_BYTES if on_cuda else 0,
+    )
+    estimate = model.estimate(job.frames, 1, job.height, job.width)
+    resident = [*model.weight_storage_bytes, estimate.input_bytes, model.cublas_workspace_bytes]
+    if on_cuda:
+        activations = estimate.allocated_bytes - sum(map(round_request, resident))
+    else:
+        activations = estimate.live_peak_bytes - estimate.weights_bytes - estimate.input_bytes
     return EstimateFigures(
         peak_bytes=estimate.live_peak_bytes,
         allocated_bytes=estimate.allocated_bytes,
+        activation_bytes=activations,
         reserved_bound_bytes=estimate.reserved_bound_bytes,
-        cuda_context_bytes=estimate.cuda_context_bytes,
+        reserved_peak_bytes=estimate.reserved_peak_bytes,
+        allocations=estimate.allocations,
         weights_bytes=estimate.weights_bytes,
         input_bytes=estimate.input_bytes,
     )
 
 
-def aggregator_job(plan: Plan, variant: str, precision: Precision, frames: int) -> EstimateJob:
-    """The estimate of one aggregator variant at `frames` of the plan's model and image size."""
-    return EstimateJob(variant, "aggregator", plan.architecture, precision, frames, plan.side)
+def point_jobs(point: Point, architecture: Architecture) -> list[EstimateJob]:
+    """The estimates of a point's variants."""
+    return [
+        EstimateJob(
+            variant,
+            point.component,
+            architecture,
+            point.precision,
+            point.frames,
+            point.height,
+            point.width,
+        )
+        for variant in point.variants
+    ]
 
 
 def estimate_jobs(plan: Plan) -> list[EstimateJob]:
-    """The memory-budget step's two points first, then every point of the aggregator step by
-    frame count."""
-    budget = [
-        aggregator_job(plan, variant, plan.budget_precision, plan.budget_frames)
-        for variant in ("full", "optimized")
-    ]
-    grid = [
-        aggregator_job(plan, variant, precision, frames)
-        for frames in plan.frames
-        for precision in plan.precisions
-        for variant in ("full", "optimized")
-    ]
-    return budget + [job for job in grid if job not in budget]
+    """The jobs of the points the estimator is checked on: the memory cap's first (its step
+    waits on it), then the aggregator's and the square points', smallest first."""
+    points = [plan.cap, *sorted((*plan.aggregator, *plan.square), key=lambda p: p.frames)]
+    jobs = [job for point in points for job in point_jobs(point, plan.architecture)]
+    return list(dict.fromkeys(jobs))
 
 
 def log_stderr_to(path: Path) -> None:
@@ -102,10 +127,11 @@ def worker_count(jobs: int) -> int:
 
 
 class EstimatePool:
-    """Estimates of `jobs` computing in spawned processes from construction on, their stderr
-    appended to `log`; when the processes cannot start, every result raises that reason."""
+    """Estimates of `jobs` for `target_device` computing in spawned processes from construction
+    on, their stderr appended to `log`; when the processes cannot start, every result raises
+    that reason."""
 
-    def __init__(self, jobs: list[EstimateJob], log: Path) -> None:
+    def __init__(self, jobs: list[EstimateJob], log: Path, target_device: str = "cuda") -> None:
         self._pool: multiprocessing.pool.Pool | None = None
         self._pending: dict[EstimateJob, multiprocessing.pool.AsyncResult] = {}
         self._failure = ""
@@ -115,7 +141,9 @@ class EstimatePool:
         except Exception as error:
             self._failure = one_line(error)
             return
-        self._pending = {job: self._pool.apply_async(estimate_point, (job,)) for job in jobs}
+        self._pending = {
+            job: self._pool.apply_async(estimate_point, (job, target_device)) for job in jobs
+        }
 
     def result(self, job: EstimateJob, timeout_s: float) -> EstimateFigures:
         """The figures of `job`, waiting at most `timeout_s`; multiprocessing.TimeoutError when

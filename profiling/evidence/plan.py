@@ -1,9 +1,15 @@
-"""What the GPU evidence runs: sizes for one H100/H200 (VGGT-1B at 518x518), or tiny ones that
-run the same steps on a CPU in seconds (the dry run the tests use); and the two variants it
-adds to the sweep's, offloaded and unchunked."""
+"""What the GPU evidence runs and how long each piece should take on the target GPU.
+
+Every measured point is a configuration of variants with its predicted seconds, from the
+architecture's FLOPs and bytes at stated effective rates (`Rates`); a step's seconds are its
+points' plus its fixed costs. `gpu_plan` fills a time budget: the like-for-like points with
+VGGT's README table first, the checks that judge the most next, then 518x518 points while
+time is left. `dry_run_plan` runs the same steps at tiny sizes on a CPU in seconds.
+"""
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -13,121 +19,293 @@ from vggt.models.variants import Variant, register_variant, variant_names
 from vggt.precision import Precision, get_precision
 
 GB = 10**9
-# VGGT's README, the aggregator on an H100 (peak memory in GB as printed, by frame count).
-REFERENCE_BYTES = {8: int(3.23 * GB), 100: int(21.15 * GB), 200: int(40.63 * GB)}
+# VGGT's README: the aggregator's peak memory on an H100 (GB as printed) by frame count, for
+# frames of 350x518 (930 tokens each).
+README_SIZE = (350, 518)
+REFERENCE_BYTES = {
+    1: int(1.88 * GB),
+    10: int(3.63 * GB),
+    50: int(11.41 * GB),
+    100: int(21.15 * GB),
+    200: int(40.63 * GB),
+}
 # The README's precision (fp32 weights under bf16 autocast), and the aggregator's weights in bf16.
 README_PRECISION = get_precision("autocast")
 CAST_PRECISION = get_precision("bf16")
 OFFLOAD = "offload"
 UNCHUNKED = "unchunked"
+CHUNKED = "chunked"
+AGGREGATORS = ("full", "optimized")
+DEFAULT_BUDGET_S = 300.0
+# Timed forwards per variant after its memory run.
+REPEATS = 1
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Effective rates of the target GPU (an H100 or H200 by default) and fixed costs, in
+    seconds; PyTorch's SDPA and bf16 matmuls reach about 300 TFLOP/s there, fp32 work (the
+    heads) a quarter of it."""
+
+    tflops: float = 300.0
+    fp32_share: float = 0.25
+    bandwidth_gbs: float = 2500.0
+    forward_overhead_s: float = 0.3
+    build_s: float = 4.0
+    history_s: float = 3.0
+    preflight_s: float = 5.0
+    context_s: float = 15.0
+    report_s: float = 5.0
+    estimate_base_s: float = 3.0
+    estimate_s_per_token: float = 1e-4
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration measured with `variants` (the first is the baseline): warm-up
+    forwards, one memory run (with the allocator's history when `history`), REPEATS timed."""
+
+    component: str
+    variants: tuple[str, ...]
+    frames: int
+    height: int
+    width: int
+    precision: Precision
+    warmup: int = 0
+    history: bool = False
+
+    @property
+    def label(self) -> str:
+        """`aggregator 100 frames 350x518 autocast`."""
+        return (
+            f"{self.component} {self.frames} frames {self.height}x{self.width} "
+            f"{self.precision.label}"
+        )
+
+    def forward_seconds(self, architecture: Architecture, rates: Rates) -> float:
+        """One forward of one variant: its FLOPs at the precision's rate, the residual
+        stream's traffic (about 40 passes over fp32 tokens per layer) and a fixed overhead."""
+        size = (self.frames, self.height, self.width)
+        low_precision = self.precision.autocast_dtype or self.precision.weights_dtype
+        rate = rates.tflops * 1e12 * (1.0 if low_precision else rates.fp32_share)
+        seconds = architecture.aggregator_flops(*size) / rate
+        if self.component == "model":
+            seconds += architecture.heads_flops(*size) / (rates.tflops * 1e12 * rates.fp32_share)
+        tokens = self.frames * architecture.tokens_per_frame(self.height, self.width)
+        layers = 3 * architecture.depth
+        traffic = layers * 40 * tokens * architecture.embed_dim * 4
+        return seconds + traffic / (rates.bandwidth_gbs * 1e9) + rates.forward_overhead_s
+
+    def seconds(self, architecture: Architecture, rates: Rates) -> float:
+        """Every forward of every variant, and the history's cost."""
+        forwards = len(self.variants) * (self.warmup + 1 + REPEATS)
+        history = rates.history_s * len(self.variants) if self.history else 0.0
+        return forwards * self.forward_seconds(architecture, rates) + history
+
+    def estimate_seconds(self, architecture: Architecture, rates: Rates) -> float:
+        """One fake pass of the estimator on one CPU core, per variant."""
+        tokens = self.frames * architecture.tokens_per_frame(self.height, self.width)
+        return rates.estimate_base_s + rates.estimate_s_per_token * tokens
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The model and sizes of every step."""
+    """The model, the rates and every step's points."""
 
     model: str
     architecture: Architecture
-    side: int
-    frames: tuple[int, ...]
-    precisions: tuple[Precision, ...]
-    budget_precision: Precision
-    budget_frames: int
-    offload_frames: int
-    chunk_frames: tuple[int, ...]
-    reference_bytes: dict[int, int]
+    rates: Rates
+    aggregator: tuple[Point, ...]
+    cap: Point
+    chunking: tuple[Point, ...]
+    offload: Point
+    square: tuple[Point, ...]
     pytest_paths: tuple[str, ...]
+    gpu_tests_s: float
+    test_timeout_s: float
+    offload_piece_bytes: int
+    min_chunk_tokens: int | None = None
+    reference_bytes: dict[int, int] = field(default_factory=dict)
     seed: int = 0
 
-    def step_lines(self, device: str) -> dict[str, str]:
-        """Step name -> what it runs, as the plan printed first says it."""
-        precisions = " and ".join(precision.label for precision in self.precisions)
-        size = f"{self.side}x{self.side}"
-        tests = " ".join(self.pytest_paths) or "tests/"
+    def points(self, step: str) -> tuple[Point, ...]:
+        """The points a measuring step runs (none for the others)."""
         return {
-            "gpu-tests": f"pytest -m gpu --device {device} {tests}",
-            "aggregator": f"full and optimized aggregators at {counted(self.frames)} frames of "
-            f"{size}, {precisions}: peaks, NVML, time, max abs diff",
-            "estimates": "the estimator's figures for each point of `aggregator`, computed in "
-            "worker processes while the other steps run",
-            "memory-budget": f"full and optimized at {self.budget_frames} frames "
-            f"({self.budget_precision.label}) under a memory cap between their estimates",
-            "offload": f"the whole optimized model at {self.offload_frames} frames "
-            f"({README_PRECISION.label}), kept layers on the device and offloaded to the host",
-            "chunking": f"the optimized aggregator at {counted(self.chunk_frames)} frames "
-            f"({README_PRECISION.label}) with and without token chunks",
+            "aggregator": self.aggregator,
+            "memory-cap": (self.cap,),
+            "chunking": self.chunking,
+            "offload": (self.offload,),
+            "square": self.square,
+        }.get(step, ())
+
+    def reference_for(self, point: Point) -> int | None:
+        """VGGT's README figure for a point of its size and precision, or None."""
+        like = (point.height, point.width) == README_SIZE and point.precision == README_PRECISION
+        return self.reference_bytes.get(point.frames) if like else None
+
+    def point_seconds(self, point: Point) -> float:
+        """A point's predicted seconds."""
+        return point.seconds(self.architecture, self.rates)
+
+    def step_seconds(self) -> dict[str, float]:
+        """Each step's predicted seconds on the target GPU, in the order they run."""
+        rates = self.rates
+        measured = {
+            step: sum(map(self.point_seconds, self.points(step))) + rates.build_s
+            for step in ("aggregator", "chunking", "offload", "square")
+        }
+        if not self.square:
+            measured["square"] = 0.0
+        cap_forward = self.cap.forward_seconds(self.architecture, rates)
+        before_estimates = rates.preflight_s + rates.context_s + self.gpu_tests_s
+        before_estimates += measured["aggregator"]
+        return {
+            "preflight": rates.preflight_s,
+            "cuda-context": rates.context_s,
+            "gpu-tests": self.gpu_tests_s,
+            "aggregator": measured["aggregator"],
+            "estimates": max(1.0, self.estimates_wall_s() - before_estimates),
+            "memory-cap": 2 * cap_forward + rates.build_s,
+            "chunking": measured["chunking"],
+            "offload": measured["offload"],
+            "square": measured["square"],
+            "report": rates.report_s,
         }
 
+    def estimates_wall_s(self) -> float:
+        """The estimator's slowest fake pass: the jobs run in parallel worker processes."""
+        points = (*self.aggregator, self.cap, *self.square)
+        return max(point.estimate_seconds(self.architecture, self.rates) for point in points)
 
-def counted(values: tuple[int, ...]) -> str:
-    """1, 8, 100 and 200."""
-    texts = [str(value) for value in values]
-    return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + f" and {texts[-1]}"
+    def total_seconds(self) -> float:
+        """The whole run's predicted seconds."""
+        return sum(self.step_seconds().values())
+
+    def plan_json(self) -> dict:
+        """`{"steps": [{"name", "seconds"}...], "total_seconds"}`, seconds to 0.1."""
+        steps = [
+            {"name": name, "seconds": round(seconds, 1)}
+            for name, seconds in self.step_seconds().items()
+        ]
+        return {"steps": steps, "total_seconds": round(self.total_seconds(), 1)}
 
 
-def gpu_plan() -> Plan:
-    """VGGT-1B's aggregator at 518x518, sized for about seven minutes on one H100 or H200. The
-    memory cap is tried with bf16 weights, the precision of the README's estimator table."""
-    return Plan(
+def like_for_like(frames: tuple[int, ...], size: tuple[int, int]) -> tuple[Point, ...]:
+    """Full against optimized in the README's precision at each frame count, the first after
+    a warm-up forward, the smallest with the allocator's history."""
+    return tuple(
+        Point("aggregator", AGGREGATORS, count, *size, README_PRECISION, int(index == 0), index < 2)
+        for index, count in enumerate(frames)
+    )
+
+
+def gpu_plan(budget_s: float = DEFAULT_BUDGET_S, rates: Rates | None = None) -> Plan:
+    """VGGT-1B's aggregator at the README's size and frame counts, a memory cap, chunks and
+    offload, then 518x518 points (autocast, then bf16 weights) while `budget_s` allows."""
+    rates = rates or Rates()
+    size = README_SIZE
+    plan = Plan(
         model="VGGT-1B (preset vggt-1b), random seeded weights",
         architecture=VGGT_1B,
-        side=518,
-        frames=(1, 8, 100, 200),
-        precisions=(README_PRECISION, CAST_PRECISION),
-        budget_precision=CAST_PRECISION,
-        budget_frames=100,
-        offload_frames=200,
-        chunk_frames=(8, 200),
+        rates=rates,
+        aggregator=like_for_like((1, 10, 50, 100, 200), size),
+        cap=Point("aggregator", ("optimized",), 100, *size, CAST_PRECISION),
+        chunking=tuple(
+            Point("aggregator", (UNCHUNKED, CHUNKED), frames, *size, README_PRECISION)
+            for frames in (10, 100)
+        ),
+        offload=Point("model", ("optimized", OFFLOAD), 50, *size, README_PRECISION),
+        square=(),
+        pytest_paths=(
+            "tests/profiling/test_gpu.py",
+            "tests/memory/test_estimate.py",
+            "tests/model/test_offload.py",
+        ),
+        gpu_tests_s=45.0,
+        test_timeout_s=60.0,
+        offload_piece_bytes=64 << 20,
         reference_bytes=REFERENCE_BYTES,
-        pytest_paths=(),
     )
+    square: list[Point] = []
+    for precision in (README_PRECISION, CAST_PRECISION):
+        for frames in (8, 100, 200):
+            point = Point("aggregator", AGGREGATORS, frames, 518, 518, precision)
+            trial = dataclasses.replace(plan, square=(*square, point))
+            if trial.total_seconds() <= budget_s:
+                square.append(point)
+    return dataclasses.replace(plan, square=tuple(square))
 
 
 def dry_run_plan() -> Plan:
     """The tiny preset made 12 layers deep at 28x28, so its kept layers outweigh its images
     and the optimized aggregator needs clearly less than the full one; its memory cap is
-    applied in fp32, which the estimator counts exactly."""
+    applied in fp32, which the estimator counts exactly on a CPU; chunks of 64 tokens, so a
+    few hundred tokens make several."""
     architecture = dataclasses.replace(load_preset("tiny").architecture, depth=12, img_size=28)
+    side = (28, 28)
     return Plan(
         model="tiny preset made 12 layers deep, random seeded weights",
         architecture=architecture,
-        side=28,
-        frames=(1, 4),
-        precisions=(README_PRECISION, CAST_PRECISION),
-        budget_precision=get_precision("fp32"),
-        budget_frames=16,
-        offload_frames=3,
-        chunk_frames=(4, 64),
-        reference_bytes={},
+        rates=Rates(
+            tflops=0.05,
+            forward_overhead_s=0.05,
+            build_s=0.2,
+            history_s=0.0,
+            preflight_s=0.5,
+            context_s=0.5,
+            report_s=1.0,
+            estimate_base_s=1.0,
+        ),
+        aggregator=like_for_like((2, 128), side),
+        cap=Point("aggregator", ("optimized",), 16, *side, get_precision("fp32")),
+        chunking=(Point("aggregator", (UNCHUNKED, CHUNKED), 64, *side, README_PRECISION),),
+        offload=Point("model", ("optimized", OFFLOAD), 2, *side, README_PRECISION),
+        square=(Point("aggregator", AGGREGATORS, 2, 28, 28, CAST_PRECISION),),
         pytest_paths=("tests/profiling/test_gpu.py",),
+        gpu_tests_s=20.0,
+        test_timeout_s=60.0,
+        offload_piece_bytes=4 << 10,
+        min_chunk_tokens=64,
     )
 
 
-def build_offload(component: str, architecture: Architecture) -> nn.Module:
-    """`VGGTOptimized(offload_outputs=True)`: kept layers in page-locked host memory."""
+def build_offload(component: str, architecture: Architecture, piece_bytes: int) -> nn.Module:
+    """`VGGTOptimized(offload_outputs=True)`: kept layers in page-locked host memory, copied
+    out in pieces of at most `piece_bytes`."""
     from vggt.models.vggt_vram_optimized import VGGTOptimized
 
     if component != "model":
         raise ValueError(f"the {OFFLOAD} variant is a whole model, not a {component}")
-    return VGGTOptimized(**architecture.model_kwargs(), offload_outputs=True)
+    model = VGGTOptimized(**architecture.model_kwargs(), offload_outputs=True)
+    model.aggregator.offload_piece_bytes = piece_bytes
+    return model
 
 
-def build_unchunked(component: str, architecture: Architecture) -> nn.Module:
-    """The optimized aggregator with `transient_budget=None`: each in-place block runs on the
-    whole residual stream at once."""
+def build_chunked(
+    component: str, architecture: Architecture, chunked: bool, min_chunk_tokens: int | None
+) -> nn.Module:
+    """The optimized aggregator with its default transient budget and `min_chunk_tokens`
+    (None: the device's minimum), or unchunked: `transient_budget=None`, each in-place block
+    on the whole residual stream at once."""
     from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
 
     if component != "aggregator":
-        raise ValueError(f"the {UNCHUNKED} variant is an aggregator, not a {component}")
+        raise ValueError(f"the chunking variants are aggregators, not a {component}")
     return AggregatorVramOptimized(
         **architecture.aggregator_kwargs(),
         selected_layer_idx=architecture.head_layers(),
-        transient_budget=None,
+        transient_budget=1.0 if chunked else None,
+        min_chunk_tokens=min_chunk_tokens,
     )
 
 
-def register_evidence_variants() -> None:
-    """Register both variants (once per process)."""
-    for variant in (Variant(OFFLOAD, build_offload), Variant(UNCHUNKED, build_unchunked)):
-        if variant.name not in variant_names():
-            register_variant(variant)
+def register_evidence_variants(plan: Plan) -> None:
+    """Register the offload and chunking variants with the plan's piece size and chunk floor
+    (once per process: the first plan's)."""
+    offload = functools.partial(build_offload, piece_bytes=plan.offload_piece_bytes)
+    floor = plan.min_chunk_tokens
+    unchunked = functools.partial(build_chunked, chunked=False, min_chunk_tokens=None)
+    chunked = functools.partial(build_chunked, chunked=True, min_chunk_tokens=floor)
+    for name, build in ((OFFLOAD, offload), (UNCHUNKED, unchunked), (CHUNKED, chunked)):
+        if name not in variant_names():
+            register_variant(Variant(name, build))

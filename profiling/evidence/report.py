@@ -10,20 +10,21 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from profiling.evidence.plan import Plan
+from profiling.evidence.plan import Plan, Point
 from profiling.evidence.results import (
     PASS,
-    AggregatorData,
-    ChunkingData,
+    ContextData,
     EstimateRow,
     EstimatesData,
     GpuTestsData,
     Measured,
-    MemoryBudgetData,
+    MemoryCapData,
+    Pair,
+    PreflightData,
     Run,
-    Skipped,
     StepData,
     StepResult,
+    activation_bytes,
     allocated_bytes,
     data_of,
     nvml_used_bytes,
@@ -49,14 +50,32 @@ SWITCHES_PLOT = "offload-and-chunking.png"
 RECORD_HEADER = (
     "| frames | variant | status | allocated | reserved | NVML used | ms | max abs diff |"
 )
+# The steps whose points compare full with optimized, drawn against frames.
+FRAME_STEPS = ("aggregator", "square")
+
+
+def point_json(point: Point) -> dict[str, Any]:
+    """A point as plain values, its precision by label."""
+    values = dataclasses.asdict(point)
+    values["precision"] = point.precision.label
+    return values
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
-    """The plan as plain values, precisions by label."""
-    values = dataclasses.asdict(plan)
-    values["precisions"] = [precision.label for precision in plan.precisions]
-    values["budget_precision"] = plan.budget_precision.label
-    return values
+    """The plan as plain values: model, shape, rates, points and predicted seconds."""
+    steps = ("aggregator", "memory-cap", "chunking", "offload", "square")
+    return {
+        "model": plan.model,
+        "architecture": dataclasses.asdict(plan.architecture),
+        "rates": dataclasses.asdict(plan.rates),
+        "points": {step: [point_json(point) for point in plan.points(step)] for step in steps},
+        "pytest_paths": list(plan.pytest_paths),
+        "test_timeout_s": plan.test_timeout_s,
+        "offload_piece_bytes": plan.offload_piece_bytes,
+        "reference_bytes": plan.reference_bytes,
+        "seed": plan.seed,
+        "predicted": plan.plan_json(),
+    }
 
 
 def known(**values: Any) -> dict[str, Any]:
@@ -64,78 +83,78 @@ def known(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def skipped_json(point: Skipped) -> dict[str, Any]:
-    """A point the time left out."""
-    return {"precision": point.precision.label, "frames": point.frames}
-
-
 def row_json(row: EstimateRow) -> dict[str, Any]:
-    """A measured point against its estimate; the estimate's figures only where one came."""
+    """A measured variant against its estimate; the estimate's figures only where one came."""
     record = row.record
     values: dict[str, Any] = {
         "precision": record.precision,
         "variant": record.variant,
         "frames": record.frames,
+        "height": record.height,
+        "width": record.width,
         "measured_allocated_bytes": allocated_bytes(record),
+        "measured_activation_bytes": activation_bytes(record),
         "measured_reserved_bytes": reserved_bytes(record),
+        "judged": row.judged,
         "ok": row.ok,
     }
     if row.error is not None:
         values["error"] = row.error
     if row.estimate is not None:
-        values["estimate_allocated_bytes"] = row.estimate.allocated_bytes
-        values["estimate_reserved_bound_bytes"] = row.estimate.reserved_bound_bytes
-        values["relative_error"] = row.relative_error
+        values.update(
+            estimate_allocated_bytes=row.estimate.allocated_bytes,
+            estimate_activation_bytes=row.estimate.activation_bytes,
+            estimate_reserved_bound_bytes=row.estimate.reserved_bound_bytes,
+            estimate_reserved_peak_bytes=row.estimate.reserved_peak_bytes,
+            estimate_allocations=row.estimate.allocations,
+            relative_error=row.relative_error,
+            reserved_error=row.reserved_error,
+        )
     return values
 
 
+def pair_json(pair: Pair) -> dict[str, Any]:
+    """A measured point: the point, both variants as the sweep's records, the SDPA backends."""
+    return {
+        "point": point_json(pair.point),
+        "records": [pair.baseline.to_json(), pair.compared.to_json()],
+        "sdpa": pair.sdpa,
+    }
+
+
 def data_json(data: StepData | None) -> dict[str, Any]:
-    """A step's data: measured variants as the sweep's records, estimates as rows."""
+    """A step's data as plain values."""
     match data:
         case None:
             return {}
-        case GpuTestsData():
-            return known(
-                command=data.command,
-                exit_code=data.exit_code,
-                summary=data.summary,
-                output=data.output,
-            )
+        case GpuTestsData() | PreflightData() | ContextData():
+            return known(**dataclasses.asdict(data))
         case EstimatesData():
             return {"rows": [row_json(row) for row in data.rows]}
-        case AggregatorData():
-            skipped = [skipped_json(point) for point in data.skipped]
-            return {"records": records_json(data), "skipped": skipped}
-        case ChunkingData():
-            skipped = [{"frames": frames} for frames in data.skipped_frames]
-            return {"records": records_json(data), "skipped": skipped}
-        case MemoryBudgetData():
-            estimates = known(
-                full_estimate_bytes=data.full_estimate_bytes,
-                optimized_estimate_bytes=data.optimized_estimate_bytes,
-                cuda_context_bytes=data.cuda_context_bytes,
-                cap_bytes=data.cap_bytes,
-                device_memory_bytes=data.device_memory_bytes,
-            )
-            return {**estimates, "records": records_json(data)}
+        case MemoryCapData():
+            runs = [{"cap_bytes": cap, "record": record.to_json()} for cap, record in data.runs]
+            return known(need_bytes=data.need_bytes, runs=runs)
         case Measured():
-            return {"records": records_json(data)}
-
-
-def records_json(data: Measured) -> list[dict[str, Any]]:
-    """The measured variants as the sweep's results.json holds them."""
-    return [record.to_json() for record in data.records]
+            return {
+                "pairs": [pair_json(pair) for pair in data.pairs],
+                "skipped": data.skipped,
+                "rows": [row_json(row) for row in data.rows],
+            }
+    return {}
 
 
 def write_results(out_dir: Path, run: Run, steps: list[StepResult]) -> None:
-    """results.json: when it started, the plan, the environment, the time spent and every
-    step."""
+    """results.json: when it started, the plan, the environment, the time spent, the device
+    memory outside the allocator and every step."""
+    context = next((step.data for step in steps if isinstance(step.data, ContextData)), None)
     document = {
         "started_at": run.started_at,
         "plan": plan_json(run.plan),
         "environment": run.environment,
         "budget_s": run.deadline.budget_s,
         "elapsed_s": round(run.deadline.elapsed(), 1),
+        "cuda_context_bytes": None if context is None else context.cuda_context_bytes,
+        "nccl_bytes": None if context is None else context.nccl_bytes,
         "steps": [
             {
                 "name": step.name,
@@ -174,103 +193,122 @@ def record_row(record: CaseRecord) -> list[str]:
     ]
 
 
-def aggregator_section(data: AggregatorData, reference: dict[int, int]) -> list[str]:
-    """Per precision: frames as rows, full and optimized side by side, the VGGT README."""
+def variant_cells(record: CaseRecord) -> list[str]:
+    """Allocated (or the failure), reserved, NVML used and time of one variant."""
+    allocated = format_size(allocated_bytes(record)) if record.status == "ok" else record.status
+    return [
+        allocated,
+        format_size(reserved_bytes(record)),
+        format_size(nvml_used_bytes(record)),
+        format_ms(record.median_ms),
+    ]
+
+
+def pairs_section(data: Measured, plan: Plan) -> list[str]:
+    """Per size and precision: frames as rows, both variants side by side, VGGT's README."""
     lines = []
-    for label in sorted({pair.precision.label for pair in data.pairs}):
+    configurations = dict.fromkeys(
+        (pair.point.height, pair.point.width, pair.precision.label) for pair in data.pairs
+    )
+    for height, width, label in configurations:
         rows = []
-        pairs = [pair for pair in data.pairs if pair.precision.label == label]
+        pairs = [
+            pair
+            for pair in data.pairs
+            if (pair.point.height, pair.point.width, pair.precision.label) == (height, width, label)
+        ]
         for pair in sorted(pairs, key=lambda pair: pair.frames):
             full, optimized = pair.baseline, pair.compared
-            row = [str(pair.frames)]
-            for record in (full, optimized):
-                row += [
-                    format_size(allocated_bytes(record))
-                    if record.status == "ok"
-                    else record.status,
-                    format_size(reserved_bytes(record)),
-                    format_size(nvml_used_bytes(record)),
-                    format_ms(record.median_ms),
+            readme = plan.reference_for(pair.point)
+            sdpa = ", ".join(f"{name} {count}" for name, count in sorted(pair.sdpa.items()))
+            rows.append(
+                [
+                    str(pair.frames),
+                    *variant_cells(full),
+                    *variant_cells(optimized),
+                    format_ratio(allocated_bytes(optimized), allocated_bytes(full)),
+                    format_diff(optimized.max_rel_diff),
+                    "-" if readme is None else f"{readme / 1e9:.2f} GB",
+                    sdpa or "-",
                 ]
-            readme = reference.get(pair.frames)
-            row += [
-                format_ratio(allocated_bytes(optimized), allocated_bytes(full)),
-                format_diff(optimized.max_abs_diff),
-                format_diff(optimized.max_rel_diff),
-                "-" if readme is None else f"{readme / 1e9:.2f} GB",
-            ]
-            rows.append(row)
+            )
+        first, second = pairs[0].baseline.variant, pairs[0].compared.variant
         header = (
-            "| frames | full allocated | full reserved | full NVML | full ms | optimized "
-            "allocated | optimized reserved | optimized NVML | optimized ms | optimized/full "
-            "allocated | max abs diff | max rel diff | VGGT README |"
+            f"| frames | {first} allocated | {first} reserved | {first} NVML | {first} ms | "
+            f"{second} allocated | {second} reserved | {second} NVML | {second} ms | "
+            f"{second}/{first} allocated | max rel diff | VGGT README | SDPA calls |"
         )
-        lines += ["", f"{label}:", "", *table(header, rows)]
+        lines += ["", f"{height}x{width}, {label}:", "", *table(header, rows)]
     if data.skipped:
-        skipped = ", ".join(str(skipped_json(point)) for point in data.skipped)
-        lines += ["", f"Skipped (time): {skipped}"]
+        lines += ["", f"Skipped (time): {'; '.join(data.skipped)}"]
     return lines
 
 
 def estimates_section(rows: list[EstimateRow]) -> list[str]:
-    """Each measured point against its estimate."""
+    """Each measured variant against its estimate."""
     cells = []
     for row in rows:
-        error = row.relative_error
-        estimate = row.estimate
+        record, estimate = row.record, row.estimate
+        error, reserved_error = row.relative_error, row.reserved_error
         cells.append(
             [
-                row.record.precision,
-                row.record.variant,
-                str(row.record.frames),
-                format_size(allocated_bytes(row.record)),
-                format_size(None if estimate is None else estimate.allocated_bytes),
+                f"{record.height}x{record.width}",
+                record.precision,
+                record.variant,
+                str(record.frames),
+                format_size(activation_bytes(record)),
+                format_size(None if estimate is None else estimate.activation_bytes),
                 "-" if error is None else f"{error:+.1%}",
-                format_size(reserved_bytes(row.record)),
-                format_size(None if estimate is None else estimate.reserved_bound_bytes),
-                row.error or {True: "yes", False: "no", None: "-"}[row.ok],
+                format_size(reserved_bytes(record)),
+                format_size(None if estimate is None else estimate.reserved_peak_bytes),
+                "-" if reserved_error is None else f"{reserved_error:+.1%}",
+                row.error or {True: "yes", False: "no", None: "not judged"}[row.ok],
             ]
         )
     header = (
-        "| precision | variant | frames | measured allocated | estimated allocated | error | "
-        "measured reserved | estimated reserved bound | within |"
+        "| size | precision | variant | frames | measured activations | estimated activations "
+        "| error | measured reserved | estimated reserve (never released) | error | within |"
     )
     return ["", *table(header, cells)]
 
 
-def records_section(data: Measured) -> list[str]:
-    """The measured variants, one row per variant and frame count; the memory cap first."""
-    lines = []
-    if isinstance(data, MemoryBudgetData) and data.cap_bytes is not None:
-        context = data.cuda_context_bytes
-        gpu = f"a GPU of about {format_size(data.device_memory_bytes)} with the estimated "
-        gpu += f"CUDA context of {format_size(context)}" if context else "no context estimate"
-        lines += [
-            "",
-            f"Estimated needs: full {format_size(data.full_estimate_bytes)}, optimized "
-            f"{format_size(data.optimized_estimate_bytes)}; allocator cap "
-            f"{format_size(data.cap_bytes)} ({gpu}).",
-        ]
-    if data.records:
-        lines += ["", *table(RECORD_HEADER, [record_row(record) for record in data.records])]
-    return lines
+def memory_cap_section(data: MemoryCapData) -> list[str]:
+    """The need, then each capped run."""
+    if data.need_bytes is None:
+        return []
+    rows = [[format_size(cap), *record_row(record)] for cap, record in data.runs]
+    header = "| cap " + RECORD_HEADER
+    return [
+        "",
+        f"Estimated need under a cap: {format_size(data.need_bytes)}.",
+        "",
+        *table(header, rows),
+    ]
 
 
-def step_section(step: StepResult, reference: dict[int, int]) -> list[str]:
+def step_section(step: StepResult, plan: Plan) -> list[str]:
     """A check's heading, status and verdict (or error), and its table."""
     lines = ["", f"## {step.letter}. {step.name}", "", f"**{step.status}**"]
     if step.verdict:
         lines[-1] += f": {step.verdict}"
     if step.error:
         lines[-1] += f": {step.error}"
-    if isinstance(step.data, GpuTestsData):
-        lines += ["", f"`{step.data.command}`; output in `{step.data.output}`."]
-    elif step.name == "aggregator":
-        lines += aggregator_section(data_of(step, AggregatorData), reference)
-    elif step.name == "estimates":
-        lines += estimates_section(data_of(step, EstimatesData).rows)
-    else:
-        lines += records_section(data_of(step, Measured))
+    data = step.data
+    if isinstance(data, GpuTestsData):
+        lines += ["", f"`{data.command}`; output in `{data.output}`."]
+    elif isinstance(data, EstimatesData):
+        lines += estimates_section(data.rows)
+    elif isinstance(data, MemoryCapData):
+        lines += memory_cap_section(data)
+    elif isinstance(data, PreflightData) and data.sdpa_enabled:
+        enabled = ", ".join(name for name, on in data.sdpa_enabled.items() if on)
+        lines += ["", f"SDPA backends enabled: {enabled}."]
+    elif isinstance(data, Measured) and step.name in FRAME_STEPS:
+        lines += pairs_section(data, plan)
+        if data.rows:
+            lines += estimates_section(data.rows)
+    elif isinstance(data, Measured) and data.records:
+        lines += ["", *table(RECORD_HEADER, [record_row(record) for record in data.records])]
     return lines
 
 
@@ -282,12 +320,13 @@ def summary_markdown(run: Run, steps: list[StepResult]) -> str:
         "# GPU evidence",
         "",
         f"{passed} of {len(steps)} checks passed, in {deadline.elapsed():.0f} s of a "
-        f"{deadline.budget_s:.0f} s budget. Model: {plan.model}; images {plan.side}x"
-        f"{plan.side}, batch 1. Allocated: the allocator's peak with weights and input "
-        "(on a CPU, the profiler's peak plus weights and input); reserved: the allocator's "
-        "peak reserve; NVML used: the device's peak as NVML sampled it (CUDA context and other "
-        "processes included). Differences are against `full` (offload: against the model on "
-        "the device; chunking: against `unchunked`), relative ones to its largest magnitude.",
+        f"{deadline.budget_s:.0f} s budget (predicted {plan.total_seconds():.0f} s). Model: "
+        f"{plan.model}; batch 1. Allocated: the allocator's peak with weights and input (on a "
+        "CPU, the profiler's peak plus weights and input); activations: the peak above what "
+        "was allocated before the forward; reserved: the allocator's peak reserve; NVML used: "
+        "the device's peak as NVML sampled it (CUDA context included). Differences are "
+        "against `full` (offload: against the model on the device; chunking: against "
+        "`unchunked`), relative ones to its largest magnitude.",
         "",
         *table(
             "| check | status | seconds | verdict |",
@@ -303,7 +342,7 @@ def summary_markdown(run: Run, steps: list[StepResult]) -> str:
         ),
     ]
     for step in steps:
-        lines += step_section(step, plan.reference_bytes)
+        lines += step_section(step, plan)
     lines += ["", "## Environment", "", *environment_table(run.environment)]
     return "\n".join(lines) + "\n"
 
@@ -320,20 +359,22 @@ def write_plots(out_dir: Path, plan: Plan, steps: list[StepResult]) -> None:
     peaks: dict[str, dict[int, float]] = defaultdict(dict)
     times: dict[str, dict[int, float]] = defaultdict(dict)
     failures: dict[str, dict[int, str]] = defaultdict(dict)
-    for record in data_of(by_name["aggregator"], AggregatorData).records:
-        label = f"{record.variant} {record.precision}"
-        if record.status != "ok":
-            failures[label][record.frames] = record.status
-            continue
-        peaks[label][record.frames] = allocated_bytes(record)
-        times[label][record.frames] = record.median_ms
+    for name in FRAME_STEPS:
+        for record in data_of(by_name[name], Measured).records:
+            label = f"{record.variant} {record.precision} {record.height}x{record.width}"
+            if record.status != "ok":
+                failures[label][record.frames] = record.status
+                continue
+            peaks[label][record.frames] = allocated_bytes(record)
+            times[label][record.frames] = record.median_ms
     for row in data_of(by_name["estimates"], EstimatesData).rows:
         if row.estimate is not None:
-            label = f"estimate {row.record.variant} {row.record.precision}"
-            peaks[label][row.record.frames] = row.estimate.allocated_bytes
+            record = row.record
+            label = f"estimate {record.variant} {record.precision} {record.height}x{record.width}"
+            peaks[label][record.frames] = row.estimate.allocated_bytes
     if plan.reference_bytes:
-        peaks["VGGT README (H100)"] = dict(plan.reference_bytes)
-    title = f"{plan.model}, {plan.side}x{plan.side}"
+        peaks["VGGT README (H100, 350x518)"] = dict(plan.reference_bytes)
+    title = plan.model
     plot_against_frames(
         peaks, failures, out_dir / PEAK_PLOT, f"Peak allocated: {title}", "peak allocated", True
     )

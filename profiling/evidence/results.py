@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from profiling.evidence.estimates import EstimateFigures
-from profiling.evidence.plan import Plan
+from profiling.evidence.plan import Plan, Point
 from profiling.sweep.records import CaseRecord
 from vggt.precision import Precision
 
@@ -18,6 +18,31 @@ FAIL = "fail"
 INCOMPLETE = "incomplete"
 ERROR = "error"
 SKIPPED_TIME = "skipped (time)"
+# Exit statuses of the command: every planned check ran and passed; a check failed or erred;
+# a check was skipped for time or is incomplete (and none failed).
+EXIT_PASSED = 0
+EXIT_FAILED = 1
+EXIT_INCOMPLETE = 3
+
+
+def exit_status(steps: "list[StepResult]") -> int:
+    """The command's exit status for these steps."""
+    if any(step.status in (FAIL, ERROR) for step in steps):
+        return EXIT_FAILED
+    if any(step.status != PASS for step in steps):
+        return EXIT_INCOMPLETE
+    return EXIT_PASSED
+
+
+def unfinished(steps: "list[StepResult]") -> list[str]:
+    """`name (status)` of every step that did not pass."""
+    return [f"{step.name} ({step.status})" for step in steps if step.status != PASS]
+
+
+def activation_bytes(record: CaseRecord) -> int | None:
+    """Bytes the forward allocated above what was allocated before it (activations and
+    outputs): the CUDA allocator's peak minus its start, or on a CPU the profiler's peak."""
+    return record.activation_peak_bytes if record.status == "ok" else None
 
 
 def allocated_bytes(record: CaseRecord) -> int | None:
@@ -42,19 +67,31 @@ def nvml_used_bytes(record: CaseRecord) -> int | None:
 
 @dataclass(frozen=True)
 class Pair:
-    """One configuration measured with two variants: `compared` against `baseline`'s outputs."""
+    """One point measured with two variants: `compared` against `baseline`'s outputs; `sdpa`
+    counts the attention calls of its forwards by the backend that ran them."""
 
-    precision: Precision
-    frames: int
+    point: Point
     baseline: CaseRecord
     compared: CaseRecord
+    sdpa: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> Precision:
+        return self.point.precision
+
+    @property
+    def frames(self) -> int:
+        return self.point.frames
 
 
 @dataclass
 class Measured:
-    """The pairs a step measured, in order."""
+    """The pairs a step measured, in order, the labels of the points the time left out, and
+    the estimates of its points where the step judges them itself."""
 
     pairs: list[Pair] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rows: "list[EstimateRow]" = field(default_factory=list)
 
     @property
     def records(self) -> list[CaseRecord]:
@@ -62,44 +99,39 @@ class Measured:
         return [record for pair in self.pairs for record in (pair.baseline, pair.compared)]
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A point the time budget left unmeasured."""
-
-    precision: Precision
-    frames: int
-
-
 @dataclass
-class AggregatorData(Measured):
-    """Full (baseline) against optimized at each frame count and precision of the plan."""
+class MemoryCapData:
+    """The optimized aggregator under caps around the estimator's need: (cap, record) of the
+    run above it, then of the run below it; None until the step knows the need."""
 
-    skipped: list[Skipped] = field(default_factory=list)
-
-
-@dataclass
-class ChunkingData(Measured):
-    """Unchunked (baseline) against chunked, and the frame counts the time left out."""
-
-    skipped_frames: list[int] = field(default_factory=list)
-
-
-@dataclass
-class MemoryBudgetData(Measured):
-    """Full against optimized under a cap between the estimator's needs of the two; what is not
-    known yet (the step erred before it) is None."""
-
-    full_estimate_bytes: int | None = None
-    optimized_estimate_bytes: int | None = None
-    cuda_context_bytes: int | None = None
-    cap_bytes: int | None = None
+    need_bytes: int | None = None
+    runs: list[tuple[int, CaseRecord]] = field(default_factory=list)
 
     @property
-    def device_memory_bytes(self) -> int | None:
-        """The GPU the cap stands for: the cap and the estimated CUDA context."""
-        if self.cap_bytes is None or self.cuda_context_bytes is None:
-            return None
-        return self.cap_bytes + self.cuda_context_bytes
+    def records(self) -> list[CaseRecord]:
+        """The runs' records, above the need first."""
+        return [record for _, record in self.runs]
+
+
+@dataclass
+class PreflightData:
+    """Versions, the imports that failed, and the SDPA backends enabled."""
+
+    versions: dict[str, str | None] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    sdpa_enabled: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class ContextData:
+    """Device memory outside the caching allocator, as NVML used minus reserved bytes: the
+    CUDA context after a first matmul and attention, after the aggregator's forwards, and
+    what a one-rank NCCL group and its first collective added."""
+
+    cuda_context_bytes: int | None = None
+    after_forwards_bytes: int | None = None
+    nccl_bytes: int | None = None
+    backend: str | None = None
 
 
 @dataclass
@@ -114,8 +146,10 @@ class GpuTestsData:
 
 @dataclass
 class EstimateRow:
-    """One measured point against the estimator's figures: `ok` is whether they agree, None
-    when no estimate came in time; `error` says why there is no estimate."""
+    """One measured point against the estimator's figures. `judged` says whether its
+    activations are at least half of its peak (else the weights dominate and the point says
+    little); `ok` whether the figures agree, None when not judged or no estimate came in time;
+    `error` says why there is no estimate."""
 
     record: CaseRecord
     estimate: EstimateFigures | None = None
@@ -123,12 +157,27 @@ class EstimateRow:
     ok: bool | None = None
 
     @property
+    def judged(self) -> bool:
+        """Whether the measured activations are at least half of the measured peak."""
+        activations, peak = activation_bytes(self.record), allocated_bytes(self.record)
+        return activations is not None and peak is not None and 2 * activations >= peak
+
+    @property
     def relative_error(self) -> float | None:
-        """(estimated - measured) / measured bytes allocated at the peak."""
-        measured = allocated_bytes(self.record)
-        if self.estimate is None or measured is None:
+        """(estimated - measured) / measured activation bytes."""
+        measured = activation_bytes(self.record)
+        if self.estimate is None or not measured:
             return None
-        return (self.estimate.allocated_bytes - measured) / measured
+        return (self.estimate.activation_bytes - measured) / measured
+
+    @property
+    def reserved_error(self) -> float | None:
+        """(estimated - measured) / measured peak reserve of an unconstrained run, against the
+        estimator's never-release figure (None on a CPU)."""
+        measured = reserved_bytes(self.record)
+        if self.estimate is None or not measured:
+            return None
+        return (self.estimate.reserved_peak_bytes - measured) / measured
 
 
 @dataclass
@@ -138,10 +187,8 @@ class EstimatesData:
     rows: list[EstimateRow] = field(default_factory=list)
 
 
-StepData = (
-    GpuTestsData | AggregatorData | EstimatesData | ChunkingData | MemoryBudgetData | Measured
-)
-Data = TypeVar("Data", bound=Measured | EstimatesData)
+StepData = GpuTestsData | EstimatesData | MemoryCapData | PreflightData | ContextData | Measured
+Data = TypeVar("Data", bound=Measured | EstimatesData | ContextData)
 
 
 @dataclass
@@ -189,6 +236,10 @@ class Deadline:
     def passed(self) -> bool:
         """Whether the budget is spent."""
         return self.left() <= 0
+
+    def allows(self, seconds: float) -> bool:
+        """Whether work predicted to take `seconds` finishes within the time left."""
+        return seconds <= self.left()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,16 @@ import torch
 
 # Allocator events kept per recorded run (each holds a Python stack of a few KB).
 HISTORY_MAX_ENTRIES = 100_000
+# Entries per allocation of a traced pass: its allocation, its free, and room for segment
+# events and the allocations the trace does not see.
+ENTRIES_PER_ALLOCATION = 3
+MIN_HISTORY_ENTRIES = 10_000
+
+
+def history_entries_for(allocations: int) -> int:
+    """History entries that hold every event of a forward with `allocations` allocations (the
+    estimator's count), so the ring buffer does not wrap."""
+    return max(MIN_HISTORY_ENTRIES, ENTRIES_PER_ALLOCATION * allocations)
 
 
 @dataclass(frozen=True)
@@ -43,15 +53,16 @@ def measure_cuda_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any,
 
 
 @contextlib.contextmanager
-def recording_history(enabled: bool) -> Iterator[None]:
-    """Record every allocation and free (with Python stacks) while the block runs."""
+def recording_history(enabled: bool, max_entries: int = HISTORY_MAX_ENTRIES) -> Iterator[None]:
+    """Record every allocation and free (with Python stacks) while the block runs, the last
+    `max_entries` of them."""
     if not enabled:
         yield
         return
     options: dict[str, Any] = {
         "context": "all",
         "stacks": "python",
-        "max_entries": HISTORY_MAX_ENTRIES,
+        "max_entries": max_entries,
     }
     if "clear_history" in inspect.signature(torch.cuda.memory._record_memory_history).parameters:
         options["clear_history"] = True

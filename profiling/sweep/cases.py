@@ -5,11 +5,6 @@ from dataclasses import dataclass
 from vggt.models.architecture import Architecture
 from vggt.precision import Precision
 
-# Camera and register tokens that the aggregator puts before the patch tokens of each frame.
-SPECIAL_TOKENS = 5
-# The heads' share of a whole-model forward, for ordering only.
-MODEL_COST_FACTOR = 1.5
-
 
 @dataclass(frozen=True)
 class SweepSettings:
@@ -51,17 +46,12 @@ class CaseGroup:
         return [Case(self, variant, split) for variant in self.variants]
 
     def cost(self) -> float:
-        """Rough forward FLOPs of all variants: linear layers plus frame and global attention."""
+        """Rough forward FLOPs of all variants (the architecture's count), for ordering."""
         arch = self.architecture
-        tokens = (self.height // arch.patch_size) * (self.width // arch.patch_size)
-        tokens += SPECIAL_TOKENS
-        dim = arch.embed_dim
-        sequence = self.batch * self.frames * tokens
-        linear = 24 * sequence * dim * dim
-        frame_attention = 4 * self.batch * self.frames * tokens**2 * dim
-        global_attention = 4 * self.batch * (self.frames * tokens) ** 2 * dim
-        cost = arch.depth * (2 * linear + frame_attention + global_attention) * len(self.variants)
-        return cost * (MODEL_COST_FACTOR if self.component == "model" else 1.0)
+        flops = arch.aggregator_flops(self.frames, self.height, self.width, self.batch)
+        if self.component == "model":
+            flops += arch.heads_flops(self.frames, self.height, self.width, self.batch)
+        return flops * len(self.variants)
 
 
 @dataclass(frozen=True)

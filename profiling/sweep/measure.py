@@ -58,9 +58,11 @@ class StageScheduler:
         records: dict[str, CaseRecord],
         timeline_dir: Path,
         baseline: str = BASELINE,
+        history_entries: int | None = cuda.HISTORY_MAX_ENTRIES,
     ) -> None:
         self.group = group
         self.baseline = baseline
+        self.history_entries = history_entries
         self.modules = modules
         self.images = images
         self.device = images.device
@@ -115,9 +117,9 @@ class StageScheduler:
         record = self.records[name]
         if measured:
             free_memory(self.device)
-        history = measured and self.device.type == "cuda"
+        history = measured and self.device.type == "cuda" and self.history_entries is not None
         start_bytes = torch.cuda.memory_allocated(self.device) if history else 0
-        with cuda.recording_history(history):
+        with cuda.recording_history(history, self.history_entries or 0):
             try:
                 stage(name)
             except torch.cuda.OutOfMemoryError as error:
@@ -154,7 +156,9 @@ class StageScheduler:
         record = self.records[name]
         forward = functools.partial(self.forward, name)
         if self.device.type == "cuda":
-            outputs = cuda_memory_run(forward, self.device, record, self.timeline_dir)
+            outputs = cuda_memory_run(
+                forward, self.device, record, self.timeline_dir, self.history_entries
+            )
         else:
             outputs = cpu_memory_run(forward, record, self.timeline_dir)
         tensors = named_outputs(outputs)
@@ -198,9 +202,12 @@ def measure_group(
     timeline_dir: Path,
     seed: int,
     baseline: str = BASELINE,
+    history_entries: int | None = cuda.HISTORY_MAX_ENTRIES,
 ) -> list[CaseRecord]:
     """The records of every variant of `group`, each compared with `baseline`'s outputs when it
-    is one of them; a failure to build or to make the input fails them all."""
+    is one of them; a failure to build or to make the input fails them all. On CUDA the memory
+    runs record the allocator's last `history_entries` events (None: no history, no
+    snapshot)."""
     records = {
         case.variant: CaseRecord.start(case, rank, warmup, repeats) for case in group.cases()
     }
@@ -211,7 +218,9 @@ def measure_group(
     except Exception as error:
         fail_all(records.values(), error)
     else:
-        scheduler = StageScheduler(group, modules, images, records, timeline_dir, baseline)
+        scheduler = StageScheduler(
+            group, modules, images, records, timeline_dir, baseline, history_entries
+        )
         scheduler.run(warmup, repeats)
         del images, modules
     free_memory(device)

@@ -42,10 +42,15 @@ def nvml_sampler(device: torch.device, record: CaseRecord) -> NvmlSampler | None
 
 
 def cuda_memory_run(
-    forward: Callable[[], Any], device: torch.device, record: CaseRecord, folder: Path
+    forward: Callable[[], Any],
+    device: torch.device,
+    record: CaseRecord,
+    folder: Path,
+    history_entries: int | None = cuda.HISTORY_MAX_ENTRIES,
 ) -> Any:
-    """Allocator peaks, NVML samples (where NVML is installed) and the allocator snapshot of a
-    forward; a snapshot whose history ring buffer filled up gets a note and a warning."""
+    """Allocator peaks, NVML samples (where NVML is installed) and, where the history was
+    recorded (`history_entries` not None), the allocator snapshot of a forward; a snapshot
+    whose history ring buffer filled up gets a note and a warning."""
     sampler = nvml_sampler(device, record)
     with sampler or contextlib.nullcontext():
         outputs, peak = measure_cuda_peak(forward, device)
@@ -60,11 +65,13 @@ def cuda_memory_run(
         if sampler.error is not None:
             record.add_note(f"NVML sampling stopped: {one_line(sampler.error)}")
         save_timeline(folder, record, from_nvml(samples))
+    if history_entries is None:
+        return outputs
     snapshot = cuda.take_snapshot()
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if cuda.history_wrapped(snapshot, index):
+    if cuda.history_wrapped(snapshot, index, history_entries):
         note = (
-            f"the allocator history filled its {cuda.HISTORY_MAX_ENTRIES} entries: the "
+            f"the allocator history filled its {history_entries} entries: the "
             "snapshot's oldest events are lost"
         )
         record.add_note(note)

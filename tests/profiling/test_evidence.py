@@ -1,28 +1,53 @@
-"""`python -m profiling.gpu_check`: its whole flow at dry-run sizes on the CPU (plan, steps,
-summary, results, plots), the time budget, errors kept to their step, a killed run's results,
-and the pieces that choose a memory cap and read pytest's summary."""
+"""`python -m profiling.gpu_check`: its plan and predicted seconds, its whole flow at dry-run
+sizes on the CPU (steps, summary, results, plots), exit statuses, the time budget inside and
+between steps, errors kept to their step, a killed run's results, the memory cap, the
+estimates' figures, SDPA backend counting and pytest's per-test timeout."""
 
 import json
 import multiprocessing.context
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from profiling import gpu_check
 from profiling.evidence import checks
-from profiling.evidence.checks import Context, choose_cap, fit_need, memory_cap, pytest_summary
+from profiling.evidence.checks import Context, fit_need, pytest_summary
 from profiling.evidence.estimates import (
     EstimateFigures,
-    EstimateJob,
     EstimatePool,
     estimate_jobs,
     estimate_point,
+    point_jobs,
 )
-from profiling.evidence.plan import CAST_PRECISION, README_PRECISION, dry_run_plan
-from profiling.evidence.results import Deadline, Skipped, StepResult
+from profiling.evidence.plan import (
+    DEFAULT_BUDGET_S,
+    README_SIZE,
+    Rates,
+    dry_run_plan,
+    gpu_plan,
+)
+from profiling.evidence.results import (
+    EXIT_FAILED,
+    EXIT_INCOMPLETE,
+    EXIT_PASSED,
+    Deadline,
+    StepResult,
+    exit_status,
+)
+from profiling.meters import sdpa
+from profiling.meters.cap import memory_cap
+from profiling.meters.cuda import MIN_HISTORY_ENTRIES, history_entries_for
+from profiling.sweep.presets import load_preset
 from tests.support.profiling_records import RANK, sample_record
-from vggt.memory.estimate import CUDA_CONTEXT_BYTES
+from tests.support.repo import REPO
+from vggt.layers.attention import Attention
+from vggt.models.variants import get_variant
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIDENCE_FILES = {
@@ -33,9 +58,20 @@ EVIDENCE_FILES = {
     "peak-vs-frames.png",
     "time-vs-frames.png",
     "offload-and-chunking.png",
+    "snapshots",
 }
-STEP_NAMES = ["gpu-tests", "aggregator", "estimates", "memory-budget", "offload", "chunking"]
-GIB = 1 << 30
+STEP_NAMES = [
+    "preflight",
+    "cuda-context",
+    "gpu-tests",
+    "aggregator",
+    "estimates",
+    "memory-cap",
+    "chunking",
+    "offload",
+    "square",
+    "report",
+]
 
 
 class FakeClock:
@@ -51,7 +87,7 @@ class FakeClock:
 class NoEstimates:
     """Stands in for the estimate workers when the steps are stubs."""
 
-    def __init__(self, jobs: list, log: Path) -> None:
+    def __init__(self, jobs: list, log: Path, target_device: str) -> None:
         self.jobs = jobs
 
     def close(self) -> None:
@@ -76,6 +112,47 @@ def statuses(out: Path) -> list[str]:
     return [step["status"] for step in json.loads((out / "results.json").read_text())["steps"]]
 
 
+def test_the_default_plan_fits_300_seconds_and_prints_as_json(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert gpu_check.main(["--plan", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [step["name"] for step in printed["steps"]] == STEP_NAMES
+    total = sum(step["seconds"] for step in printed["steps"])
+    assert printed["total_seconds"] == pytest.approx(total, abs=0.1 * len(STEP_NAMES))
+    assert DEFAULT_BUDGET_S == 300 and 200 < printed["total_seconds"] <= 300
+    plan = gpu_plan()
+    assert [point.frames for point in plan.aggregator] == [1, 10, 50, 100, 200]
+    assert {(point.height, point.width) for point in plan.aggregator} == {README_SIZE}
+    assert all(plan.reference_for(point) for point in plan.aggregator)
+    assert plan.square and {(p.height, p.width) for p in plan.square} == {(518, 518)}
+
+
+def test_a_slower_gpu_gets_fewer_points_within_the_same_budget(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    fast, slow = gpu_plan(), gpu_plan(rates=Rates(tflops=100))
+    assert fast.square and not slow.square
+    point = fast.aggregator[-1]
+    seconds = [plan.point_seconds(point) for plan in (fast, slow)]
+    assert 2 < seconds[1] / seconds[0] < 3
+    assert gpu_check.main(["--plan", "--tflops", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "d. aggregator (" in printed and "at 100 TFLOP/s" in printed
+    assert f"exceeds the budget of {DEFAULT_BUDGET_S:.0f} s" in printed
+
+
+def test_the_flop_count_matches_pytorchs_counter() -> None:
+    architecture = load_preset("tiny").architecture
+    with torch.device("meta"):
+        model = get_variant("full").build("aggregator", architecture).eval()
+    images = torch.rand(1, 6, 3, 56, 70, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    counted = counter.get_total_flops()
+    assert abs(architecture.aggregator_flops(6, 56, 70) - counted) <= 0.15 * counted
+
+
 def test_the_dry_run_measures_every_step_and_writes_the_evidence(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -85,50 +162,68 @@ def test_the_dry_run_measures_every_step_and_writes_the_evidence(
     document = json.loads((out / "results.json").read_text())
     steps = {step["name"]: step for step in document["steps"]}
     assert list(steps) == STEP_NAMES
-    assert code == (1 if {"fail", "error"} & {s["status"] for s in steps.values()} else 0)
+    failed = {name: step["verdict"] or step["error"] for name, step in steps.items()}
+    assert {step["status"] for step in steps.values()} == {"pass"}, failed
+    assert code == EXIT_PASSED
     assert printed[0].startswith("GPU evidence on cpu (CPU): tiny preset made 12 layers deep")
-    assert [line.split(":")[0].strip() for line in printed[1:7]] == [
-        f"{letter}. {name}" for letter, name in zip("abcdef", STEP_NAMES, strict=True)
+    assert [line.split(" (")[0].strip() for line in printed[1:11]] == [
+        f"{letter}. {name}" for letter, name in zip("abcdefghij", STEP_NAMES, strict=True)
     ]
-    assert printed[8].startswith("a. gpu-tests: pass (")
     assert printed[-1].startswith(f"summary: {out / 'summary.md'}")
     assert {path.name for path in out.iterdir()} == EVIDENCE_FILES
     assert all(path.stat().st_size < 16 << 20 for path in out.iterdir())
     for name in EVIDENCE_FILES:
         if name.endswith(".png"):
             assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
-    assert {step["status"] for step in steps.values()} <= {"pass", "fail"}
+    assert document["plan"]["predicted"]["total_seconds"] > 0
+    assert "cuda_context_bytes" in document and "nccl_bytes" in document
+    assert steps["preflight"]["data"]["versions"]["torch"] == torch.__version__
     assert steps["gpu-tests"]["data"]["exit_code"] == 0
-    assert " in " in steps["gpu-tests"]["data"]["summary"]
-    assert len(steps["aggregator"]["data"]["records"]) == 2 * 2 * 2
+    assert "--test-timeout" in steps["gpu-tests"]["data"]["command"]
+    pairs = steps["aggregator"]["data"]["pairs"]
+    assert [pair["point"]["frames"] for pair in pairs] == [2, 128]
+    assert all(pair["sdpa"]["cpu"] > 0 for pair in pairs)
     rows = steps["estimates"]["data"]["rows"]
-    assert len(rows) == 8 and all(row["estimate_allocated_bytes"] > 0 for row in rows)
-    # fp32 on a CPU: the estimate is exact, so the cap between the estimates must separate.
-    assert steps["memory-budget"]["status"] == "pass", steps["memory-budget"]["verdict"]
-    budget = {r["variant"]: r for r in steps["memory-budget"]["data"]["records"]}
-    assert budget["full"]["status"] == "oom" and "emulated" in budget["full"]["error"]
-    assert steps["offload"]["status"] == "pass", steps["offload"]["verdict"]
+    assert len(rows) == 4 and [row["judged"] for row in rows] == [False, False, True, True]
+    assert all(abs(row["relative_error"]) <= 0.10 for row in rows if row["judged"])
+    cap = steps["memory-cap"]["data"]
+    runs = [run["record"]["status"] for run in cap["runs"]]
+    assert runs == ["ok", "oom"] and cap["runs"][0]["cap_bytes"] > cap["need_bytes"]
     assert "equal bit for bit" in steps["offload"]["verdict"]
-    assert [r["frames"] for r in steps["chunking"]["data"]["records"]] == [4, 4, 64, 64]
     summary = (out / "summary.md").read_text()
-    for letter, name in zip("abcdef", STEP_NAMES, strict=True):
+    for letter, name in zip("abcdefghij", STEP_NAMES, strict=True):
         assert f"| {letter}. {name} | {steps[name]['status']} |" in summary
         assert f"## {letter}. {name}" in summary
     assert "| allocator settings |" in summary
 
 
-def test_without_cuda_it_says_so_and_runs_nothing(
+def test_without_cuda_it_says_so_and_exits_3(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu_check.main(["--out", str(tmp_path / "evidence")]) == 0
+    assert gpu_check.main(["--out", str(tmp_path / "evidence")]) == EXIT_INCOMPLETE
     assert "no CUDA device" in capsys.readouterr().out
     assert not (tmp_path / "evidence").exists()
     code = gpu_check.main(["--out", str(tmp_path / "evidence"), "--device", "cpu"])
     assert code == gpu_check.EXIT_USAGE
 
 
-def test_an_error_stays_in_its_step_and_the_budget_skips_the_rest(
+@pytest.mark.parametrize(
+    ("outcomes", "expected"),
+    [
+        ({}, EXIT_PASSED),
+        ({"chunking": "fail"}, EXIT_FAILED),
+        ({"offload": "error", "square": "skipped (time)"}, EXIT_FAILED),
+        ({"square": "skipped (time)"}, EXIT_INCOMPLETE),
+        ({"aggregator": "incomplete"}, EXIT_INCOMPLETE),
+    ],
+)
+def test_the_exit_status_tells_the_truth(outcomes: dict[str, str], expected: int) -> None:
+    steps = [StepResult(name, "x", status=outcomes.get(name, "pass")) for name in STEP_NAMES]
+    assert exit_status(steps) == expected
+
+
+def test_an_error_stays_in_its_step_and_steps_that_cannot_finish_are_not_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     clock = FakeClock()
@@ -137,24 +232,29 @@ def test_an_error_stays_in_its_step_and_the_budget_skips_the_rest(
         raise RuntimeError("bad\nthing")
 
     def slow(context: Context, result: StepResult) -> None:
-        clock.now += 101
+        clock.now += 30
         result.judge(True, "took long")
 
     stub_steps(monkeypatch, gpu_tests=broken, aggregator=slow)
+    plan = dry_run_plan()
+    predicted = plan.step_seconds()
+    # After the aggregator's 30 s, less time is left than the offload step needs; the stubs
+    # take no time, so every other step fits.
+    budget = 30 + predicted["offload"] / 2
+    assert max(seconds for name, seconds in predicted.items() if name != "offload") < budget
     out = tmp_path / "evidence"
-    steps = checks.run_evidence(
-        dry_run_plan(), torch.device("cpu"), out, Deadline(100, clock=clock)
-    )
-    expected = ["error", "pass", *["skipped (time)"] * 4]
+    steps = checks.run_evidence(plan, torch.device("cpu"), out, Deadline(budget, clock=clock))
+    expected = ["pass", "pass", "error", "pass", "pass", "pass", "pass", "skipped (time)"]
+    expected += ["pass", "pass"]
     assert [step.status for step in steps] == expected
     assert statuses(out) == expected
-    assert steps[0].error == "RuntimeError: bad thing"
-    assert steps[1].seconds == 101.0
+    assert exit_status(steps) == EXIT_FAILED
+    assert steps[2].error == "RuntimeError: bad thing"
+    assert steps[3].seconds == 30.0
     printed = capsys.readouterr().out
-    assert "a. gpu-tests: error (0.0 s): RuntimeError: bad thing" in printed
-    assert "c. estimates: skipped (time)" in printed
-    assert "| c. estimates | skipped (time) | - |" in (out / "summary.md").read_text()
-    assert (out / "peak-vs-frames.png").is_file()
+    assert "c. gpu-tests: error (0.0 s): RuntimeError: bad thing" in printed
+    assert "h. offload: skipped (time)" in printed
+    assert "| h. offload | skipped (time) | - |" in (out / "summary.md").read_text()
 
 
 def test_a_killed_run_keeps_the_steps_it_finished(
@@ -167,54 +267,46 @@ def test_a_killed_run_keeps_the_steps_it_finished(
     out = tmp_path / "evidence"
     with pytest.raises(KeyboardInterrupt):
         checks.run_evidence(dry_run_plan(), torch.device("cpu"), out, Deadline(100))
-    assert statuses(out) == ["pass", "pass", *["pending"] * 4]
+    assert statuses(out) == ["pass"] * 4 + ["pending"] * 6
 
 
-def test_points_past_the_budget_are_skipped_and_the_step_is_incomplete(
+def test_points_that_cannot_finish_are_skipped_and_the_step_is_incomplete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
+    plan = dry_run_plan()
 
-    def fake_measure(context, group, cache, warmup, baseline="full"):
+    def fake_measure(context, cache, point):
         clock.now += 60
         return [
             sample_record(
                 variant=variant,
-                frames=group.frames,
-                precision=group.precision.label,
-                activation_peak_bytes=(3 if variant == "full" else 2) * group.frames,
+                frames=point.frames,
+                precision=point.precision.label,
+                activation_peak_bytes=(3 if variant == "full" else 2) * point.frames,
                 max_rel_diff=0.0,
             )
-            for variant in group.variants
+            for variant in point.variants
         ]
 
-    monkeypatch.setattr(checks, "measure", fake_measure)
-    plan = dry_run_plan()
+    monkeypatch.setattr(checks, "measure_point", fake_measure)
+    first = plan.point_seconds(plan.aggregator[0])
     context = Context(
         plan, torch.device("cpu"), RANK, tmp_path, tmp_path, tmp_path / "log",
-        Deadline(100, clock=clock), None, {},
+        Deadline(60 + first, clock=clock), None, {},
     )  # fmt: skip
-    result = StepResult("aggregator", "b")
+    result = StepResult("aggregator", "d")
     checks.run_aggregator(context, result)
     assert result.status == "incomplete", result.verdict
-    assert len(result.data.records) == 2 * 2
-    assert result.data.skipped == [Skipped(CAST_PRECISION, 1), Skipped(CAST_PRECISION, 4)]
-    assert result.verdict.startswith(f"at 4 frames, {README_PRECISION.label}: optimized")
+    assert len(result.data.pairs) == 1
+    assert result.data.skipped == [plan.aggregator[1].label]
+    assert result.verdict.startswith(f"at {plan.aggregator[0].label}: optimized")
 
 
-def test_the_cap_lies_between_the_estimates() -> None:
-    assert choose_cap(100, 300) == 200
-    assert choose_cap(10 * GIB, 40 * GIB) == int(13.5 * GIB)
-    with pytest.raises(ValueError, match="at or above full"):
-        choose_cap(300, 300)
-    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    assert fit_need(EstimateFigures(10, 8, None, 0, 1, 1), cuda) == 8
-    assert fit_need(EstimateFigures(10, 8, 12, 500, 1, 1), cuda) == 12
-    assert fit_need(EstimateFigures(10, 8, 12, 500, 1, 1), cpu) == 10
-
-
-def test_a_cpu_cap_raises_out_of_memory_above_it() -> None:
+def test_a_cpu_cap_counts_new_storages_only() -> None:
+    weight = torch.zeros(4096)
     with memory_cap(torch.device("cpu"), 4096):
+        weight.detach().add_(1)
         kept = torch.zeros(512)
         with pytest.raises(torch.OutOfMemoryError, match="pass the CPU cap of 4096"):
             torch.zeros(1024)
@@ -222,19 +314,33 @@ def test_a_cpu_cap_raises_out_of_memory_above_it() -> None:
         torch.zeros(1000)
 
 
-def test_estimates_start_with_the_memory_budgets_points_and_fall_back_to_the_peak() -> None:
+def test_the_need_under_a_cap() -> None:
+    figures = EstimateFigures(
+        peak_bytes=100,
+        allocated_bytes=120,
+        activation_bytes=60,
+        reserved_bound_bytes=140,
+        reserved_peak_bytes=160,
+        allocations=7,
+        weights_bytes=30,
+        input_bytes=10,
+    )
+    assert fit_need(figures, torch.device("cuda", 0)) == 140
+    assert fit_need(figures, torch.device("cpu")) == 70
+
+
+def test_estimates_start_with_the_caps_point_and_name_their_parts() -> None:
     plan = dry_run_plan()
     jobs = estimate_jobs(plan)
-    assert len(jobs) == len(set(jobs)) == 2 + 2 * 2 * 2
-    assert [(job.precision, job.frames) for job in jobs[:2]] == [
-        (plan.budget_precision, plan.budget_frames)
-    ] * 2
-    figures = estimate_point(
-        EstimateJob("optimized", "aggregator", plan.architecture, plan.budget_precision, 2, 28)
-    )
-    assert figures.allocated_bytes > figures.peak_bytes > figures.weights_bytes > 0
-    assert figures.reserved_bound_bytes >= figures.allocated_bytes
-    assert figures.cuda_context_bytes == CUDA_CONTEXT_BYTES > 0
+    assert len(jobs) == len(set(jobs)) == 1 + 2 * 2 + 2
+    assert jobs[0] == point_jobs(plan.cap, plan.architecture)[0]
+    job = point_jobs(plan.aggregator[1], plan.architecture)[1]
+    on_cpu, on_cuda = estimate_point(job, "cpu"), estimate_point(job, "cuda")
+    assert on_cpu.activation_bytes == on_cpu.peak_bytes - on_cpu.weights_bytes - 128 * 3 * 28**2 * 4
+    assert on_cuda.allocated_bytes > on_cuda.peak_bytes > on_cuda.weights_bytes > 0
+    assert 0 < on_cuda.activation_bytes < on_cuda.allocated_bytes - on_cuda.weights_bytes
+    assert on_cuda.reserved_peak_bytes >= on_cuda.reserved_bound_bytes >= on_cuda.allocated_bytes
+    assert on_cuda.allocations > 0
 
 
 def test_estimates_whose_workers_cannot_start_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,8 +355,40 @@ def test_estimates_whose_workers_cannot_start_say_why(monkeypatch: pytest.Monkey
     pool.close()
 
 
+def test_history_holds_every_event_of_the_traced_allocations() -> None:
+    assert history_entries_for(10) == MIN_HISTORY_ENTRIES
+    assert history_entries_for(68_000) >= 2 * 68_000
+
+
+def test_attention_calls_are_counted_by_backend() -> None:
+    attention = Attention(dim=16, num_heads=2)
+    tokens = torch.randn(1, 5, 16)
+    with sdpa.counting_backends() as counts:
+        attention(tokens)
+        F.scaled_dot_product_attention(*tokens.view(1, 1, 5, 16).expand(3, -1, -1, -1))
+    assert counts == {sdpa.CPU: 2}
+    assert F.scaled_dot_product_attention is not None
+    attention(tokens)
+    assert counts == {sdpa.CPU: 2}
+
+
 def test_pytests_summary_line_is_found() -> None:
     output = "....s\n=== 4 passed, 1 skipped, 2 deselected in 3.20s ===\n"
     assert pytest_summary(output) == "4 passed, 1 skipped, 2 deselected in 3.20s"
     assert pytest_summary("4 skipped in 1.1s\n") == "4 skipped in 1.1s"
     assert pytest_summary("collected nothing") == "no summary"
+
+
+def test_a_test_past_its_timeout_fails_and_the_next_runs(tmp_path: Path) -> None:
+    (tmp_path / "test_sleepy.py").write_text(
+        "import time\n\ndef test_sleeps():\n    time.sleep(30)\n\ndef test_quick():\n    pass\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider"]
+    command += ["-q", "--test-timeout", "1", "test_sleepy.py"]
+    completed = subprocess.run(
+        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "1 failed, 1 passed" in completed.stdout
+    assert "ran past --test-timeout 1 s" in completed.stdout

@@ -14,7 +14,7 @@ import torch
 
 from profiling.meters.device_match import cuda_device_ids, nvml_device_ids, nvml_handle_for
 from profiling.meters.nvml import NvmlSampler, NvmlUnavailable, start_nvml
-from profiling.sweep.cases import SPECIAL_TOKENS, Architecture, build_groups
+from profiling.sweep.cases import Architecture, build_groups
 from profiling.sweep.environment import RankInfo
 from profiling.sweep.measure import measure_group
 from profiling.sweep.models import ModelCache
@@ -40,7 +40,7 @@ def nvml_installed() -> bool:
 
 def kept_output_bytes(architecture: Architecture, kept: int, frames: int, side: int) -> int:
     """Bytes of `kept` float32 aggregator layers [1, frames, tokens, 2 C] of side x side images."""
-    tokens = (side // architecture.patch_size) ** 2 + SPECIAL_TOKENS
+    tokens = architecture.tokens_per_frame(side, side)
     return kept * frames * tokens * 2 * architecture.embed_dim * 4
 
 

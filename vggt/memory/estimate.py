@@ -5,9 +5,9 @@ bytes), and what must fit beside them: the CUDA context and, split over ranks, N
 
 The pass runs the precision's program (`vggt.precision`): its weights, its autocast, the heads
 in fp32 with autocast off; the images are fp32, as users pass them. It runs on the CPU under
-CPU autocast with CUDA autocast's fp32 rule on top (`CudaAutocastRules`: layer_norm,
-group_norm and softmax run in fp32, as CUDA autocast runs them; CPU autocast would leave them
-in their input dtype). Kernel workspaces that do not back a tensor (cuDNN's, oneDNN's
+CPU autocast, with CUDA autocast's fp32 rule on top for a CUDA target (`CudaAutocastRules`:
+layer_norm, group_norm and softmax run in fp32, as CUDA autocast runs them; CPU autocast leaves
+them in their input dtype). Kernel workspaces that do not back a tensor (cuDNN's, oneDNN's
 scratchpads) are not seen; the cuBLAS workspace is added.
 """
 
@@ -203,7 +203,10 @@ class FakeModel:
             existing = [*self.weights(), images]
             tracking = self.mode.track(existing, record_events=True)
             autocast = self.precision.autocast("cpu")
-            with tracking as live, torch.no_grad(), autocast, CudaAutocastRules():
+            rules = (
+                CudaAutocastRules() if self.target_device == "cuda" else contextlib.nullcontext()
+            )
+            with tracking as live, torch.no_grad(), autocast, rules:
                 outputs = self.module(images)
             kept = output_bytes(named_outputs(outputs).values())
         input_bytes = images.numel() * images.element_size()

@@ -5,6 +5,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
+# The camera token and the register tokens the aggregator puts before each frame's patches.
+SPECIAL_TOKENS = 5
+# Layers of the DINOv2 ViT-L/14 patch embedding, which runs on each frame's tokens alone.
+DINOV2_DEPTH = 24
+# Multiply-adds per output pixel of one DPT head (its fusion convolutions at 1/4 to full
+# resolution, 256 channels): an approximation for planning, not a count.
+DPT_FLOPS_PER_PIXEL = 3.0e6
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -33,6 +41,26 @@ class Architecture:
     def head_layers(self) -> list[int]:
         """The aggregator layers the heads read: the DPT layers and the camera head's last."""
         return sorted({i % self.depth for i in self.intermediate_layer_idx} | {self.depth - 1})
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        """Tokens of one frame in the aggregator: its patches and the special tokens."""
+        return (height // self.patch_size) * (width // self.patch_size) + SPECIAL_TOKENS
+
+    def aggregator_flops(self, frames: int, height: int, width: int, batch: int = 1) -> float:
+        """Floating-point operations of one aggregator forward: 2 per multiply-add of the
+        linear layers (12 d² weights a token per block) and of attention (4 N² d per block
+        over N tokens), for the frame and global blocks and a DINOv2 patch embedding."""
+        per_frame = self.tokens_per_frame(height, width)
+        tokens = batch * frames * per_frame
+        linear = 24.0 * tokens * self.embed_dim**2
+        frame_attention = 4.0 * batch * frames * per_frame**2 * self.embed_dim
+        global_attention = 4.0 * batch * (frames * per_frame) ** 2 * self.embed_dim
+        embed = DINOV2_DEPTH * (linear + frame_attention) if "dinov2" in self.patch_embed else 0
+        return self.depth * (2 * linear + frame_attention + global_attention) + embed
+
+    def heads_flops(self, frames: int, height: int, width: int, batch: int = 1) -> float:
+        """Approximate operations of the depth and point heads (the camera head's are small)."""
+        return 2 * 2.0 * DPT_FLOPS_PER_PIXEL * batch * frames * height * width
 
     def tag(self) -> str:
         """Eight hex digits that change whenever any field changes."""
