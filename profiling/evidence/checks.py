@@ -56,6 +56,7 @@ from profiling.sweep.environment import RankInfo, collect_environment
 from profiling.sweep.measure import free_memory, measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord, one_line
+from vggt.memory.allocator import unmodelled_setting
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -183,7 +184,8 @@ def import_problem(name: str) -> str | None:
 
 
 def run_preflight(context: Context, result: StepResult) -> None:
-    """Step a: the versions, the imports the evidence needs, the SDPA backends enabled."""
+    """Step a: the versions, the imports the evidence needs, the SDPA backends enabled; fails
+    when a needed import is missing or the allocator's settings are not the ones modelled."""
     data = result.data = PreflightData()
     data.versions = {
         "python": sys.version.split()[0],
@@ -202,7 +204,10 @@ def run_preflight(context: Context, result: StepResult) -> None:
     required = [problem for problem in data.missing if problem.split()[0] in REQUIRED_IMPORTS]
     versions = ", ".join(f"{key} {value}" for key, value in data.versions.items())
     text = versions + (f"; missing: {'; '.join(data.missing)}" if data.missing else "")
-    result.judge(not required, text)
+    setting = unmodelled_setting()
+    if setting:
+        text += f"; {setting}: the estimator models the allocator without expandable segments"
+    result.judge(not required and not setting, text)
 
 
 def outside_allocator_bytes(device: torch.device) -> int:

@@ -222,7 +222,7 @@ def gpu_plan(budget_s: float = DEFAULT_BUDGET_S, rates: Rates | None = None) -> 
             "tests/model/test_offload.py",
         ),
         gpu_tests_s=45.0,
-        test_timeout_s=60.0,
+        test_timeout_s=120.0,
         offload_piece_bytes=64 << 20,
         reference_bytes=REFERENCE_BYTES,
     )

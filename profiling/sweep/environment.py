@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
+from vggt.memory.allocator import ALLOCATOR_VARIABLES
+
 CPUINFO = Path("/proc/cpuinfo")
-# Settings of PyTorch's caching allocators (e.g. expandable_segments:True); the generic name
-# came with torch 2.9, the CUDA one still works.
-ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 
 
 def cpu_name() -> str:

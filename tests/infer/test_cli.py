@@ -22,7 +22,7 @@ from tests.support.infer_inputs import (
     write_images,
     write_inputs,
 )
-from vggt.infer import main
+from vggt.infer import main, memory_check
 from vggt.infer.errors import InputError
 from vggt.infer.inputs import find_images
 from vggt.infer.memory_check import RunShape, plan_memory, refusal
@@ -200,6 +200,19 @@ def test_memory_refusal_names_the_frames_that_fit() -> None:
     assert 0 < most < frames
     assert plan_memory(small_run(most, ranks), None).per_rank_bytes <= needed - 1
     assert f"try {-(-frames // (most // ranks))} ranks" in problem
+
+
+def test_expandable_segments_are_refused_before_a_cuda_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    monkeypatch.setattr(memory_check, "least_usable_memory", lambda ranks: 80 << 30)
+    options = parse_options(["images", "--out", "out"])
+    message = "without expandable segments, but PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+    with pytest.raises(InputError, match=message):
+        memory_check.check_memory(options, None, None)
+    options = parse_options(["images", "--out", "out", "--no-estimate"])
+    assert memory_check.check_memory(options, None, None) is None
 
 
 def test_the_precision_options_and_their_earlier_form() -> None:

@@ -8,6 +8,7 @@ from vggt.memory.allocator import (
     replay,
     reserved_bound,
     round_request,
+    unmodelled_setting,
 )
 
 KIB = 1 << 10
@@ -177,3 +178,11 @@ def test_the_reserved_bound_is_the_least_capacity_that_completes() -> None:
     replay(events, CachingAllocatorModel(capacity=bound), [10 * MIB])
     with pytest.raises(OutOfMemory):
         replay(events, CachingAllocatorModel(capacity=bound - 2 * MIB), [10 * MIB])
+
+
+def test_expandable_segments_are_named_as_unmodelled() -> None:
+    assert unmodelled_setting({}) is None
+    assert unmodelled_setting({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}) is None
+    setting = "garbage_collection_threshold:0.6,expandable_segments:True"
+    assert unmodelled_setting({"PYTORCH_ALLOC_CONF": setting}) == f"PYTORCH_ALLOC_CONF={setting}"
+    assert unmodelled_setting({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}) is None

@@ -234,8 +234,9 @@ def test_activation_peak_within_10_percent_of_cuda(
     torch.cuda.synchronize(device)
     measured = torch.cuda.max_memory_allocated(device) - before
     assert abs(expected - measured) <= 0.10 * measured
+    # Unconstrained, the allocator keeps every segment it reserved: the never-release figure.
     reserved = torch.cuda.max_memory_reserved(device) - reserved_before
-    assert reserved <= estimate.reserved_bound_bytes
+    assert abs(estimate.reserved_peak_bytes - reserved) <= 0.10 * reserved
 
 
 def test_a_split_sequence_costs_rank_0_less_but_more_than_its_share() -> None:

@@ -392,3 +392,19 @@ def test_a_test_past_its_timeout_fails_and_the_next_runs(tmp_path: Path) -> None
     assert completed.returncode == 1, completed.stdout + completed.stderr
     assert "1 failed, 1 passed" in completed.stdout
     assert "ran past --test-timeout 1 s" in completed.stdout
+
+
+def test_preflight_fails_on_allocator_settings_the_estimator_does_not_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = Context(
+        dry_run_plan(), torch.device("cpu"), RANK, tmp_path, tmp_path, tmp_path / "log",
+        Deadline(100), None, {},
+    )  # fmt: skip
+    result = StepResult("preflight", "a")
+    checks.run_preflight(context, result)
+    assert result.status == "pass", result.verdict
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    checks.run_preflight(context, result)
+    assert result.status == "fail"
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in result.verdict

@@ -21,8 +21,9 @@ from profiling.sweep.models import ModelCache
 from profiling.sweep.presets import load_preset
 from tests.support.launch import torchrun
 from tests.support.repo import SWEEP
+from vggt.memory.estimate import CUDA_CONTEXT_BYTES
 
-TIMEOUT_S = 300
+TIMEOUT_S = 120
 # A segment the caching allocator may round a large request up to (kLargeBuffer).
 LARGE_SEGMENT = 20 << 20
 # The most a small block may exceed its request: 512-byte rounding plus an unsplit remainder.
@@ -105,9 +106,11 @@ def test_a_cuda_group_measures_what_the_case_holds(tmp_path: Path) -> None:
         assert record.activation_peak_bytes >= record.output_bytes
         held = record.weight_bytes + record.input_bytes + record.output_bytes
         assert record.cuda_max_allocated_bytes >= held
-        assert record.cuda_max_reserved_bytes >= record.cuda_max_allocated_bytes
         if with_nvml:
-            assert record.nvml_peak_used_bytes > record.cuda_max_reserved_bytes
+            # What NVML sees beyond the allocator's reserve (the CUDA context, cuBLAS and
+            # cuDNN handles) fits the estimator's allowance for it.
+            outside = record.nvml_peak_used_bytes - record.cuda_max_reserved_bytes
+            assert 0 < outside <= CUDA_CONTEXT_BYTES
             assert (tmp_path / record.files["nvml"]).is_file()
         else:
             assert record.nvml_peak_used_bytes is None

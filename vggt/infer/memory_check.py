@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from vggt.infer.errors import InputError
 from vggt.infer.ranks import Ranks
 from vggt.infer.report import gib, info
+from vggt.memory.allocator import unmodelled_setting
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES, Estimate, FakeModel
 from vggt.memory.fit import max_frames, max_frames_by_budget
 from vggt.models.architecture import Architecture
@@ -138,6 +140,12 @@ def check_memory(options: argparse.Namespace, ranks: Ranks, run: RunShape) -> di
     if options.no_estimate:
         return None
     memory = least_usable_memory(ranks)
+    setting = unmodelled_setting()
+    if memory is not None and setting:
+        raise InputError(
+            f"the memory check models PyTorch's caching allocator without expandable segments, "
+            f"but {setting} enables them; unset it, or pass --no-estimate to run unchecked"
+        )
     plan, problem = None, None
     if ranks.is_first:
         model = run.model()

@@ -14,15 +14,31 @@ OutOfMemory.
 """
 
 import bisect
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+# Environment variables that configure PyTorch's caching allocators; the generic name came with
+# torch 2.9, the CUDA one still works.
+ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+# Settings that change how segments are reserved, which this model does not follow.
+UNMODELLED = re.compile(r"expandable_segments\s*:\s*true", re.IGNORECASE)
 MIN_BLOCK_BYTES = 512
 SMALL_REQUEST_BYTES = 1 << 20
 SMALL_SEGMENT_BYTES = 2 << 20
 MID_SEGMENT_BYTES = 20 << 20
 MIN_LARGE_SEGMENT_REQUEST = 10 << 20
 LARGE_SEGMENT_ROUNDING = 2 << 20
+
+
+def unmodelled_setting(environ: Mapping[str, str] = os.environ) -> str | None:
+    """`NAME=value` of an allocator variable that enables expandable segments (reserved bytes
+    then grow page by page, not segment by segment as modelled here), or None."""
+    for name in ALLOCATOR_VARIABLES:
+        if UNMODELLED.search(environ.get(name, "")):
+            return f"{name}={environ[name]}"
+    return None
 
 
 def round_request(nbytes: int) -> int:
