@@ -38,24 +38,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-class TestTimeout(Exception):
+class TimeoutExpiredError(Exception):
     """A test ran past --test-timeout."""
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """Stop the test's call with TestTimeout after --test-timeout seconds (a SIGALRM timer)."""
+    """Fail the test with TimeoutExpiredError after --test-timeout seconds (a SIGALRM timer)."""
     limit = item.config.getoption("--test-timeout")
     if not limit or not hasattr(signal, "setitimer"):
-        return (yield)
+        yield
+        return
 
     def expire(signum: int, frame: object) -> None:
-        raise TestTimeout(f"{item.nodeid} ran past --test-timeout {limit:g} s")
+        raise TimeoutExpiredError(f"{item.nodeid} ran past --test-timeout {limit:g} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, limit)
     try:
-        return (yield)
+        yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
