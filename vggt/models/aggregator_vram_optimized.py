@@ -18,7 +18,7 @@ from vggt.parallel.group import FrameLayout, SequenceGroup
 from vggt.parallel.sequence import SequenceParallelBlocks
 from vggt.streaming.blocks import StreamedBlocks
 from vggt.streaming.chunks import ChunkPolicy
-from vggt.streaming.offload import KeptLayers, OffloadedLayer
+from vggt.streaming.offload import COPY_PIECE_BYTES, KeptLayers, OffloadedLayer
 
 Layer = torch.Tensor | OffloadedLayer
 
@@ -171,8 +171,9 @@ class AggregatorVramOptimized(Aggregator):
     stream at once), building each long group's K/V chunk by chunk: the MLP hidden state and
     qkv never exist for the whole sequence at once. With `offload_device` (e.g. "cpu") and
     autograd off, kept layers go to host memory (page-locked on CUDA) while the next blocks
-    run, and come back as `OffloadedLayer`s, which `VGGTOptimized` reads frame chunk by frame
-    chunk. `after_block`, when set, is called with 1 after each of the 2 x depth blocks.
+    run, in copies of at most `offload_piece_bytes`, and come back as `OffloadedLayer`s, which
+    `VGGTOptimized` reads frame chunk by frame chunk. `after_block`, when set, is called with 1
+    after each of the 2 x depth blocks.
     """
 
     def __init__(
@@ -186,6 +187,7 @@ class AggregatorVramOptimized(Aggregator):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.offload_device = None if offload_device is None else torch.device(offload_device)
+        self.offload_piece_bytes = COPY_PIECE_BYTES
         self.block_runner = StreamedBlocks(ChunkPolicy(transient_budget, min_chunk_tokens))
         if isinstance(self.patch_embed, DinoVisionTransformer):
             self.patch_embed.block_runner = self.block_runner
@@ -251,7 +253,8 @@ class AggregatorVramOptimized(Aggregator):
         layout = self.frame_layout(images)
         tokens, pos = self.embed(images, first_frame=layout is None or layout.start() == 0)
         shape = (*images.shape[:2], *tokens.shape[1:])
-        outputs = KeptLayers(kept, len(ATTENTION_TYPES), tokens.view(shape), self._offload_target())
+        target, piece = self._offload_target(), self.offload_piece_bytes
+        outputs = KeptLayers(kept, len(ATTENTION_TYPES), tokens.view(shape), target, piece)
         blocks = self.iter_blocks(tokens, pos, shape)
         del tokens
         self.block_runner.before_write = outputs.before_write

@@ -3,14 +3,20 @@ offloaded to host memory, and read back for the heads frame chunk by frame chunk
 
 Offloaded, each finished half leaves the device in contiguous pieces on a side stream while
 the next blocks run; a block waits (by CUDA event) only for the piece it is about to
-overwrite. Host memory is one block of exactly the kept bytes, page-locked with
-cudaHostRegister rather than taken from the caching host allocator, which rounds every
-block up to a power of two and keeps it. Reading back, every head's share of a frame chunk
-comes from one copy of that chunk, issued one chunk ahead of use.
+overwrite. Host memory is a grow-only arena per host and compute device (page-locked for CUDA)
+that each forward's result leases and the next forward reuses, until `release_host_memory()`
+or exit; a forward run while an earlier result still holds it gets a block released with its
+result. Reading back, each frame chunk is copied contiguously into a device staging buffer one
+chunk ahead of use, then assembled into the layer's layout on the compute stream.
 """
 
+import atexit
+import ctypes
 import mmap
+import os
 import sys
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,28 +35,144 @@ class TransferLog:
     host_to_device: list[int] = field(default_factory=list)
 
 
-class HostStore:
-    """Host memory of one forward's offloaded layers, the copy stream and the transfer log.
+class HostBlock:
+    """Host memory of whole pages, page-aligned on the CPU and page-locked when `pin` (pageable,
+    with a warning, if CUDA refuses); `release()` unpins it after the last copy touching it."""
 
-    The memory is one block of whole pages; with a CUDA compute device it is registered
-    (page-locked), so copies run asynchronously, and it is unregistered once the store is
-    garbage, after the last copy that touches it has finished.
-    """
-
-    def __init__(self, nbytes: int, host: torch.device, compute: torch.device) -> None:
+    def __init__(self, nbytes: int, host: torch.device, pin: bool) -> None:
+        self.last_copy: torch.cuda.Event | None = None
+        self.pinned_bytes = 0
         page = mmap.PAGESIZE
         span = -(-nbytes // page) * page
+        raw = torch.empty(span + page, dtype=torch.uint8, device=host)
+        offset = (-raw.data_ptr()) % page if host.type == "cpu" else 0
+        self.memory = raw[offset : offset + span]
+        self.pinned_bytes = _pin(self.memory) if pin else 0
+        if pin:
+            _CUDA_BLOCKS.add(self)
+
+    @property
+    def nbytes(self) -> int:
+        return self.memory.numel()
+
+    def release(self) -> None:
+        """Wait for the last copy that touched the block, then unpin it (once)."""
+        if self.last_copy is not None:
+            self.last_copy.synchronize()
+            self.last_copy = None
+        if self.pinned_bytes:
+            self.pinned_bytes = 0
+            _unpin(self.memory)
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _pin(memory: torch.Tensor) -> int:
+    """Page-lock `memory`; its bytes, or 0 (with a warning) where CUDA refuses."""
+    cudart = torch.cuda.cudart()
+    status = cudart.cudaHostRegister(memory.data_ptr(), memory.numel(), 0)
+    if int(status) == 0:
+        return memory.numel()
+    _clear_cuda_error()
+    warnings.warn(
+        f"cudaHostRegister of {memory.numel()} bytes failed ({cudart.cudaGetErrorString(status)},"
+        f" cudaError {int(status)}): offloaded layers stay in pageable memory, copied slower",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return 0
+
+
+def _unpin(memory: torch.Tensor) -> None:
+    """Undo `_pin`, warning (never raising: it runs in __del__ and at exit) if CUDA refuses."""
+    cudart = torch.cuda.cudart()
+    status = cudart.cudaHostUnregister(memory.data_ptr())
+    if int(status) != 0:
+        _clear_cuda_error()
+        warnings.warn(
+            f"cudaHostUnregister of {memory.numel()} bytes failed"
+            f" ({cudart.cudaGetErrorString(status)}, cudaError {int(status)})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _clear_cuda_error() -> None:
+    """Reset CUDA's last error, which the next kernel launch would raise: torch's cudart bindings
+    lack cudaGetLastError, so it is called in every libcudart mapped into the process."""
+    try:
+        with open("/proc/self/maps") as maps:
+            names = {line.split(maxsplit=5)[-1].strip() for line in maps if "libcudart" in line}
+        for name in names:
+            path = name.removesuffix(" (deleted)")
+            if "libcudart" in os.path.basename(path):
+                ctypes.CDLL(path).cudaGetLastError()
+    except OSError:
+        return
+
+
+class _Arena:
+    """The kept block of one host and compute device pair, and the store leasing it."""
+
+    def __init__(self, host: torch.device, pin: bool) -> None:
+        self.host = host
+        self.pin = pin
+        self.block: HostBlock | None = None
+        self.holder: weakref.ref | None = None
+
+    def lease(self, nbytes: int, holder: object) -> HostBlock | None:
+        """The block, regrown if under `nbytes`, for `holder`; None while a live one holds it."""
+        if self.holder is not None and self.holder() is not None:
+            return None
+        if self.block is None or self.block.nbytes < nbytes:
+            self.block = None  # the smaller block goes (after its last copy) before the larger
+            self.block = HostBlock(nbytes, self.host, self.pin)
+        self.holder = weakref.ref(holder)
+        return self.block
+
+
+_ARENAS: dict[tuple[torch.device, torch.device], _Arena] = {}
+# Blocks CUDA copies to and from, pinned or not: released at exit, while CUDA is still up.
+_CUDA_BLOCKS: "weakref.WeakSet[HostBlock]" = weakref.WeakSet()
+
+
+def _lease(nbytes: int, host: torch.device, compute: torch.device, holder: object) -> HostBlock:
+    """At least `nbytes` of host memory for `holder`: the arena's block when no live holder has
+    it, else a block of its own. Non-CPU hosts (the estimator's meta device) get an unpinned
+    block of their own."""
+    if host.type != "cpu":
+        return HostBlock(nbytes, host, pin=False)
+    arena = _ARENAS.setdefault((host, compute), _Arena(host, pin=compute.type == "cuda"))
+    return arena.lease(nbytes, holder) or HostBlock(nbytes, host, arena.pin)
+
+
+def release_host_memory() -> None:
+    """Release the arenas' host memory now; a block a live result still holds goes with it."""
+    _ARENAS.clear()
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """Release every block CUDA copies to and from, after its last copy."""
+    for block in list(_CUDA_BLOCKS):
+        block.release()
+    _ARENAS.clear()
+
+
+class HostStore:
+    """Host memory of one forward's offloaded layers (leased, see `_lease`), the copy stream
+    and the transfer log."""
+
+    def __init__(self, nbytes: int, host: torch.device, compute: torch.device) -> None:
         self.compute = compute
         self.transfers = TransferLog()
         self.copy_stream = torch.cuda.Stream(compute) if compute.type == "cuda" else None
-        self._last_copy: torch.cuda.Event | None = None
-        self._raw = torch.empty(span + page, dtype=torch.uint8, device=host)
-        offset = (-self._raw.data_ptr()) % page if host.type == "cpu" else 0
-        self.memory = self._raw[offset : offset + span]
-        self.pinned_bytes = 0
-        if self.copy_stream is not None and host.type == "cpu":
-            _check(torch.cuda.cudart().cudaHostRegister(self.memory.data_ptr(), span, 0))
-            self.pinned_bytes = span
+        self.block = _lease(nbytes, host, compute, self)
+        self.memory = self.block.memory[:nbytes]
+        if self.block.last_copy is not None:
+            # an earlier forward's copies may still read the memory this one overwrites
+            torch.cuda.current_stream(compute).wait_event(self.block.last_copy)
 
     def tensor(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A tensor over the store's bytes from byte `offset` on."""
@@ -81,25 +203,27 @@ class HostStore:
         for tensor in (destination, source):
             if tensor.is_cuda:
                 tensor.record_stream(self.copy_stream)
-        self._last_copy = done
+        self.block.last_copy = done
         return done
 
-    def __del__(self) -> None:
-        if not self.pinned_bytes:
-            return
-        if self._last_copy is not None:
-            self._last_copy.synchronize()
-        _check(torch.cuda.cudart().cudaHostUnregister(self.memory.data_ptr()))
 
+@dataclass
+class FramesInFlight:
+    """Frames copied to the device into `staging` [parts, B, n, P, C], there after `done`."""
 
-def _check(status: object) -> None:
-    if int(status) != 0:
-        raise RuntimeError(f"page-locking host memory with CUDA failed (cudaError {int(status)})")
+    staging: torch.Tensor
+    done: torch.cuda.Event | None
+
+    def assemble(self) -> torch.Tensor:
+        """The frames [B, n, P, parts * C], made on the compute stream once the copies are in."""
+        if self.done is not None:
+            torch.cuda.current_stream(self.staging.device).wait_event(self.done)
+        return torch.cat(self.staging.unbind(0), dim=-1)
 
 
 class OffloadedLayer:
     """A kept layer output [B, S, P, parts * C] held in host memory as `parts` contiguous
-    host [parts, B, S, P, C]. It is not a tensor: `read_frames` copies frames back."""
+    host [parts, B, S, P, C]. It is not a tensor: `fetch_frames` copies frames back."""
 
     __slots__ = ("host", "store")
 
@@ -116,18 +240,17 @@ class OffloadedLayer:
     def dtype(self) -> torch.dtype:
         return self.host.dtype
 
-    def read_frames(self, start: int, end: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """Frames [start, end) on the compute device, [B, end - start, P, parts * C], and the
-        event after which they are there; the copies are contiguous (one per half and batch)."""
+    def fetch_frames(self, start: int, end: int) -> FramesInFlight:
+        """Start copying frames [start, end) to the compute device: one contiguous copy per half
+        and batch element, into a staging buffer allocated on the compute stream."""
         parts, batch, _, tokens, dim = self.host.shape
-        shape = (batch, end - start, tokens, parts * dim)
-        out = torch.empty(shape, dtype=self.dtype, device=self.store.compute)
-        event = None
+        shape = (parts, batch, end - start, tokens, dim)
+        staging = torch.empty(shape, dtype=self.dtype, device=self.store.compute)
+        done = None
         for part in range(parts):
             for index in range(batch):
-                target = out[index, :, :, part * dim : (part + 1) * dim]
-                event = self.store.to_device(target, self.host[part, index, start:end])
-        return out, event
+                done = self.store.to_device(staging[part, index], self.host[part, index, start:end])
+        return FramesInFlight(staging, done)
 
     def __repr__(self) -> str:
         return f"OffloadedLayer(shape={tuple(self.shape)}, host={self.host.device})"
@@ -139,9 +262,10 @@ class KeptLayers:
 
     On the device a layer's buffer is allocated at its first write and filled at once.
     Offloaded, the host memory of all of them is taken up front (`stream` gives the shape,
-    dtype and device of the residual stream), each write leaves in pieces on a side stream,
-    `before_write(end)` makes the compute stream wait for the pieces of the tokens a block is
-    about to overwrite, and `finish()` returns `OffloadedLayer`s.
+    dtype and device of the residual stream), each write leaves in pieces of at most
+    `piece_bytes` on a side stream, `before_write(end)` makes the compute stream wait for the
+    pieces of the tokens a block is about to overwrite, and `finish()` returns
+    `OffloadedLayer`s.
     """
 
     def __init__(
@@ -150,9 +274,11 @@ class KeptLayers:
         parts: int,
         stream: torch.Tensor,
         offload_device: torch.device | None = None,
+        piece_bytes: int = COPY_PIECE_BYTES,
     ) -> None:
         self.indices = sorted(set(indices))
         self.parts = parts
+        self.piece_bytes = piece_bytes
         self.layers: dict[int, torch.Tensor] = {}
         self.store: HostStore | None = None
         self._pending: deque[tuple[int, torch.cuda.Event]] = deque()
@@ -177,7 +303,7 @@ class KeptLayers:
             return
         flat_host = self.layers[layer][part].view(-1, dim)
         flat = stream.reshape(-1, dim)
-        piece = max(1, COPY_PIECE_BYTES // (dim * flat.element_size()))
+        piece = max(1, self.piece_bytes // (dim * flat.element_size()))
         for start in range(0, flat.shape[0], piece):
             done = self.store.to_host(flat_host[start : start + piece], flat[start : start + piece])
             if done is not None:
@@ -206,26 +332,26 @@ def iter_frame_chunks(
     """(start, end, layer -> its frames [start, end) on the device) for consecutive chunks.
 
     Device tensors are sliced; offloaded layers are copied back once per chunk, one chunk
-    ahead, so the next chunk's copy overlaps the work queued on the current one.
+    ahead: the next chunk's copies are issued once the current one is assembled, so they
+    overlap the work queued on it.
     """
 
-    def fetch(start: int, end: int) -> tuple[dict[int, torch.Tensor], list]:
-        chunk, waits = {}, []
-        for index, layer in layers.items():
-            if isinstance(layer, OffloadedLayer):
-                chunk[index], done = layer.read_frames(start, end)
-                waits.append((layer.store.compute, done))
-            else:
-                chunk[index] = layer[:, start:end]
-        return chunk, waits
+    def fetch(start: int, end: int) -> dict[int, "torch.Tensor | FramesInFlight"]:
+        return {
+            index: layer.fetch_frames(start, end)
+            if isinstance(layer, OffloadedLayer)
+            else layer[:, start:end]
+            for index, layer in layers.items()
+        }
 
     bounds = [(s, min(s + chunk_frames, frames)) for s in range(0, frames, chunk_frames)]
-    ahead = fetch(*bounds[0])
+    ahead = [fetch(*bounds[0])]
     for number, (start, end) in enumerate(bounds):
-        chunk, waits = ahead
+        # popped, the staging buffers go once assembled, before the next chunk's are allocated
+        chunk = {
+            index: value.assemble() if isinstance(value, FramesInFlight) else value
+            for index, value in ahead.pop().items()
+        }
         if number + 1 < len(bounds):
-            ahead = fetch(*bounds[number + 1])
-        for device, done in waits:
-            if done is not None:
-                torch.cuda.current_stream(device).wait_event(done)
+            ahead.append(fetch(*bounds[number + 1]))
         yield start, end, chunk
