@@ -63,7 +63,7 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
         + (", layer outputs offloaded to host" if args.offload else "")
         + (
             f", frames split over {args.world_size} GPUs ({args.attention}); per-GPU figures "
-            "are the busiest rank's (rank 0)"
+            "are the busiest rank's (the last, which holds the extra frames)"
             if args.world_size > 1
             else ""
         ),

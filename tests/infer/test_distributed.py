@@ -120,7 +120,7 @@ def test_run_json(outputs: dict[int, Path]) -> None:
     run = json.loads((outputs[3] / "run.json").read_text())
     assert run["frames"] == 4 and run["world_size"] == 3
     assert [Path(name).name for name in run["names"]] == list(IMAGE_SIZES)
-    assert run["frames_per_rank"] == [2, 1, 1]
+    assert run["frames_per_rank"] == [1, 1, 2]
     assert run["attention"] == "ring"
     assert all(rank["bytes_sent"] > 0 for rank in run["communication_per_rank"])
     assert len(run["peak_memory_bytes"]) == 3 and min(run["peak_memory_bytes"]) > 0

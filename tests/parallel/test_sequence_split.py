@@ -57,7 +57,7 @@ def test_two_ranks(two_rank_findings: list[dict]) -> None:
     for name in ("ulysses-5", "ulysses-7-b2", "ring-5"):
         assert_exact(findings, name)
     for found in findings:
-        assert "rank 1: holds no frames" in found["one-frame"]["error"]
+        assert "rank 0: holds no frames" in found["one-frame"]["error"]
     memory = findings[0]["memory"]
     assert memory["split"] <= 0.55 * memory["alone"], memory
     assert findings[1]["memory"]["split"] <= 0.55 * memory["alone"]

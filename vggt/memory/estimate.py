@@ -55,7 +55,7 @@ NCCL_BYTES = 1 << 30
 class Estimate:
     """What one forward pass needs on the (busiest) device, in bytes.
 
-    `frames` over all `world_size` ranks, `rank_frames` of them on the busiest rank (rank 0).
+    `frames` over all `world_size` ranks, `rank_frames` of them on the busiest rank (the last).
     `live_peak_bytes`: live tensor bytes at the peak (weights + input + activations), of which
     `output_bytes` are kept outputs and `transient_bytes` the rest of the activations.
     `allocated_bytes`: that peak with each allocation rounded as the caching allocator rounds
@@ -94,10 +94,10 @@ class FakeModel:
     `target_device` is the device type the estimate is for: the streamed blocks take its
     minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_ELEMENTS). With `world_size` > 1 the
     sequence is split over that many ranks (`parallelize(group, attention)`, the optimized
-    variant's; `attention` None takes `choose_attention`'s default) and a pass traces rank 0
-    alone through a `SimulatedGroup`: it holds the largest share of `split_evenly` (the first
-    ranks take the extra frames) and frame 0, whose camera and register tokens are the same
-    size as the others', so it is the busiest rank. `passes` counts fake passes.
+    variant's; `attention` None takes `choose_attention`'s default) and a pass traces the last
+    rank alone through a `SimulatedGroup`: it holds the largest share of `split_evenly` (the
+    last ranks take the extra frames and, under Ulysses, the extra heads), so it is the
+    busiest rank. `passes` counts fake passes.
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class FakeModel:
         if world_size > 1:
             if not hasattr(module, "parallelize"):
                 raise ValueError(f"variant {variant!r} cannot split a sequence over ranks")
-            self.group = SimulatedGroup(rank=0, world_size=world_size)
+            self.group = SimulatedGroup(rank=world_size - 1, world_size=world_size)
             module.parallelize(self.group, self.attention)
             runner = aggregator.block_runner
         self.chunk_runner = runner if isinstance(runner, StreamedBlocks) else None
@@ -184,7 +184,7 @@ class FakeModel:
 
     def estimate(self, frames: int, batch: int, height: int, width: int) -> Estimate:
         """The estimate of `batch` x `frames` fp32 images of height x width (over all ranks;
-        rank 0's share when split): one fake forward pass, remembered for the next ask."""
+        the busiest rank's share when split): one fake pass, remembered for the next ask."""
         key = (frames, batch, height, width)
         if key not in self._estimates:
             self._estimates[key] = self._trace(frames, batch, height, width)
@@ -193,13 +193,13 @@ class FakeModel:
     def _trace(self, frames: int, batch: int, height: int, width: int) -> Estimate:
         """Run one fake forward pass."""
         counts = split_evenly(frames, self.world_size)
-        if counts[-1] < 1:
+        if counts[0] < 1:
             raise ValueError(f"{frames} frames leave ranks of {self.world_size} without frames")
         if self.group is not None:
             self.group.counts = tuple(counts)
         self.passes += 1
         with self.mode, frozen_garbage():
-            images = torch.rand(batch, counts[0], 3, height, width)
+            images = torch.rand(batch, counts[-1], 3, height, width)
             existing = [*self.weights(), images]
             tracking = self.mode.track(existing, record_events=True)
             autocast = self.precision.autocast("cpu")
@@ -217,7 +217,7 @@ class FakeModel:
             variant=self.variant,
             frames=frames,
             world_size=self.world_size,
-            rank_frames=counts[0],
+            rank_frames=counts[-1],
             precision=self.precision.label,
             live_peak_bytes=self.weights_bytes + input_bytes + live.peak_bytes,
             weights_bytes=self.weights_bytes,

@@ -12,11 +12,12 @@ import torch.distributed as dist
 
 def split_evenly(total: int, parts: int) -> list[int]:
     """`total` items (frames, heads) in `parts` near-equal contiguous shares, the larger ones
-    first: how a sequence's frames are split over ranks by default."""
+    last: how a sequence's frames are split over ranks by default, so rank 0, which also
+    gathers, tracks and writes, holds no more than the others."""
     if parts < 1:
         raise ValueError(f"cannot split into {parts} parts")
     base, extra = divmod(total, parts)
-    return [base + (part < extra) for part in range(parts)]
+    return [base + (part >= parts - extra) for part in range(parts)]
 
 
 def starts(counts: Sequence[int]) -> list[int]:

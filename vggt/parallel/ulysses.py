@@ -7,7 +7,7 @@ keeps the whole sequence's queries), attention runs per head over the whole sequ
 ordinary kernel (no softmax merging), and a third all-to-all returns the chunk's output, all
 heads, to the rank that owns the tokens, which finishes the block there (output projection,
 residual, MLP) in place. Ranks may hold different
-token counts and head counts (16 heads over 3 ranks: 6, 5, 5); every rank makes the same
+token counts and head counts (16 heads over 3 ranks: 5, 5, 6); every rank makes the same
 number of exchanges, some possibly empty.
 """
 
