@@ -172,6 +172,6 @@ def test_split_frames_fit_in_whole_shares_or_the_few_frames_past_one() -> None:
     for budget, frames in answers.items():
         assert per_rank(frames) <= budget < per_rank(frames + 1)
     # 80 GiB: 3 GiB + 200 MiB x s + 8 MiB x s <= 80 GiB at s = 379 shares, and a 380th frame
-    # on rank 0 passes it; 24 GiB: 103 shares, and 824 + 1 frames need 104 on rank 0.
+    # on the busiest rank passes it; 24 GiB: 103 shares, and 824 + 1 frames need 104 there.
     assert answers == {24 * GIB: 824, 80 * GIB: 3032}
     assert model.passes <= 3 + 3 * len(budgets)
