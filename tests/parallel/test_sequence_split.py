@@ -1,5 +1,8 @@
-"""A sequence split over gloo ranks (torchrun) matches one device to 1e-5 relative L2, refuses
-impossible splits, lowers each rank's peak, and reproduces the golden recipe at 2 ranks."""
+"""A sequence split over gloo ranks (torchrun) matches one device within a bound per precision
+(relative L2: fp32 1e-5; bf16 weights 2e-2 and fp32 weights under bf16 autocast 1e-2, where
+ring attention's log-sum-exp merge rounds differently from one attention call: measured on the
+CPU at 7 frames over 2 and 3 ranks, at most 1.25e-2 and 5.7e-3, Ulysses 0), refuses impossible
+splits, lowers each rank's peak, and reproduces the golden recipe at 2 ranks."""
 
 import itertools
 from pathlib import Path
@@ -13,7 +16,7 @@ from tests.support.recipe import TOLERANCE, TRACKER_BOUNDS
 
 pytestmark = pytest.mark.distributed
 
-BOUND = 1e-5
+BOUNDS = {"fp32": 1e-5, "autocast": 1e-2, "bf16": 2e-2}
 FOUR_HEADS = {"embed_dim": 64, "num_heads": 4}
 # The 2-rank cases of each test, run together in one launch by `two_rank_findings`.
 TWO_RANK_CASES = {
@@ -22,6 +25,21 @@ TWO_RANK_CASES = {
         {"name": "ulysses-7-b2", "attention": "ulysses", "frames": 7, "batch": 2},
         {"name": "ring-5", "attention": "ring", "frames": 5, "batch": 1, "tracks": False},
         {"name": "one-frame", "attention": "ulysses", "frames": 1, "batch": 1},
+        {
+            "name": "ring-7-bf16",
+            "attention": "ring",
+            "frames": 7,
+            "batch": 1,
+            "tracks": False,
+            "precision": "bf16",
+        },
+        {
+            "name": "ulysses-7-autocast",
+            "attention": "ulysses",
+            "frames": 7,
+            "batch": 1,
+            "precision": "autocast",
+        },
         {"name": "memory", "kind": "memory", "attention": "ulysses", "frames": 16},
     ],
     "test_golden_recipe_on_two_ranks": [
@@ -40,12 +58,13 @@ def two_rank_findings(
     return run_cases(tmp_path_factory.mktemp("two-ranks"), 2, cases)
 
 
-def assert_exact(findings: list[dict], name: str) -> None:
+def assert_exact(findings: list[dict], name: str, precision: str = "fp32") -> None:
     covered = []
     for rank, found in enumerate(findings):
         result = found[name]
         assert "error" not in result, (rank, result)
-        worst = {key: value for key, value in result["errors"].items() if value > BOUND}
+        bound = BOUNDS[precision]
+        worst = {key: value for key, value in result["errors"].items() if value > bound}
         assert not worst, (name, rank, worst)
         covered.append(result["frames"])
     assert covered[0][0] == 0
@@ -56,6 +75,8 @@ def test_two_ranks(two_rank_findings: list[dict]) -> None:
     findings = two_rank_findings
     for name in ("ulysses-5", "ulysses-7-b2", "ring-5"):
         assert_exact(findings, name)
+    assert_exact(findings, "ring-7-bf16", "bf16")
+    assert_exact(findings, "ulysses-7-autocast", "autocast")
     for found in findings:
         assert "rank 0: holds no frames" in found["one-frame"]["error"]
     memory = findings[0]["memory"]
@@ -84,10 +105,16 @@ def test_three_ranks(tmp_path: Path) -> None:
         },
         {"name": "ring-5-b2", "attention": "ring", "frames": 5, "batch": 2, "tracks": False},
         {"name": "too-many-ranks", "attention": "ulysses", "frames": 5, "batch": 1},
-    ]
+        {"name": "ring-7-autocast", "attention": "ring", "frames": 7, "batch": 1,
+         "tracks": False, "precision": "autocast"},
+        {"name": "ulysses-7-bf16", "attention": "ulysses", "frames": 7, "batch": 1,
+         "architecture": FOUR_HEADS, "precision": "bf16"},
+    ]  # fmt: skip
     findings = run_cases(tmp_path, 3, cases)
     assert_exact(findings, "ulysses-7-chunked")
     assert_exact(findings, "ring-5-b2")
+    assert_exact(findings, "ring-7-autocast", "autocast")
+    assert_exact(findings, "ulysses-7-bf16", "bf16")
     for found in findings:
         assert "at most 2 ranks, not 3: use ring attention" in found["too-many-ranks"]["error"]
 

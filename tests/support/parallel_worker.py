@@ -1,11 +1,12 @@
 """A torchrun worker for the sequence-parallel tests: runs cases from a JSON file on gloo ranks
 and writes each rank's findings to OUT/rank<k>.json.
 
-Each case builds a small seeded VGGTOptimized, runs the whole sequence on this rank alone as
-the reference, then the same sequence split over the ranks (this rank passing only its own
-frames), and records the largest relative L2 error of every kept layer and prediction against
-the reference's matching frames, or the error raised. A `memory` case compares the CPU
-profiler's peak of the optimized aggregator split over the ranks with rank 0's peak alone.
+Each case builds a small seeded VGGTOptimized (in the case's precision, fp32 by default), runs
+the whole sequence on this rank alone as the reference, then the same sequence split over the
+ranks (this rank passing only its own frames), and records the largest relative L2 error of
+every kept layer and prediction against the reference's matching frames, or the error raised.
+A `memory` case compares the CPU profiler's peak of the optimized aggregator split over the
+ranks with rank 0's peak alone.
 
     torchrun --nproc_per_node=N tests/support/parallel_worker.py CASES.json OUT
 """
@@ -36,6 +37,7 @@ from tests.support.repo import manifest  # noqa: E402
 from vggt.models.variants import get_variant  # noqa: E402
 from vggt.models.vggt_vram_optimized import VGGTOptimized  # noqa: E402
 from vggt.parallel.group import SequenceGroup, rank_slice, split_evenly  # noqa: E402
+from vggt.precision import get_precision  # noqa: E402
 from vggt.streaming.chunks import ChunkPolicy  # noqa: E402
 
 QUERY_POINTS = [[10.0, 20.0], [70.0, 90.0], [130.0, 5.0]]
@@ -50,7 +52,9 @@ def my_frames(case: dict, rank: int, world_size: int) -> slice:
 def compare_case(case: dict, group: SequenceGroup) -> dict:
     """Largest relative L2 error per kept layer and prediction against one device."""
     torch.manual_seed(case.get("seed", 0))
+    precision = get_precision(case.get("precision", "fp32"))
     model = VGGTOptimized(**{**SMALL_VGGT, **case.get("architecture", {})}).eval()
+    precision.apply(model)
     if case.get("min_chunk_tokens"):
         model.aggregator.block_runner.policy = ChunkPolicy(
             min_chunk_tokens=case["min_chunk_tokens"]
@@ -60,7 +64,7 @@ def compare_case(case: dict, group: SequenceGroup) -> dict:
     points = torch.tensor([QUERY_POINTS]).expand(case["batch"], -1, -1)
     points = points if case.get("tracks", True) else None
     mine = my_frames(case, group.rank, group.world_size)
-    with torch.no_grad():
+    with torch.no_grad(), precision.autocast("cpu"):
         reference_view, _, _ = model.aggregator(images)
         reference = model(images, query_points=points)
         model.parallelize(group, case["attention"])
