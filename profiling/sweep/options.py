@@ -19,7 +19,7 @@ from profiling.sweep.records import has_partial_results
 from profiling.sweep.variants import load_variant_module, splits_sequences
 from vggt.models.architecture import Architecture
 from vggt.models.variants import COMPONENTS, get_variant
-from vggt.parallel.launch import Launch
+from vggt.parallel.launch import Launch, cuda_index
 from vggt.parallel.sequence import ATTENTIONS, choose_attention
 from vggt.precision import DTYPE_MODES, PRECISIONS, from_dtype, get_precision
 
@@ -314,8 +314,9 @@ def check_memory_budget(budget: float | None, device_type: str) -> None:
         return
     if device_type != "cuda":
         raise UsageError("--memory-budget caps CUDA memory; this run uses the CPU")
-    local_rank = Launch.from_environment().local_rank
-    total = torch.cuda.get_device_properties(local_rank).total_memory / 2**30
+    launch = Launch.from_environment()
+    index = cuda_index(launch.local_rank, launch.rank)
+    total = torch.cuda.get_device_properties(index).total_memory / 2**30
     if not 0 < budget <= total:
         raise UsageError(
             f"--memory-budget must be above 0 and at most {total:.1f} GiB, got {budget}"

@@ -22,7 +22,7 @@ from tests.support.infer_inputs import (
     write_images,
     write_inputs,
 )
-from vggt.infer import main, memory_check
+from vggt.infer import cli, main, memory_check
 from vggt.infer.errors import InputError
 from vggt.infer.inputs import find_images
 from vggt.infer.memory_check import RunShape, plan_memory, refusal
@@ -302,10 +302,11 @@ def test_too_many_ranks(
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "5")
     try:
-        assert_refused(capsys, run_main(inputs), "4 frames for 5 ranks")
+        # Found before the process group exists: each rank reports it, naming itself.
+        assert_refused(capsys, run_main(inputs), "rank 0: 4 frames for 5 ranks")
         monkeypatch.setenv("WORLD_SIZE", "3")
         status = run_main(inputs, "--attention", "ulysses")
-        assert_refused(capsys, status, "at most 2 ranks, not 3", "--attention ring")
+        assert_refused(capsys, status, "rank 0: ulysses", "at most 2 ranks, not 3", "ring")
     finally:
         signal.signal(signal.SIGTERM, handler)
 
@@ -326,3 +327,40 @@ def test_sigterm_gives_one_line_and_a_failure() -> None:
     assert completed.stderr.strip() == (
         "vggt.infer: rank 3 stopped: another rank failed or the run was interrupted"
     )
+
+
+class TwoRanks:
+    """Rank 0 of two as `unshared_folder` and `different_inputs` see it: rank 1's answers are
+    `others(value)`."""
+
+    world_size, rank, is_first = 2, 0, True
+
+    def __init__(self, others) -> None:
+        self.others = others
+
+    def all_gather(self, value: object) -> list:
+        return [value, self.others(value)]
+
+    def barrier(self) -> None:
+        pass
+
+
+def test_ranks_that_read_other_images_are_refused(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images")
+    paths = find_images([str(images)])
+    same = cli.inputs_fingerprint(paths)
+    assert cli.different_inputs([same, same, same]) is None
+    other = cli.inputs_fingerprint(paths[:-1])
+    reordered = cli.inputs_fingerprint(paths[::-1])
+    assert other != same != reordered
+    problem = cli.different_inputs([same, other, same, reordered])
+    assert problem.startswith("ranks [1, 3] found other images than rank 0")
+
+
+def test_an_output_folder_other_ranks_cannot_see_is_refused(tmp_path: Path) -> None:
+    shared = TwoRanks(lambda value: value)
+    assert cli.unshared_folder(shared, tmp_path) is None
+    blind = TwoRanks(lambda value: False if isinstance(value, bool) else value)
+    problem = cli.unshared_folder(blind, tmp_path)
+    assert problem.startswith(f"the output folder {tmp_path} is not shared: ranks [1] cannot")
+    assert not list(tmp_path.iterdir())

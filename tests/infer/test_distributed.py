@@ -1,9 +1,10 @@
-"""`vggt.infer` end to end on gloo ranks: a plain run (world size 1) and torchrun runs at 2
-(ulysses) and 3 ranks (ring, as the small model has 2 heads) write the same frames, cameras
-and tracks to a relative L2 error of 1e-5; and a rank killed in the middle of the forward
-ends the whole run with a clear line, never a hang."""
+"""`vggt.infer` end to end on gloo ranks: a plain run (world size 1), 2 ranks on two torchrun
+agents meeting as two nodes would (ulysses) and 3 ranks on one (ring, as the small model has 2
+heads) write the same frames, cameras and tracks to a relative L2 error of 1e-5; and a rank
+killed in the middle of the forward ends the whole run with a clear line, never a hang."""
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tests.support.infer_inputs import (
     run_infer,
     write_inputs,
 )
-from tests.support.launch import torchrun
+from tests.support.launch import torchrun, torchrun_nodes
 
 pytestmark = pytest.mark.distributed
 
@@ -50,13 +51,29 @@ def arguments(inputs: dict[str, Path], out: Path) -> list[str]:
     ]
 
 
+def run_on_two_nodes(inputs: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
+    """vggt.infer on two torchrun agents of one rank each (c10d rendezvous on 127.0.0.1, as
+    on two nodes sharing the output folder); their outputs joined as one run's."""
+    agents = torchrun_nodes(
+        2, "vggt.infer", arguments(inputs, out), timeout_s=TIMEOUT_S, env=environment()
+    )
+    status = max(agent.returncode for agent in agents)
+    stdout = "".join(agent.stdout for agent in agents)
+    stderr = "".join(agent.stderr for agent in agents)
+    return subprocess.CompletedProcess([], status, stdout, stderr)
+
+
 @pytest.fixture(scope="module")
 def outputs(inputs: dict[str, Path]) -> dict[int, Path]:
-    """The output folder of a run at each world size."""
+    """The output folder of a run at each world size: 2 ranks on two torchrun agents (nodes),
+    3 on one."""
     folders = {}
     for ranks in (1, 2, 3):
         out = inputs["root"] / f"out{ranks}"
-        completed = run_infer(ranks, arguments(inputs, out), TIMEOUT_S)
+        if ranks == 2:
+            completed = run_on_two_nodes(inputs, out)
+        else:
+            completed = run_infer(ranks, arguments(inputs, out), TIMEOUT_S)
         assert completed.returncode == 0, completed.stderr[-4000:]
         assert f"4 frames on {ranks} rank" in completed.stdout
         assert "estimated requirement per rank" in completed.stderr

@@ -1,5 +1,7 @@
-"""The one way the tests start several ranks: torchrun (standalone) on a module or a script."""
+"""The one way the tests start several ranks: torchrun on a module or a script, standalone or
+as several agents meeting on 127.0.0.1 as if on several nodes."""
 
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -32,3 +34,46 @@ def torchrun(
         text=True,
         timeout=timeout_s,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_nodes(
+    nodes: int,
+    target: str,
+    arguments: Sequence[str],
+    *,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+) -> list[subprocess.CompletedProcess]:
+    """Module `target` on `nodes` torchrun agents of one rank each, as if on that many nodes:
+    they meet by c10d rendezvous on 127.0.0.1 (the first agent hosts its store)."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}"]
+    command += ["--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
+    command += [f"--rdzv-id=nodes-{endpoint}", "--max-restarts=0", "-m", target, *arguments]
+    agents = [
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=None if env is None else dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(nodes)
+    ]
+    finished = []
+    try:
+        for agent in agents:
+            stdout, stderr = agent.communicate(timeout=timeout_s)
+            finished.append(subprocess.CompletedProcess(command, agent.returncode, stdout, stderr))
+    finally:
+        for agent in agents:
+            agent.kill()
+    return finished

@@ -3,6 +3,8 @@ through the model split over the ranks, each rank's frames written, and rank 0 w
 cameras, tracks and run.json of the whole sequence."""
 
 import argparse
+import hashlib
+import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,8 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(options, launch)
     except InputError as error:
-        if launch.rank == 0:
-            print(f"vggt.infer: {error}", file=sys.stderr)
+        if launch.world_size == 1 or error.agreed:
+            if launch.rank == 0:
+                print(f"vggt.infer: {error}", file=sys.stderr)
+        else:
+            print(f"vggt.infer: rank {launch.rank}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"vggt.infer: rank {launch.rank} interrupted", file=sys.stderr)
@@ -104,7 +109,9 @@ def run(options: argparse.Namespace, launch: Launch) -> None:
     ranks = Ranks(launch, options.device, options.timeout)
     try:
         run_on_ranks(options, ranks, out, paths, points, checkpoint, weights, attention, started)
-    except InputError:
+    except InputError as error:
+        # Once the ranks are up, every problem is found by all of them together.
+        error.agreed = True
         ranks.close()
         raise
     ranks.close()
@@ -121,8 +128,11 @@ def run_on_ranks(
     attention: str,
     started: float,
 ) -> None:
-    """The run once the ranks are up: headers and this rank's frames (a problem any rank finds
-    is raised on all), the memory check, the model, the forward and the files."""
+    """The run once the ranks are up: the same images and a shared output folder on every rank,
+    headers and this rank's frames (a problem any rank finds is raised on all), the memory
+    check, the model, the forward and the files."""
+    ranks.agree(different_inputs(ranks.all_gather(inputs_fingerprint(paths))))
+    ranks.agree(unshared_folder(ranks, out))
     plans = _agreed(ranks, lambda: read_plans(paths, options.mode, options.size))
     boxes, shape = content_boxes(plans), padded_shape(plans)
     if points is not None:
@@ -186,6 +196,47 @@ def run_document(
         "seconds": seconds,
         **facts,
     }
+
+
+def inputs_fingerprint(paths: Sequence[Path]) -> str:
+    """A hash of the frames' names and sizes in order: equal on ranks that read the same
+    images."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+    return digest.hexdigest()
+
+
+def different_inputs(fingerprints: Sequence[str]) -> str | None:
+    """The problem when ranks found different images (names, sizes or order), or None."""
+    others = [rank for rank, found in enumerate(fingerprints) if found != fingerprints[0]]
+    if not others:
+        return None
+    return (
+        f"ranks {others} found other images than rank 0 (names, sizes or order differ): give "
+        "every rank the same IMAGES"
+    )
+
+
+def unshared_folder(ranks: Ranks, out: Path) -> str | None:
+    """The problem when a file rank 0 writes in `out` is not visible to every rank (no shared
+    filesystem: each node would hold only its own frames), or None."""
+    if ranks.world_size == 1:
+        return None
+    marker = out / f".vggt-infer-shared-{ranks.all_gather(secrets.token_hex(8))[0]}"
+    if ranks.is_first:
+        marker.touch()
+    ranks.barrier()
+    blind = [rank for rank, seen in enumerate(ranks.all_gather(marker.exists())) if not seen]
+    ranks.barrier()
+    if ranks.is_first:
+        marker.unlink(missing_ok=True)
+    if not blind:
+        return None
+    return (
+        f"the output folder {out} is not shared: ranks {blind} cannot see a file rank 0 wrote "
+        "there; use a folder on a filesystem every node mounts"
+    )
 
 
 def _agreed(ranks: Ranks, work: Callable[[], Result]) -> Result:

@@ -20,7 +20,10 @@ class Ranks:
         process group (NCCL on CUDA, gloo on the CPU) with the given timeout."""
         self.rank = launch.rank
         self.world_size = launch.world_size
-        self.device = launch.device(device_type)
+        try:
+            self.device = launch.device(device_type)
+        except ValueError as error:
+            raise InputError(str(error)) from None
         self.group: SequenceGroup | None = None
         if self.world_size > 1:
             launch.join(device_type, timedelta(seconds=timeout_s))
@@ -37,7 +40,7 @@ class Ranks:
         problems = self.all_gather(problem)
         first = next((found for found in problems if found is not None), None)
         if first is not None:
-            raise InputError(first)
+            raise InputError(first, agreed=True)
 
     def all_gather(self, value: object) -> list:
         """Every rank's picklable `value`, in rank order, on every rank."""
@@ -46,6 +49,11 @@ class Ranks:
         gathered: list = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing at world size 1)."""
+        if self.world_size > 1:
+            dist.barrier()
 
     def gather_frames(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor | None:
         """Every rank's [B, n_rank, ...] tensor joined along dim 1 on rank 0 (None elsewhere);

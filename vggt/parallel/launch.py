@@ -9,6 +9,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+# Where launchers put a process's rank on its node: torchrun, Slurm's srun, Open MPI's mpirun.
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -20,11 +23,17 @@ class Launch:
 
     @classmethod
     def from_environment(cls) -> "Launch":
-        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; rank 0 of 1 without them."""
+        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; rank 0 of 1 without them. Without
+        LOCAL_RANK the node-local rank of Slurm or Open MPI is taken, else -1 (unknown: the
+        device is chosen from the rank)."""
+        rank = int(os.environ.get("RANK", "0"))
+        local = next(
+            (os.environ[name] for name in LOCAL_RANK_VARIABLES if name in os.environ), None
+        )
         return cls(
-            rank=int(os.environ.get("RANK", "0")),
+            rank=rank,
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
-            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            local_rank=int(local) if local is not None else (-1 if "RANK" in os.environ else 0),
         )
 
     @staticmethod
@@ -33,10 +42,13 @@ class Launch:
         return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
     def device(self, device_type: str) -> torch.device:
-        """This rank's device, made current on CUDA: the GPU of `local_rank`, or the CPU."""
+        """This rank's device, made current on CUDA, or the CPU. On CUDA: the GPU of
+        `local_rank`; the only GPU where a launcher shows each task one; the rank modulo the
+        GPU count where the local rank is unknown. ValueError when `local_rank` names a GPU
+        this process cannot see."""
         if device_type != "cuda":
             return torch.device("cpu")
-        device = torch.device("cuda", self.local_rank)
+        device = torch.device("cuda", cuda_index(self.local_rank, self.rank))
         torch.cuda.set_device(device)
         return device
 
@@ -50,6 +62,21 @@ class Launch:
             world_size=self.world_size if store is not None else -1,
             timeout=timeout,
         )
+
+
+def cuda_index(local_rank: int, rank: int, count: int | None = None) -> int:
+    """The CUDA device index for a rank (see `Launch.device`); `count`: the visible GPUs."""
+    count = torch.cuda.device_count() if count is None else count
+    if local_rank < 0:
+        return rank % count
+    if local_rank < count:
+        return local_rank
+    if count == 1:
+        return 0
+    raise ValueError(
+        f"local rank {local_rank} has no GPU of its own: this process sees {count} GPUs "
+        "(CUDA_VISIBLE_DEVICES); start at most as many ranks per node as GPUs"
+    )
 
 
 def backend_for(device_type: str) -> str:
