@@ -25,6 +25,7 @@ from vggt.memory.estimate import (
     FakeModel,
 )
 from vggt.memory.fit import max_frames_by_budget
+from vggt.memory.timing import DEVICE_TFLOPS, LINK_GBS, forward_time
 from vggt.memory.units import bytes_in, format_bytes, parse_bytes
 from vggt.models.variants import COMPONENTS, variant_names
 from vggt.parallel.sequence import ATTENTIONS, choose_attention
@@ -69,10 +70,10 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
         ),
         "",
         "| variant | frames | live peak GiB | allocated | reserved bound | weights | "
-        "kept outputs | transient | host | "
+        "kept outputs | transient | host | predicted s | "
         + " | ".join(f"fits {gib(budget)} GiB" for budget in budgets)
         + " |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ":---:|" * len(budgets),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ":---:|" * len(budgets),
     ]
     for result in results:
         for row in result["estimates"]:
@@ -82,8 +83,7 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
                 f"{gib(row['allocated_bytes'])} | {gib(row['reserved_bound_bytes'])} | "
                 f"{gib(row['weights_bytes'])} | {gib(row['output_bytes'])} | "
                 f"{gib(row['transient_bytes'])} | {gib(row['host_bytes'])} | "
-                + " | ".join(fits)
-                + " |"
+                f"{row['predicted_seconds']:.3g} | " + " | ".join(fits) + " |"
             )
     lines += [
         "",
@@ -94,7 +94,9 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
             else ""
         )
         + f" ({CONTEXT_NOTE}); allocated includes a cuBLAS workspace of "
-        f"{format_bytes(args.cublas_workspace_bytes)}; {FITS_RULE}.",
+        f"{format_bytes(args.cublas_workspace_bytes)}; {FITS_RULE}. Predicted seconds: one "
+        f"forward on the busiest rank at {DEVICE_TFLOPS:g} TFLOP/s and {LINK_GBS:g} GB/s per "
+        "rank (stated rates, not measurements).",
     ]
     for result in results:
         for size, frames in result["max_frames_by_budget"].items():
@@ -243,13 +245,26 @@ def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
     )
     estimates = [model.estimate(frames, *size) for frames in args.frames_list]
     fits = max_frames_by_budget(model, args.budgets, *size)
+    rows = []
+    for estimate in estimates:
+        forward = forward_time(
+            architecture,
+            estimate.frames,
+            args.height,
+            args.width,
+            args.precision,
+            args.world_size,
+            model.attention,
+            heads=args.component == "model",
+        )
+        rows.append({**asdict(estimate), "predicted_seconds": forward.seconds})
     return {
         "variant": variant,
         "live_peaks": {str(e.frames): e.live_peak_bytes for e in estimates},
         "max_frames": fits[args.budgets[0]],
         "max_frames_by_budget": {str(budget): frames for budget, frames in fits.items()},
         "fake_passes": model.passes,
-        "estimates": [asdict(e) for e in estimates],
+        "estimates": rows,
     }
 
 

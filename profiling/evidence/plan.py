@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from profiling.sweep.presets import load_preset
+from vggt.memory.timing import DEVICE_TFLOPS, forward_time
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.variants import Variant, register_variant, variant_names
 from vggt.precision import Precision, get_precision
@@ -43,12 +44,10 @@ REPEATS = 1
 
 @dataclass(frozen=True)
 class Rates:
-    """Effective rates of the target GPU (an H100 or H200 by default) and fixed costs, in
-    seconds; PyTorch's SDPA and bf16 matmuls reach about 300 TFLOP/s there, fp32 work (the
-    heads) a quarter of it."""
+    """Effective rates of the target GPU (an H100 or H200 by default: vggt.memory.timing's
+    stated bf16 rate, fp32 work at its share of it) and fixed costs, in seconds."""
 
-    tflops: float = 300.0
-    fp32_share: float = 0.25
+    tflops: float = DEVICE_TFLOPS
     bandwidth_gbs: float = 2500.0
     forward_overhead_s: float = 0.3
     build_s: float = 4.0
@@ -83,14 +82,18 @@ class Point:
         )
 
     def forward_seconds(self, architecture: Architecture, rates: Rates) -> float:
-        """One forward of one variant: its FLOPs at the precision's rate, the residual
-        stream's traffic (about 40 passes over fp32 tokens per layer) and a fixed overhead."""
-        size = (self.frames, self.height, self.width)
-        low_precision = self.precision.autocast_dtype or self.precision.weights_dtype
-        rate = rates.tflops * 1e12 * (1.0 if low_precision else rates.fp32_share)
-        seconds = architecture.aggregator_flops(*size) / rate
-        if self.component == "model":
-            seconds += architecture.heads_flops(*size) / (rates.tflops * 1e12 * rates.fp32_share)
+        """One forward of one variant: its FLOPs at the precision's rate (`forward_time`), the
+        residual stream's traffic (about 40 passes over fp32 tokens per layer) and a fixed
+        overhead."""
+        seconds = forward_time(
+            architecture,
+            self.frames,
+            self.height,
+            self.width,
+            self.precision,
+            heads=self.component == "model",
+            tflops=rates.tflops,
+        ).seconds
         tokens = self.frames * architecture.tokens_per_frame(self.height, self.width)
         layers = 3 * architecture.depth
         traffic = layers * 40 * tokens * architecture.embed_dim * 4

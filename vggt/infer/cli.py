@@ -44,12 +44,14 @@ from vggt.infer.memory_check import (
     RunShape,
     check_memory,
     dry_run_report,
+    format_seconds,
     plan_memory,
     usable_memory,
 )
 from vggt.infer.options import parse_options
 from vggt.infer.ranks import Ranks
 from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
+from vggt.memory.timing import forward_time
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 from vggt.parallel.group import rank_slice, split_evenly
@@ -106,7 +108,16 @@ def run(options: argparse.Namespace, launch: Launch) -> None:
         raise InputError(f"the model of {checkpoint.config_source} has no track head")
     weights = read_weights(checkpoint)
     out = prepare_output_folder(options.out)
-    ranks = Ranks(launch, options.device, options.timeout)
+    step = forward_time(
+        checkpoint.architecture,
+        len(paths),
+        options.size,
+        options.size,
+        options.precision,
+        launch.world_size,
+        attention,
+    ).global_block_seconds
+    ranks = Ranks(launch, options.device, collective_timeout(options.timeout, step))
     try:
         run_on_ranks(options, ranks, out, paths, points, checkpoint, weights, attention, started)
     except InputError as error:
@@ -154,7 +165,8 @@ def run_on_ranks(
     model = prepare_model(checkpoint, weights, options, ranks, attention)
     if ranks.is_first and not options.quiet and len({plan.shape for plan in plans}) > 1:
         info(f"frames of different sizes padded to {shape[0]}x{shape[1]}, outputs cut back")
-    predictions = predict(model, images, points, boxes[0], options, ranks)
+    predicted = None if estimate is None else estimate["forward"]["seconds"]
+    predictions = predict(model, images, points, boxes[0], options, ranks, predicted)
     outputs.write_frames(out, predictions, mine.start, boxes)
     write_sequence_files(out, predictions, counts, shape, boxes, ranks)
     peaks = ranks.all_gather(peak_memory(ranks.device))
@@ -196,6 +208,13 @@ def run_document(
         "seconds": seconds,
         **facts,
     }
+
+
+def collective_timeout(timeout_s: float, step_s: float) -> float:
+    """The process group's timeout: --timeout, or three predicted longest steps between two
+    exchanges when that is longer, so that NCCL's watchdog never takes a slow, healthy step
+    for a hang."""
+    return max(timeout_s, 3 * step_s)
 
 
 def inputs_fingerprint(paths: Sequence[Path]) -> str:
@@ -318,9 +337,11 @@ def predict(
     first_box: ContentBox,
     options: argparse.Namespace,
     ranks: Ranks,
+    predicted_s: float | None = None,
 ) -> dict:
-    """This rank's predictions (batch 1), with rank 0's progress bar over blocks and heads.
-    Query points, given in the first frame's own pixels, move into the padded input."""
+    """This rank's predictions (batch 1), with rank 0's progress bar over blocks and heads
+    (its description names the predicted forward time). Query points, given in the first
+    frame's own pixels, move into the padded input."""
     query = None
     if points is not None:
         shifted = points + np.array([first_box.left, first_box.top], dtype=np.float32)
@@ -328,7 +349,9 @@ def predict(
     show = ranks.is_first and not options.quiet
     bar = tqdm(
         total=model.progress_steps(images.shape[0]),
-        desc=f"vggt.infer ({images.shape[0]} frames on rank 0)",
+        desc=f"vggt.infer ({images.shape[0]} frames on rank 0"
+        + ("" if predicted_s is None else f", predicted {format_seconds(predicted_s)}")
+        + ")",
         unit="step",
         disable=not show,
         file=sys.stderr,

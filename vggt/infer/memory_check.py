@@ -22,6 +22,7 @@ from vggt.infer.report import gib, info
 from vggt.memory.allocator import unmodelled_setting
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES, Estimate, FakeModel
 from vggt.memory.fit import max_frames, max_frames_by_budget
+from vggt.memory.timing import ForwardTime, forward_time
 from vggt.models.architecture import Architecture
 from vggt.precision import Precision, get_precision
 
@@ -73,6 +74,7 @@ class MemoryPlan:
     device_memory_bytes: int | None
     max_frames: int | None
     estimate: Estimate
+    forward: ForwardTime
 
     @property
     def fits(self) -> bool | None:
@@ -105,6 +107,16 @@ def plan_memory(
     if device_memory is not None:
         budget = max(0, device_memory - tracks)
         most = max_frames_by_budget(model, [budget], 1, run.height, run.width)[budget]
+    forward = forward_time(
+        run.architecture,
+        run.frames,
+        run.height,
+        run.width,
+        run.precision,
+        run.world_size,
+        model.attention,
+        heads=True,
+    )
     return MemoryPlan(
         frames=run.frames,
         world_size=run.world_size,
@@ -115,6 +127,7 @@ def plan_memory(
         device_memory_bytes=device_memory,
         max_frames=most,
         estimate=estimate,
+        forward=forward,
     )
 
 
@@ -155,6 +168,7 @@ def check_memory(options: argparse.Namespace, ranks: Ranks, run: RunShape) -> di
             problem = refusal(plan, run, model)
         if not options.quiet:
             info(estimate_line(plan, memory))
+            info(forward_line(plan.forward))
     plan, problem = ranks.all_gather((plan, problem))[0]
     ranks.agree(problem)
     return plan.to_json()
@@ -173,6 +187,26 @@ def estimate_line(plan: MemoryPlan, memory: int | None) -> str:
         f"estimated requirement per rank {gib(plan.per_rank_bytes)} GiB{extra} {against}, "
         f"precision {plan.precision}; --no-estimate skips the estimate"
     )
+
+
+def forward_line(forward: ForwardTime) -> str:
+    """The predicted forward time and the rates it assumes."""
+    return (
+        f"predicted forward {format_seconds(forward.seconds)} on the busiest rank (an estimate "
+        f"at {forward.tflops:g} TFLOP/s and {forward.link_gbs:g} GB/s per rank; longest step "
+        f"{format_seconds(forward.global_block_seconds)})"
+    )
+
+
+def format_seconds(seconds: float) -> str:
+    """`0.4 s`, `12 s`, `3.2 min`, `5.3 h`."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def refusal(plan: MemoryPlan, run: RunShape, model: FakeModel) -> str:
@@ -224,6 +258,7 @@ def dry_run_report(plan: MemoryPlan, as_json: bool) -> str:
             else ""
         )
         + ")",
+        forward_line(plan.forward),
     ]
     if plan.device_memory_bytes is None:
         lines.append("device memory not known: give --device-memory (e.g. 80GiB) for the fit")

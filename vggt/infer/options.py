@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=600.0,
         metavar="SECONDS",
-        help="seconds a rank waits for the others before failing (default: 600)",
+        help="seconds a rank waits for the others before failing (default: 600; raised to "
+        "three predicted longest steps when a step is predicted to take longer)",
     )
     parser.add_argument(
         "--no-estimate",

@@ -51,12 +51,17 @@ class Architecture:
         linear layers (12 d² weights a token per block) and of attention (4 N² d per block
         over N tokens), for the frame and global blocks and a DINOv2 patch embedding."""
         per_frame = self.tokens_per_frame(height, width)
-        tokens = batch * frames * per_frame
-        linear = 24.0 * tokens * self.embed_dim**2
-        frame_attention = 4.0 * batch * frames * per_frame**2 * self.embed_dim
-        global_attention = 4.0 * batch * (frames * per_frame) ** 2 * self.embed_dim
-        embed = DINOV2_DEPTH * (linear + frame_attention) if "dinov2" in self.patch_embed else 0
-        return self.depth * (2 * linear + frame_attention + global_attention) + embed
+        linear = 24.0 * batch * frames * per_frame * self.embed_dim**2
+        frame_block = linear + 4.0 * batch * frames * per_frame**2 * self.embed_dim
+        embed = DINOV2_DEPTH * frame_block if "dinov2" in self.patch_embed else 0
+        global_block = self.global_block_flops(frames, height, width, batch)
+        return self.depth * (frame_block + global_block) + embed
+
+    def global_block_flops(self, frames: int, height: int, width: int, batch: int = 1) -> float:
+        """Operations of one global-attention block: its linear layers and attention over all
+        the sequence's tokens."""
+        tokens = batch * frames * self.tokens_per_frame(height, width)
+        return 24.0 * tokens * self.embed_dim**2 + 4.0 * batch * tokens**2 * self.embed_dim
 
     def heads_flops(self, frames: int, height: int, width: int, batch: int = 1) -> float:
         """Approximate operations of the depth and point heads (the camera head's are small)."""

@@ -56,10 +56,24 @@ class FrameLayout:
         return self.counts[self.rank]
 
 
+# Collectives the host may queue on a GPU before waiting for the oldest of them to finish:
+# NCCL's watchdog times a collective from when it is queued, so a host running a whole global
+# block's exchanges ahead would make a slow, healthy block look hung.
+EXCHANGES_AHEAD = 2
+
+
+def hold_back(ends: Sequence, ahead: int = EXCHANGES_AHEAD) -> None:
+    """Wait (`synchronize()`) for the collective that ended `ahead` collectives before the last
+    of `ends`, so that no more than `ahead` are queued behind the one running."""
+    if len(ends) > ahead:
+        ends[-ahead - 1].synchronize()
+
+
 @dataclass
 class CommunicationLog:
     """What this rank's collectives sent, and the time its compute waited for them: host time
-    on CPU (gloo blocks the caller), CUDA events on the compute stream on GPUs."""
+    on CPU (gloo blocks the caller), CUDA events on the compute stream on GPUs, where the host
+    stays at most EXCHANGES_AHEAD collectives ahead of the device."""
 
     calls: int = 0
     bytes_sent: int = 0
@@ -77,6 +91,7 @@ class CommunicationLog:
             yield
             end.record()
             self.events.append((start, end))
+            hold_back([finish for _, finish in self.events[-EXCHANGES_AHEAD - 1 :]])
             return
         begin = time.perf_counter()
         yield
@@ -85,6 +100,8 @@ class CommunicationLog:
     @property
     def seconds(self) -> float:
         """The time spent waiting (synchronises with the GPU when there are CUDA events)."""
+        if self.events:
+            self.events[-1][1].synchronize()
         waited = sum(start.elapsed_time(end) for start, end in self.events) / 1e3
         return self.host_seconds + waited
 
