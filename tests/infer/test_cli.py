@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from profiling.estimate import main as estimator_main
 from tests.support.configs import SMALL_VGGT
@@ -311,22 +312,56 @@ def test_too_many_ranks(
         signal.signal(signal.SIGTERM, handler)
 
 
-def test_sigterm_gives_one_line_and_a_failure() -> None:
+def run_watch(lines: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """A process that starts rank 0's Watch of 2 ranks (store: a FileStore under `tmp_path`),
+    then runs `lines`; it must end by the watch's line within a minute."""
     script = (
         "import os, signal, time\n"
-        "from vggt.infer.failures import install_stop_handler\n"
-        "install_stop_handler(3)\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"
-        "time.sleep(60)\n"
+        "import torch.distributed as dist\n"
+        "from vggt.infer.failures import Watch\n"
+        f"store = dist.FileStore({str(tmp_path / 'store')!r}, 2)\n"
+        "watch = Watch(0, 2, timeout_s=2)\n" + lines + "time.sleep(60)\n"
     )
-    completed = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script], env=environment(), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
+
+
+def test_sigterm_is_taken_by_the_watch_thread(tmp_path: Path) -> None:
+    completed = run_watch("os.kill(os.getpid(), signal.SIGTERM)\n", tmp_path)
     assert completed.returncode == 1
     assert completed.stderr.strip() == (
-        "vggt.infer: rank 3 stopped: another rank failed or the run was interrupted"
+        "vggt.infer: rank 0 stopped: another rank failed or did not answer in time (torchrun "
+        "stopped the run)"
     )
+
+
+def test_a_failure_another_rank_reported_is_named(tmp_path: Path) -> None:
+    lines = "store.set('vggt.infer/failed', '1\\tRuntimeError: boom')\nwatch.attach(store)\n"
+    completed = run_watch(lines, tmp_path)
+    assert completed.returncode == 1
+    assert completed.stderr.strip() == (
+        "vggt.infer: rank 0 stopped: rank 1 failed (RuntimeError: boom)"
+    )
+
+
+def test_a_rank_whose_heartbeat_stops_is_named_after_half_the_timeout(tmp_path: Path) -> None:
+    completed = run_watch("watch.attach(store)\n", tmp_path)
+    assert completed.returncode == 1
+    assert re.fullmatch(
+        r"vggt\.infer: rank 0 stopped: rank 1 has not answered for [12] s \(stopped or hung\)",
+        completed.stderr.strip(),
+    ), completed.stderr
+
+
+def test_this_ranks_own_failure_is_written_for_the_others(tmp_path: Path) -> None:
+    lines = "watch.attach(store)\nwatch.failed(ValueError('bad value'))\n"
+    completed = run_watch(lines, tmp_path)
+    assert completed.returncode == 1
+    assert completed.stderr.strip() == "vggt.infer: rank 0 failed: ValueError: bad value"
+    store = dist.FileStore(str(tmp_path / "store"), 2)
+    assert store.get("vggt.infer/failed") == b"0\tValueError: bad value"
 
 
 class TwoRanks:

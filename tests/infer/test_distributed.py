@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.infer_fault_worker import INJECTED
 from tests.support.infer_inputs import (
     CONTENT_SHAPES,
+    FAULT_WORKER,
     IMAGE_SIZES,
-    KILL_WORKER,
     SIZE,
     environment,
     run_infer,
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.distributed
 
 BOUND = 1e-5
 TIMEOUT_S = 300
-KILL_BOUND_S = 120
+FAULT_BOUND_S = 120
 FRAME_KEYS = {"depth": (), "depth_conf": (), "world_points": (3,), "world_points_conf": ()}
 
 
@@ -144,20 +145,44 @@ def test_run_json(outputs: dict[int, Path]) -> None:
     assert run["options"]["size"] == int(SIZE) and run["seconds"] > 0
 
 
-def test_a_killed_rank_ends_the_run(inputs: dict[str, Path]) -> None:
-    out = inputs["root"] / "killed"
+def run_with_fault(inputs: dict[str, Path], fault: str, timeout_s: float) -> list[str]:
+    """Two ranks where rank 1 fails as `fault` says mid-forward: every rank must end with a
+    non-zero status within FAULT_BOUND_S, no run.json written; the stderr lines."""
+    out = inputs["root"] / f"fault-{fault}"
     started = time.monotonic()
     completed = torchrun(
         2,
-        KILL_WORKER,
-        [*arguments(inputs, out), "--timeout", "60"],
-        env=environment(),
-        timeout_s=KILL_BOUND_S,
+        FAULT_WORKER,
+        [*arguments(inputs, out), "--timeout", str(timeout_s)],
+        env={**environment(), "VGGT_TEST_FAULT": fault},
+        timeout_s=FAULT_BOUND_S,
     )
-    assert time.monotonic() - started < KILL_BOUND_S
+    assert time.monotonic() - started < FAULT_BOUND_S
     assert completed.returncode != 0
-    lines = completed.stderr.splitlines()
-    assert any(line.startswith("vggt.infer: rank 0 stopped: another rank") for line in lines), (
-        completed.stderr[-4000:]
-    )
     assert not (out / "run.json").exists()
+    return completed.stderr.splitlines()
+
+
+def fired(lines: list[str], prefix: str) -> bool:
+    """Whether a line holds `prefix` (a progress bar may have been on the line before it)."""
+    return any(prefix in line for line in lines)
+
+
+def test_a_killed_rank_ends_the_run(inputs: dict[str, Path]) -> None:
+    lines = run_with_fault(inputs, "kill", 60)
+    assert fired(lines, "vggt.infer: rank 0 stopped: another rank failed or did not answer"), lines[
+        -40:
+    ]
+
+
+def test_a_rank_that_raises_is_named_by_the_others(inputs: dict[str, Path]) -> None:
+    lines = run_with_fault(inputs, "raise", 60)
+    assert fired(lines, f"vggt.infer: rank 1 failed: RuntimeError: {INJECTED}"), lines[-40:]
+    stopped = f"vggt.infer: rank 0 stopped: rank 1 failed (RuntimeError: {INJECTED})"
+    assert fired(lines, stopped), lines[-40:]
+
+
+def test_a_hung_rank_is_caught_by_the_timeout(inputs: dict[str, Path]) -> None:
+    lines = run_with_fault(inputs, "stop", 6)
+    hung = "vggt.infer: rank 0 stopped: rank 1 has not answered for"
+    assert fired(lines, hung), lines[-40:]

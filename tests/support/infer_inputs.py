@@ -22,7 +22,7 @@ CONTENT_SHAPES = [(112, 140), (140, 140), (112, 140), (140, 140)]
 SIZE = "140"
 FIELD_OF_VIEW_STEP = 0.3
 QUERY_POINTS = [[10.0, 20.0], [100.5, 60.0], [3.0, 100.0]]
-KILL_WORKER = Path(__file__).resolve().parent / "infer_kill_worker.py"
+FAULT_WORKER = Path(__file__).resolve().parent / "infer_fault_worker.py"
 
 
 def write_checkpoint(folder: Path) -> Path:

@@ -7,12 +7,14 @@ import hashlib
 import secrets
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from vggt.infer import outputs
@@ -24,12 +26,7 @@ from vggt.infer.checkpoint import (
     resolve_checkpoint,
 )
 from vggt.infer.errors import InputError
-from vggt.infer.failures import (
-    describe_peer_failure,
-    install_stop_handler,
-    is_peer_failure,
-    stop_now,
-)
+from vggt.infer.failures import Watch
 from vggt.infer.inputs import (
     check_points_inside,
     content_boxes,
@@ -76,10 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         return 0
     launch = Launch.from_environment()
-    if launch.world_size > 1:
-        install_stop_handler(launch.rank)
+    watches: list[Watch] = []
     try:
-        run(options, launch)
+        run(options, launch, watches)
     except InputError as error:
         if launch.world_size == 1 or error.agreed:
             if launch.rank == 0:
@@ -91,14 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vggt.infer: rank {launch.rank} interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
-        if launch.world_size == 1 or not is_peer_failure(error):
+        if not watches:
             raise
-        stop_now(describe_peer_failure(launch.rank, error))
+        traceback.print_exc()
+        watches[0].failed(error)
     return 0
 
 
-def run(options: argparse.Namespace, launch: Launch) -> None:
-    """The whole run on this rank; InputError for bad input, before any model work."""
+def run(options: argparse.Namespace, launch: Launch, watches: list[Watch] | None = None) -> None:
+    """The whole run on this rank; InputError for bad input, before any model work. With
+    several ranks a `Watch` starts just before the process group (appended to `watches`, for
+    the caller to hand it any exception) and is told when this rank is done."""
     started = time.perf_counter()
     paths = frames_for(options.images, launch.world_size)
     points = read_query_points(options.query_points) if options.query_points else None
@@ -117,7 +116,14 @@ def run(options: argparse.Namespace, launch: Launch) -> None:
         launch.world_size,
         attention,
     ).global_block_seconds
+    watch = None
+    if launch.world_size > 1:
+        watch = Watch(launch.rank, launch.world_size, options.timeout)
+        if watches is not None:
+            watches.append(watch)
     ranks = Ranks(launch, options.device, collective_timeout(options.timeout, step))
+    if watch is not None:
+        watch.attach(dist.distributed_c10d._get_default_store())
     try:
         run_on_ranks(options, ranks, out, paths, points, checkpoint, weights, attention, started)
     except InputError as error:
@@ -125,6 +131,8 @@ def run(options: argparse.Namespace, launch: Launch) -> None:
         error.agreed = True
         ranks.close()
         raise
+    if watch is not None:
+        watch.finish()
     ranks.close()
 
 
