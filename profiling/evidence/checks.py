@@ -56,6 +56,7 @@ from profiling.sweep.environment import RankInfo, collect_environment
 from profiling.sweep.measure import free_memory, measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord, one_line
+from vggt.layers import attention_backends
 from vggt.memory.allocator import unmodelled_setting
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES
 
@@ -199,7 +200,7 @@ def run_preflight(context: Context, result: StepResult) -> None:
     problems = [import_problem(name) for name in (*REQUIRED_IMPORTS, *OPTIONAL_IMPORTS)]
     data.missing = [problem for problem in problems if problem]
     if context.on_cuda:
-        checks = sdpa.backend_checks()
+        checks = attention_backends.backend_checks()
         data.sdpa_enabled = {name: bool(enabled()) for name, (enabled, _) in checks.items()}
     required = [problem for problem in data.missing if problem.split()[0] in REQUIRED_IMPORTS]
     versions = ", ".join(f"{key} {value}" for key, value in data.versions.items())

@@ -223,6 +223,7 @@ def gpu_plan(budget_s: float = DEFAULT_BUDGET_S, rates: Rates | None = None) -> 
             "tests/profiling/test_gpu.py",
             "tests/memory/test_estimate.py",
             "tests/model/test_offload.py",
+            "tests/parallel/test_ring_kernel.py",
         ),
         gpu_tests_s=45.0,
         test_timeout_s=120.0,

@@ -1,54 +1,13 @@
-"""Which scaled-dot-product-attention kernel each call would run: PyTorch picks the first
-backend of its priority order that is enabled and accepts the inputs (recent releases put
-cuDNN first on sm90), and says nothing of it; this asks the same questions per call."""
+"""Counting, per backend, the scaled-dot-product-attention calls a block makes (the backend
+as vggt.layers.attention_backends says PyTorch picks it)."""
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import torch
 import torch.nn.functional as F
 
-CPU = "cpu"
-UNKNOWN = "unknown"
-# SDPBackend values, by the names the report uses.
-BACKEND_NAMES = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
-
-
-def backend_checks() -> dict[str, tuple[Callable[[], bool], Callable | None]]:
-    """Backend name -> (whether it is enabled, whether it accepts an SDPAParams or None)."""
-    cuda = torch.backends.cuda
-    return {
-        "flash": (cuda.flash_sdp_enabled, cuda.can_use_flash_attention),
-        "efficient": (cuda.mem_efficient_sdp_enabled, cuda.can_use_efficient_attention),
-        "cudnn": (cuda.cudnn_sdp_enabled, getattr(cuda, "can_use_cudnn_attention", None)),
-        "math": (cuda.math_sdp_enabled, None),
-    }
-
-
-def chosen_backend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> str:
-    """The backend an SDPA call on these inputs (no mask, no dropout) runs: `cpu` off CUDA,
-    `unknown` where this PyTorch does not expose the choice."""
-    if query.device.type != "cuda":
-        return CPU
-    try:
-        params = torch.backends.cuda.SDPAParams(query, key, value, None, 0.0, False, False)
-        order = [BACKEND_NAMES.get(int(number), UNKNOWN) for number in priority_order()]
-        checks = backend_checks()
-        for name in order:
-            if name not in checks:
-                continue
-            enabled, accepts = checks[name]
-            if enabled() and (accepts is None or accepts(params, False)):
-                return name
-    except (AttributeError, RuntimeError, TypeError):
-        return UNKNOWN
-    return UNKNOWN
-
-
-def priority_order() -> list[int]:
-    """PyTorch's backend priority order (SDPBackend values)."""
-    return list(torch._C._get_sdp_priority_order())
+from vggt.layers.attention_backends import chosen_backend
 
 
 @contextlib.contextmanager

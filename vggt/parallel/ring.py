@@ -8,7 +8,8 @@ its own q, k, v, one incoming K/V block and a float32 output accumulator.
 
 import torch
 
-from vggt.layers.attention import Attention, attention_dtype
+from vggt.layers.attention import attention_dtype
+from vggt.layers.attention_backends import attention_with_log_sum
 from vggt.layers.block import Block
 from vggt.parallel.group import FrameLayout, SequenceGroup
 from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_
@@ -52,7 +53,7 @@ def ring_block_(
             incoming = current.new_empty(shape)
             pending = group.ring_shift(current, incoming)
         for start, end in chunks:
-            part, part_log_sum = _attend_with_log_sum(attn, queries[:, :, start:end], current)
+            part, part_log_sum = attention_with_log_sum(queries[:, :, start:end], *current)
             _merge_(output[:, :, start:end], log_sum[:, :, start:end], part, part_log_sum)
             del part, part_log_sum
         if incoming is not None:
@@ -64,17 +65,6 @@ def ring_block_(
         rows = x[:, start:end]
         add_attention_(block, rows, [output[:, :, start:end].to(heads_dtype)])
         add_mlp_(block, rows)
-
-
-def _attend_with_log_sum(
-    attn: Attention, q: torch.Tensor, kv: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q over one K/V block, and each row's log-sum-exp of scores (float32)."""
-    if q.device.type == "cpu":
-        out, log_sum = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kv[0], kv[1])
-        return out, log_sum
-    result = torch.ops.aten._scaled_dot_product_efficient_attention(q, kv[0], kv[1], None, True)
-    return result[0], result[1][..., : q.shape[2]]
 
 
 def _merge_(
