@@ -12,6 +12,7 @@ from tests.support.images import seeded_images
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES, CudaAutocastRules, FakeModel
 from vggt.memory.fit import max_frames
 from vggt.memory.units import parse_bytes
+from vggt.models.architecture import VGGT_1B
 from vggt.models.variants import get_variant
 from vggt.precision import Precision, get_precision
 
@@ -305,3 +306,12 @@ def test_unconstrained_reserve_is_at_least_the_bound() -> None:
     assert estimate.reserved_peak_bytes >= estimate.reserved_bound_bytes
     assert estimate.reserved_peak_bytes % (2 << 20) == 0
     assert estimate.allocations > 4 * TINY.depth
+
+
+def test_cast_bf16_keeps_the_stream_in_bf16_under_cuda_autocast_rules() -> None:
+    # DINOv2's final norm runs in fp32 under CUDA autocast; the stream stays in the weights'
+    # dtype anyway, so the kept layers of the bf16 precision take half the bytes.
+    estimate = FakeModel("optimized", "aggregator", VGGT_1B, BF16).estimate(2, 1, 56, 56)
+    tokens = VGGT_1B.tokens_per_frame(56, 56)
+    kept = len(VGGT_1B.head_layers())
+    assert estimate.output_bytes == kept * 2 * tokens * 2 * VGGT_1B.embed_dim * 2

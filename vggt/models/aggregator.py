@@ -179,7 +179,10 @@ class Aggregator(nn.Module):
             patch_tokens = patch_tokens["x_norm_patchtokens"]
         camera = slice_expand_and_flatten(self.camera_token, batch, frames, first_frame)
         register = slice_expand_and_flatten(self.register_token, batch, frames, first_frame)
-        tokens = torch.cat((camera, register, patch_tokens), dim=1)
+        # In the weights' dtype: CUDA autocast returns the patch embedding's final norm in
+        # fp32, which would make the residual stream (and the kept layers) fp32 under cast
+        # bf16 weights; with fp32 weights this is no cast.
+        tokens = torch.cat((camera, register, patch_tokens.to(dtype)), dim=1)
         del patch_tokens
         if self.rope is None:
             return tokens, None
