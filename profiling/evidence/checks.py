@@ -24,6 +24,7 @@ from profiling.evidence.estimates import (
     point_jobs,
 )
 from profiling.evidence.plan import (
+    REPEATS,
     Plan,
     Point,
     register_evidence_variants,
@@ -142,7 +143,7 @@ def measure_point(context: Context, cache: ModelCache, point: Point) -> list[Cas
             cache,
             context.rank,
             point.warmup,
-            1,
+            REPEATS,
             context.snapshots,
             plan.seed,
             point.variants[0],

@@ -150,15 +150,18 @@ class Plan:
         """A point's predicted seconds."""
         return point.seconds(self.architecture, self.rates)
 
+    def measured_seconds(self, step: str) -> float:
+        """A measuring step's points and its model build (nothing without points)."""
+        points = self.points(step)
+        return sum(map(self.point_seconds, points)) + self.rates.build_s if points else 0.0
+
     def step_seconds(self) -> dict[str, float]:
         """Each step's predicted seconds on the target GPU, in the order they run."""
         rates = self.rates
         measured = {
-            step: sum(map(self.point_seconds, self.points(step))) + rates.build_s
+            step: self.measured_seconds(step)
             for step in ("aggregator", "chunking", "offload", "square")
         }
-        if not self.square:
-            measured["square"] = 0.0
         cap_forward = self.cap.forward_seconds(self.architecture, rates)
         before_estimates = rates.preflight_s + rates.context_s + self.gpu_tests_s
         before_estimates += measured["aggregator"]

@@ -188,7 +188,7 @@ class EstimatesData:
 
 
 StepData = GpuTestsData | EstimatesData | MemoryCapData | PreflightData | ContextData | Measured
-Data = TypeVar("Data", bound=Measured | EstimatesData | ContextData)
+Data = TypeVar("Data", bound=Measured | EstimatesData)
 
 
 @dataclass

@@ -364,11 +364,12 @@ def test_history_holds_every_event_of_the_traced_allocations() -> None:
 def test_attention_calls_are_counted_by_backend() -> None:
     attention = Attention(dim=16, num_heads=2)
     tokens = torch.randn(1, 5, 16)
+    original = F.scaled_dot_product_attention
     with sdpa.counting_backends() as counts:
         attention(tokens)
         F.scaled_dot_product_attention(*tokens.view(1, 1, 5, 16).expand(3, -1, -1, -1))
     assert counts == {attention_backends.CPU: 2}
-    assert F.scaled_dot_product_attention is not None
+    assert F.scaled_dot_product_attention is original
     attention(tokens)
     assert counts == {attention_backends.CPU: 2}
 
