@@ -23,13 +23,15 @@ from tests.support.infer_inputs import (
     write_images,
     write_inputs,
 )
-from vggt.infer import cli, main, memory_check
+from vggt.infer import cli, failures, main, memory_check, outputs
 from vggt.infer.errors import InputError
 from vggt.infer.inputs import find_images
 from vggt.infer.memory_check import RunShape, plan_memory, refusal
 from vggt.infer.options import parse_options
 from vggt.models.architecture import VGGT_1B
+from vggt.parallel.group import CollectiveError, collective
 from vggt.precision import get_precision
+from vggt.utils.load_fn import ContentBox
 
 EXIT_BAD_INPUT = 2
 
@@ -139,11 +141,14 @@ def test_offline_hub_id_is_refused(inputs: dict[str, Path], tmp_path: Path) -> N
     assert len(completed.stderr.strip().splitlines()) == 1
 
 
-def test_unwritable_output_folder(inputs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("writer", [[], ["--single-writer"]])
+def test_unwritable_output_folder(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture, writer: list[str]
+) -> None:
     blocker = inputs["root"] / "a-file"
     blocker.write_text("")
     out = str(blocker / "out")
-    arguments = [str(inputs["images"]), "--out", out, "--device", "cpu"]
+    arguments = [str(inputs["images"]), "--out", out, "--device", "cpu", *writer]
     status = main([*arguments, "--checkpoint", str(inputs["checkpoint"]), "--size", SIZE])
     assert_refused(capsys, status, "cannot create output folder", out)
 
@@ -399,3 +404,85 @@ def test_an_output_folder_other_ranks_cannot_see_is_refused(tmp_path: Path) -> N
     problem = cli.unshared_folder(blind, tmp_path)
     assert problem.startswith(f"the output folder {tmp_path} is not shared: ranks [1] cannot")
     assert not list(tmp_path.iterdir())
+
+
+def test_frames_per_round_keep_rank_0_within_the_budget() -> None:
+    assert cli.frames_per_round(1000, 2, 100) == 5
+    assert cli.frames_per_round(999, 2, 100) == 4
+    assert cli.frames_per_round(100, 4, 100) == 1  # a frame from each rank, even over budget
+    frame = 518 * 518 * 6 * 4  # depth, world_points (3) and two confidences in fp32
+    assert cli.frames_per_round(cli.ROUND_BYTES, 8, frame) == 10
+
+
+class FirstOfTwo:
+    """Rank 0 of two whose rank 1 holds rank 0's first frames: a gather returns the frames
+    rank 0 sends, then the first of them again, as many as rank 1 sends."""
+
+    world_size, rank, is_first = 2, 0, True
+
+    def __init__(self) -> None:
+        self.sizes: list[list[int]] = []
+
+    def gather_frames(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        self.sizes.append(counts)
+        return torch.cat([local[:, : counts[0]], local[:, : counts[1]]], dim=1)
+
+
+class SecondOfTwo:
+    """Rank 1 of two: its gathers return nothing."""
+
+    world_size, rank, is_first = 2, 1, False
+
+    def gather_frames(self, local: torch.Tensor, counts: list[int]) -> None:
+        return None
+
+
+def test_a_single_writer_writes_each_round_as_it_arrives(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    predictions = {
+        "depth": torch.rand(1, 3, 4, 5, 1),
+        "depth_conf": torch.rand(1, 3, 4, 5),
+        "world_points": torch.rand(1, 3, 4, 5, 3),
+        "world_points_conf": torch.rand(1, 3, 4, 5),
+    }
+    boxes = [ContentBox(index % 2, 0, 4 - index % 2, 5) for index in range(5)]
+    frame_bytes = 4 * 5 * 6 * 4
+    cli.write_frames_on_first(
+        tmp_path / "absent", predictions, [3, 2], boxes, SecondOfTwo(), 4 * frame_bytes
+    )
+    assert not (tmp_path / "absent").exists()
+    first = FirstOfTwo()
+    cli.write_frames_on_first(tmp_path, predictions, [3, 2], boxes, first, 4 * frame_bytes)
+    assert first.sizes == [[2, 2]] * 4 + [[1, 0]] * 4  # two frames a rank, then the rest
+    for index, local in enumerate([0, 1, 2, 0, 1]):
+        box = boxes[index]
+        with np.load(outputs.frame_path(tmp_path, index)) as frame:
+            depth = predictions["depth"][0, local, box.top :, :, 0].numpy()
+            np.testing.assert_array_equal(frame["depth"], depth)
+            points = predictions["world_points"][0, local, box.top :].numpy()
+            np.testing.assert_array_equal(frame["world_points"], points)
+
+
+def test_a_peer_failure_is_told_by_its_type_not_its_words() -> None:
+    assert not failures.is_peer_failure(RuntimeError("nccl socket timed out: connection reset"))
+    assert failures.is_peer_failure(dist.DistNetworkError("rendezvous store unreachable"))
+    with pytest.raises(CollectiveError) as caught, collective("all-to-all"):
+        raise RuntimeError("[gloo] Connection closed by peer\nsecond line")
+    assert failures.is_peer_failure(caught.value)
+    assert str(caught.value) == "all-to-all failed: [gloo] Connection closed by peer"
+    # Running out of memory inside a collective is this rank's problem, not a peer's.
+    with pytest.raises(torch.OutOfMemoryError), collective("all-gather"):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+def test_a_rank_own_error_reaches_torchruns_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    error_file = tmp_path / "error.json"
+    monkeypatch.delenv(failures.ERROR_FILE_VARIABLE, raising=False)
+    failures.record_for_torchrun(ValueError("no file outside torchrun"))
+    assert not error_file.exists()
+    monkeypatch.setenv(failures.ERROR_FILE_VARIABLE, str(error_file))
+    failures.record_for_torchrun(ValueError("bad frame 7"))
+    recorded = json.loads(error_file.read_text())
+    assert recorded["message"]["message"] == "ValueError: bad frame 7"

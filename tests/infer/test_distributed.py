@@ -1,7 +1,8 @@
 """`vggt.infer` end to end on gloo ranks: a plain run (world size 1), 2 ranks on two torchrun
-agents meeting as two nodes would (ulysses) and 3 ranks on one (ring, as the small model has 2
-heads) write the same frames, cameras and tracks to a relative L2 error of 1e-5; and a rank
-killed in the middle of the forward ends the whole run with a clear line, never a hang."""
+agents meeting as two nodes would (ulysses), the same with --single-writer in a folder only rank
+0 has, and 3 ranks on one (ring, as the small model has 2 heads) write the same frames, cameras
+and tracks to a relative L2 error of 1e-5; and a rank killed in the middle of the forward ends
+the whole run with a clear line, never a hang."""
 
 import json
 import subprocess
@@ -52,11 +53,19 @@ def arguments(inputs: dict[str, Path], out: Path) -> list[str]:
     ]
 
 
-def run_on_two_nodes(inputs: dict[str, Path], out: Path) -> subprocess.CompletedProcess:
+def run_on_two_nodes(
+    inputs: dict[str, Path], out: Path, *extra: str, cwds: list[Path] | None = None
+) -> subprocess.CompletedProcess:
     """vggt.infer on two torchrun agents of one rank each (c10d rendezvous on 127.0.0.1, as
-    on two nodes sharing the output folder); their outputs joined as one run's."""
+    on two nodes; sharing the output folder unless `cwds` and a relative `out` give each its
+    own); their outputs joined as one run's."""
     agents = torchrun_nodes(
-        2, "vggt.infer", arguments(inputs, out), timeout_s=TIMEOUT_S, env=environment()
+        2,
+        "vggt.infer",
+        [*arguments(inputs, out), *extra],
+        timeout_s=TIMEOUT_S,
+        env=environment(),
+        cwds=cwds,
     )
     status = max(agent.returncode for agent in agents)
     stdout = "".join(agent.stdout for agent in agents)
@@ -123,15 +132,40 @@ def test_files_keys_shapes_and_dtypes(outputs: dict[int, Path]) -> None:
     assert not list(out.rglob(".*.tmp"))
 
 
+def far_arrays(out: Path, reference: dict[str, np.ndarray]) -> dict[str, float]:
+    """The relative L2 errors over BOUND of the arrays in `out` against `reference`, which
+    must name the same arrays."""
+    arrays = all_arrays(out)
+    assert arrays.keys() == reference.keys()
+    errors = {name: rel_l2(arrays[name], value) for name, value in reference.items()}
+    return {name: error for name, error in errors.items() if error > BOUND}
+
+
 def test_world_sizes_agree(outputs: dict[int, Path]) -> None:
     reference = all_arrays(outputs[1])
     assert len(reference) == 4 * 4 + 3 + 3
     for ranks in (2, 3):
-        arrays = all_arrays(outputs[ranks])
-        assert arrays.keys() == reference.keys()
-        errors = {name: rel_l2(arrays[name], value) for name, value in reference.items()}
-        worst = {name: error for name, error in errors.items() if error > BOUND}
+        worst = far_arrays(outputs[ranks], reference)
         assert not worst, (ranks, worst)
+
+
+def test_a_single_writer_writes_every_frame_in_a_folder_only_rank_0_has(
+    inputs: dict[str, Path], outputs: dict[int, Path]
+) -> None:
+    nodes = [inputs["root"] / f"node{agent}" for agent in range(2)]
+    for node in nodes:
+        node.mkdir()
+    completed = run_on_two_nodes(inputs, Path("out"), "--single-writer", cwds=nodes)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    # The agents' folders differ, so the shared-folder check would have refused the run.
+    written = [node / "out" for node in nodes if (node / "out").exists()]
+    assert len(written) == 1, "the rank that is not rank 0 created --out"
+    run = json.loads((written[0] / "run.json").read_text())
+    assert run["world_size"] == 2 and run["options"]["single_writer"]
+    frames = sorted(path.name for path in (written[0] / "frames").iterdir())
+    assert frames == [f"{i:06d}.npz" for i in range(4)]
+    worst = far_arrays(written[0], all_arrays(outputs[1]))
+    assert not worst, worst
 
 
 def test_run_json(outputs: dict[int, Path]) -> None:

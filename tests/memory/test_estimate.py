@@ -255,6 +255,32 @@ def test_a_split_sequence_costs_the_busiest_rank_less_but_more_than_its_share() 
     assert split.affine_from(1, 224, 224) % 2 == 0
 
 
+def test_hybrid_attention_is_estimated_per_node() -> None:
+    def activations(attention: str, ranks_per_node: int | None = None) -> int:
+        model = FakeModel(
+            "optimized",
+            "aggregator",
+            CPU_SMALL,
+            FP32,
+            attention=attention,
+            world_size=4,
+            ranks_per_node=ranks_per_node,
+        )
+        estimate = model.estimate(8, 1, 224, 224)
+        return estimate.live_peak_bytes - estimate.weights_bytes
+
+    # On one node the hybrid is Ulysses, exchange for exchange.
+    assert activations("hybrid", 4) == activations("ulysses")
+    # Over two nodes each rank also holds its node's queries and a float32 accumulator.
+    assert activations("hybrid", 2) > activations("ulysses")
+    assert (
+        FakeModel(
+            "optimized", "aggregator", CPU_SMALL, FP32, world_size=4, ranks_per_node=2
+        ).attention
+        == "hybrid"
+    )
+
+
 def test_only_the_optimized_variant_splits_and_every_rank_needs_a_frame() -> None:
     with pytest.raises(ValueError, match="cannot split a sequence"):
         FakeModel("full", "aggregator", TINY, FP32, world_size=2)

@@ -41,6 +41,22 @@ TWO_RANK_CASES = {
             "precision": "autocast",
         },
         {"name": "memory", "kind": "memory", "attention": "ulysses", "frames": 16},
+        {
+            "name": "hybrid-two-nodes",
+            "attention": "hybrid",
+            "frames": 5,
+            "batch": 1,
+            "ranks_per_node": 1,
+            "tracks": False,
+        },
+        {
+            "name": "hybrid-one-node",
+            "attention": "hybrid",
+            "frames": 5,
+            "batch": 1,
+            "ranks_per_node": 2,
+            "tracks": False,
+        },
     ],
     "test_golden_recipe_on_two_ranks": [
         {"name": "golden", "kind": "golden", "attention": "ulysses"},
@@ -73,7 +89,7 @@ def assert_exact(findings: list[dict], name: str, precision: str = "fp32") -> No
 
 def test_two_ranks(two_rank_findings: list[dict]) -> None:
     findings = two_rank_findings
-    for name in ("ulysses-5", "ulysses-7-b2", "ring-5"):
+    for name in ("ulysses-5", "ulysses-7-b2", "ring-5", "hybrid-two-nodes", "hybrid-one-node"):
         assert_exact(findings, name)
     assert_exact(findings, "ring-7-bf16", "bf16")
     assert_exact(findings, "ulysses-7-autocast", "autocast")
@@ -117,6 +133,30 @@ def test_three_ranks(tmp_path: Path) -> None:
     assert_exact(findings, "ulysses-7-bf16", "bf16")
     for found in findings:
         assert "at most 2 ranks, not 3: use ring attention" in found["too-many-ranks"]["error"]
+
+
+def test_hybrid_on_two_nodes_of_two_ranks(tmp_path: Path) -> None:
+    """Ulysses inside each pair of ranks, a ring between the pairs: exact at uneven splits
+    (7 frames: 1, 2, 2, 2), in chunks, and within the bound in bf16 autocast."""
+    hybrid = {
+        "attention": "hybrid",
+        "frames": 7,
+        "batch": 1,
+        "ranks_per_node": 2,
+        "architecture": FOUR_HEADS,
+        "tracks": False,
+    }
+    cases = [
+        {**hybrid, "name": "hybrid-7-chunked", "min_chunk_tokens": 40},
+        {**hybrid, "name": "hybrid-7-autocast", "precision": "autocast"},
+        {**hybrid, "name": "hybrid-too-many-per-node", "ranks_per_node": 4,
+         "architecture": {}},
+    ]  # fmt: skip
+    findings = run_cases(tmp_path, 4, cases)
+    assert_exact(findings, "hybrid-7-chunked")
+    assert_exact(findings, "hybrid-7-autocast", "autocast")
+    for found in findings:
+        assert "4 ranks, 4 per node do not allow it" in found["hybrid-too-many-per-node"]["error"]
 
 
 @st.composite

@@ -20,7 +20,8 @@ from vggt.parallel.group import SimulatedGroup  # noqa: E402
 from vggt.parallel.sequence import SequenceParallelBlocks  # noqa: E402
 
 VICTIM_RANK = 1
-INJECTED = "injected fault"
+# Words a peer's failure also has: the rank's own error must not pass for one by them.
+INJECTED = "injected fault: nccl socket timed out"
 
 
 def fail(fault: str) -> None:

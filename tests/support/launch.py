@@ -50,9 +50,11 @@ def torchrun_nodes(
     *,
     timeout_s: float,
     env: Mapping[str, str] | None = None,
+    cwds: Sequence[Path] | None = None,
 ) -> list[subprocess.CompletedProcess]:
     """Module `target` on `nodes` torchrun agents of one rank each, as if on that many nodes:
-    they meet by c10d rendezvous on 127.0.0.1 (the first agent hosts its store)."""
+    they meet by c10d rendezvous on 127.0.0.1 (the first agent hosts its store). Agent i
+    runs in `cwds[i]` (default: every agent in the repository)."""
     endpoint = f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}"]
     command += ["--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
@@ -60,13 +62,13 @@ def torchrun_nodes(
     agents = [
         subprocess.Popen(
             command,
-            cwd=REPO,
+            cwd=cwd,
             env=None if env is None else dict(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(nodes)
+        for cwd in cwds or [REPO] * nodes
     ]
     finished = []
     try:

@@ -50,7 +50,10 @@ def my_frames(case: dict, rank: int, world_size: int) -> slice:
 
 
 def compare_case(case: dict, group: SequenceGroup) -> dict:
-    """Largest relative L2 error per kept layer and prediction against one device."""
+    """Largest relative L2 error per kept layer and prediction against one device; the case's
+    `ranks_per_node` groups the ranks into nodes (for hybrid attention)."""
+    if "ranks_per_node" in case:
+        group = SequenceGroup(ranks_per_node=case["ranks_per_node"])
     torch.manual_seed(case.get("seed", 0))
     precision = get_precision(case.get("precision", "fp32"))
     model = VGGTOptimized(**{**SMALL_VGGT, **case.get("architecture", {})}).eval()

@@ -1,6 +1,7 @@
 """`vggt.infer`'s main: inputs checked on every rank, each rank's own frames loaded and run
-through the model split over the ranks, each rank's frames written, and rank 0 writing the
-cameras, tracks and run.json of the whole sequence."""
+through the model split over the ranks, each rank's frames written (with --single-writer, sent
+to rank 0, which writes them), and rank 0 writing the cameras, tracks and run.json of the whole
+sequence."""
 
 import argparse
 import hashlib
@@ -51,13 +52,16 @@ from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
 from vggt.memory.timing import forward_time
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.vggt_vram_optimized import VGGTOptimized
-from vggt.parallel.group import rank_slice, split_evenly
+from vggt.parallel.group import rank_slice, split_evenly, starts
 from vggt.parallel.launch import Launch
 from vggt.parallel.sequence import choose_attention
 from vggt.utils.load_fn import ContentBox
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+FRAME_KEYS = ("depth", "depth_conf", "world_points", "world_points_conf")
+# --single-writer: at most this many bytes of frames reach rank 0 in one round.
+ROUND_BYTES = 512 * 2**20
 Result = TypeVar("Result")
 
 
@@ -102,11 +106,17 @@ def run(options: argparse.Namespace, launch: Launch, watches: list[Watch] | None
     paths = frames_for(options.images, launch.world_size)
     points = read_query_points(options.query_points) if options.query_points else None
     checkpoint = resolve_checkpoint(options.checkpoint, options.config)
-    attention = attention_for(options, checkpoint.architecture, launch.world_size)
+    attention = attention_for(
+        options, checkpoint.architecture, launch.world_size, launch.local_world_size
+    )
     if points is not None and not checkpoint.config.get("enable_track", True):
         raise InputError(f"the model of {checkpoint.config_source} has no track head")
     weights = read_weights(checkpoint)
-    out = prepare_output_folder(options.out)
+    if options.single_writer:
+        # Rank 0 alone prepares it, once the ranks are up, so that the others hear of a problem.
+        out = Path(options.out).expanduser()
+    else:
+        out = prepare_output_folder(options.out)
     step = forward_time(
         checkpoint.architecture,
         len(paths),
@@ -147,11 +157,19 @@ def run_on_ranks(
     attention: str,
     started: float,
 ) -> None:
-    """The run once the ranks are up: the same images and a shared output folder on every rank,
-    headers and this rank's frames (a problem any rank finds is raised on all), the memory
-    check, the model, the forward and the files."""
+    """The run once the ranks are up: the same images on every rank, the output folder shared
+    (or, with --single-writer, prepared by rank 0 alone), headers and this rank's frames (a
+    problem any rank finds is raised on all), the memory check, the model, the forward and the
+    files."""
     ranks.agree(different_inputs(ranks.all_gather(inputs_fingerprint(paths))))
-    ranks.agree(unshared_folder(ranks, out))
+    # Every rank's launcher agreed on the nodes (or not): the attention for the known topology.
+    attention = attention_for(
+        options, checkpoint.architecture, ranks.world_size, ranks.ranks_per_node
+    )
+    if options.single_writer:
+        _agreed(ranks, lambda: prepare_output_folder(options.out) if ranks.is_first else None)
+    else:
+        ranks.agree(unshared_folder(ranks, out))
     plans = _agreed(ranks, lambda: read_plans(paths, options.mode, options.size))
     boxes, shape = content_boxes(plans), padded_shape(plans)
     if points is not None:
@@ -175,7 +193,10 @@ def run_on_ranks(
         info(f"frames of different sizes padded to {shape[0]}x{shape[1]}, outputs cut back")
     predicted = None if estimate is None else estimate["forward"]["seconds"]
     predictions = predict(model, images, points, boxes[0], options, ranks, predicted)
-    outputs.write_frames(out, predictions, mine.start, boxes)
+    if options.single_writer:
+        write_frames_on_first(out, predictions, counts, boxes, ranks)
+    else:
+        outputs.write_frames(out, predictions, mine.start, boxes)
     write_sequence_files(out, predictions, counts, shape, boxes, ranks)
     peaks = ranks.all_gather(peak_memory(ranks.device))
     communication = ranks.all_gather(ranks.communication())
@@ -287,11 +308,18 @@ def frames_for(images: Sequence[str], world_size: int) -> list[Path]:
     return paths
 
 
-def attention_for(options: argparse.Namespace, architecture: Architecture, world_size: int) -> str:
-    """--attention, or the rule's default for `world_size` ranks (`choose_attention`);
-    InputError for ulysses over more ranks than heads."""
+def attention_for(
+    options: argparse.Namespace,
+    architecture: Architecture,
+    world_size: int,
+    ranks_per_node: int | None = None,
+) -> str:
+    """--attention, or the rule's default for `world_size` ranks, `ranks_per_node` on each node
+    (`choose_attention`); InputError for a split the heads or nodes do not allow."""
     try:
-        return choose_attention(options.attention, world_size, architecture.num_heads)
+        return choose_attention(
+            options.attention, world_size, architecture.num_heads, ranks_per_node
+        )
     except ValueError as error:
         raise InputError(f"{error} (--attention ring)") from None
 
@@ -397,3 +425,36 @@ def write_sequence_files(
         conf = tracks["conf"][0] if "conf" in tracks else None
         arrays = outputs.track_arrays(tracks["track"][0], tracks["vis"][0], conf, boxes)
         outputs.write_tracks(out, arrays)
+
+
+def frames_per_round(budget_bytes: int, world_size: int, frame_bytes: int) -> int:
+    """Frames each rank sends rank 0 in one round, so that rank 0 receives at most
+    `budget_bytes` of frames of `frame_bytes` each from the `world_size` ranks; at least one."""
+    return max(1, budget_bytes // (world_size * frame_bytes))
+
+
+def write_frames_on_first(
+    out: Path,
+    predictions: dict,
+    counts: list[int],
+    boxes: list[ContentBox],
+    ranks: Ranks,
+    budget_bytes: int = ROUND_BYTES,
+) -> None:
+    """--single-writer: every rank's frames (`counts` per rank) gathered on rank 0 in rounds
+    of at most `budget_bytes` (but a frame from each rank), each round's written by rank 0
+    before the next starts; every rank takes part in every round, with no frames once its own
+    are all sent."""
+    frame_bytes = sum(predictions[key][0, 0].nbytes for key in FRAME_KEYS)
+    step = frames_per_round(budget_bytes, ranks.world_size, frame_bytes)
+    for begin in range(0, max(counts), step):
+        sizes = [min(step, max(0, count - begin)) for count in counts]
+        ours = {key: predictions[key][:, begin : begin + step] for key in FRAME_KEYS}
+        received = {key: ranks.gather_frames(frames, sizes) for key, frames in ours.items()}
+        if not ranks.is_first:
+            continue
+        offset = 0
+        for start, size in zip(starts(counts), sizes, strict=True):
+            pieces = {key: frames[:, offset : offset + size] for key, frames in received.items()}
+            outputs.write_frames(out, pieces, start + begin, boxes)
+            offset += size

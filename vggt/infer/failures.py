@@ -6,8 +6,9 @@ stopping the run is handled even while the main thread waits inside a CUDA or NC
 beats a counter in the store and reads the others'; it ends the rank with one line when
 torchrun stops it, when another rank reported an error, or when another rank's counter has
 not moved for half of `--timeout` (a rank stopped or hung, which no collective error names).
-A collective that raises because a peer is gone ends the same way, naming the peer when the
-store knows it.
+A collective that raises because a peer is gone (a `CollectiveError`, or a `DistError` of the
+rendezvous) ends the same way, naming the peer when the store knows it; any other error is
+this rank's own, and it is also written where torchrun's error summary reads it.
 """
 
 import os
@@ -17,10 +18,13 @@ import threading
 import time
 
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+from vggt.parallel.group import CollectiveError
 
 EXIT_STOPPED = 1
-# Words of the errors collectives raise when a peer is gone or late (gloo, NCCL, the store).
-PEER_FAILURE_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket")
+# Where torchrun tells each rank to write the error that ended it.
+ERROR_FILE_VARIABLE = "TORCHELASTIC_ERROR_FILE"
 FAILED_KEY = "vggt.infer/failed"
 BEAT_KEY = "vggt.infer/beat/{rank}"
 DONE_KEY = "vggt.infer/done/{rank}"
@@ -37,11 +41,16 @@ def stop_now(line: str) -> None:
 
 
 def is_peer_failure(error: BaseException) -> bool:
-    """Whether `error` is a collective failing because another rank is gone or late."""
-    if isinstance(error, dist.DistError):
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and any(w in message for w in PEER_FAILURE_WORDS)
+    """Whether `error` is a collective failing because another rank is gone or late: told by
+    its type alone (`collective` gives collectives' failures theirs)."""
+    return isinstance(error, (CollectiveError, dist.DistError))
+
+
+def record_for_torchrun(error: BaseException) -> None:
+    """Write `error` to the file torchrun names in TORCHELASTIC_ERROR_FILE, so its summary of
+    the failed run shows this rank's error as the root cause (nothing outside torchrun)."""
+    if os.environ.get(ERROR_FILE_VARIABLE):
+        ErrorHandler().record_exception(error)
 
 
 def first_line(error: BaseException) -> str:
@@ -80,6 +89,7 @@ class Watch:
         written to the store for the others, then one line either way."""
         if is_peer_failure(error):
             stop_now(self.stopped_line(f"({first_line(error)})"))
+        record_for_torchrun(error)
         self._report(f"{self.rank}\t{first_line(error)}")
         stop_now(f"vggt.infer: rank {self.rank} failed: {first_line(error)}")
 

@@ -12,7 +12,7 @@ from vggt.precision import DTYPE_MODES, PRECISIONS, choose_precision, get_precis
 from vggt.utils.load_fn import PATCH_SIZE, TARGET_SIZE
 
 DEFAULT_CHECKPOINT = "facebook/VGGT-1B"
-DRY_RUN_ONLY = ("world_size", "device_memory", "json")
+DRY_RUN_ONLY = ("world_size", "ranks_per_node", "device_memory", "json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, folders (their image files) or globs; frames in sorted name order",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--single-writer",
+        action="store_true",
+        help="rank 0 writes every frame, for an --out folder that only rank 0's node has; the "
+        "other ranks send it their frames (default: each rank writes its own, in a folder "
+        "every node shares)",
+    )
     parser.add_argument(
         "--checkpoint",
         default=DEFAULT_CHECKPOINT,
@@ -93,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--attention",
         choices=tuple(ATTENTIONS),
-        help="global attention over ranks (default: ulysses, ring when ranks > heads)",
+        help="global attention over ranks (default on one node: ulysses, ring when ranks > "
+        "heads; on several nodes: hybrid, ulysses inside each node and ring between them)",
     )
     parser.add_argument(
         "--timeout",
@@ -120,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="with --dry-run: the ranks to plan for (default: torchrun's WORLD_SIZE, else 1)",
+    )
+    parser.add_argument(
+        "--ranks-per-node",
+        type=int,
+        metavar="N",
+        help="with --dry-run: ranks on each node (default: torchrun's LOCAL_WORLD_SIZE, else "
+        "all on one node)",
     )
     parser.add_argument(
         "--device-memory",
@@ -158,8 +173,14 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if given:
             names = ", ".join(f"--{name.replace('_', '-')}" for name in given)
             parser.error(f"{names} only apply with --dry-run")
+    launch = Launch.from_environment()
     if options.world_size is None:
-        options.world_size = Launch.from_environment().world_size
+        options.world_size = launch.world_size
     elif options.world_size < 1:
         parser.error(f"--world-size must be at least 1, got {options.world_size}")
+    if options.dry_run and options.ranks_per_node is None:
+        options.ranks_per_node = launch.local_world_size
+    per_node = options.ranks_per_node
+    if per_node is not None and not 1 <= per_node <= options.world_size:
+        parser.error(f"--ranks-per-node must be between 1 and the world size, got {per_node}")
     return options

@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 
 from vggt.infer.errors import InputError
-from vggt.parallel.group import FrameLayout, SequenceGroup
-from vggt.parallel.launch import Launch
+from vggt.parallel.group import FrameLayout, SequenceGroup, collective
+from vggt.parallel.launch import Launch, agreed_ranks_per_node
 
 
 class Ranks:
@@ -17,7 +17,8 @@ class Ranks:
 
     def __init__(self, launch: Launch, device_type: str, timeout_s: float) -> None:
         """Bind this rank's device (cuda: LOCAL_RANK's GPU) and, with several ranks, join the
-        process group (NCCL on CUDA, gloo on the CPU) with the given timeout."""
+        process group (NCCL on CUDA, gloo on the CPU) with the given timeout and learn how the
+        ranks lie over nodes (`ranks_per_node`, None when the launcher does not say)."""
         self.rank = launch.rank
         self.world_size = launch.world_size
         try:
@@ -25,9 +26,12 @@ class Ranks:
         except ValueError as error:
             raise InputError(str(error)) from None
         self.group: SequenceGroup | None = None
+        self.ranks_per_node: int | None = None
         if self.world_size > 1:
             launch.join(device_type, timedelta(seconds=timeout_s))
-            self.group = SequenceGroup()
+            with collective("finding the nodes"):
+                self.ranks_per_node = agreed_ranks_per_node(launch)
+            self.group = SequenceGroup(ranks_per_node=self.ranks_per_node)
 
     @property
     def is_first(self) -> bool:
@@ -47,13 +51,15 @@ class Ranks:
         if self.world_size == 1:
             return [value]
         gathered: list = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
+        with collective("all-gather"):
+            dist.all_gather_object(gathered, value)
         return gathered
 
     def barrier(self) -> None:
         """Wait for every rank (nothing at world size 1)."""
         if self.world_size > 1:
-            dist.barrier()
+            with collective("barrier"):
+                dist.barrier()
 
     def gather_frames(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor | None:
         """Every rank's [B, n_rank, ...] tensor joined along dim 1 on rank 0 (None elsewhere);

@@ -94,7 +94,8 @@ class FakeModel:
     `target_device` is the device type the estimate is for: the streamed blocks take its
     minimum chunk size (vggt.streaming.chunks.MIN_CHUNK_ELEMENTS). With `world_size` > 1 the
     sequence is split over that many ranks (`parallelize(group, attention)`, the optimized
-    variant's; `attention` None takes `choose_attention`'s default) and a pass traces the last
+    variant's; `attention` None takes `choose_attention`'s default for `ranks_per_node` ranks
+    on each node, None: one node) and a pass traces the last
     rank alone through a `SimulatedGroup`: it holds the largest share of `split_evenly` (the
     last ranks take the extra frames and, under Ulysses, the extra heads), so it is the
     busiest rank. `passes` counts fake passes.
@@ -113,6 +114,7 @@ class FakeModel:
         nccl_bytes: int = NCCL_BYTES,
         world_size: int = 1,
         attention: str | None = None,
+        ranks_per_node: int | None = None,
     ) -> None:
         if target_device not in MIN_CHUNK_ELEMENTS:
             raise ValueError(f"unknown target device {target_device!r}")
@@ -126,7 +128,9 @@ class FakeModel:
         self.nccl_bytes = nccl_bytes if world_size > 1 else 0
         self.world_size = world_size
         self._estimates: dict[tuple[int, int, int, int], Estimate] = {}
-        self.attention = choose_attention(attention, world_size, architecture.num_heads)
+        self.attention = choose_attention(
+            attention, world_size, architecture.num_heads, ranks_per_node
+        )
         self.passes = 0
         with torch.device("meta"):
             module = precision.apply(get_variant(variant).build(component, architecture))
@@ -141,7 +145,7 @@ class FakeModel:
         if world_size > 1:
             if not hasattr(module, "parallelize"):
                 raise ValueError(f"variant {variant!r} cannot split a sequence over ranks")
-            self.group = SimulatedGroup(rank=world_size - 1, world_size=world_size)
+            self.group = SimulatedGroup(world_size - 1, world_size, ranks_per_node)
             module.parallelize(self.group, self.attention)
             runner = aggregator.block_runner
         self.chunk_runner = runner if isinstance(runner, StreamedBlocks) else None

@@ -56,6 +56,23 @@ class FrameLayout:
         return self.counts[self.rank]
 
 
+class CollectiveError(RuntimeError):
+    """A collective failed: another rank is gone or late, or the link to it broke."""
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Run the collective `what` names; a RuntimeError it raises (running out of memory
+    aside) becomes a CollectiveError, so callers tell a peer's failure by its type."""
+    try:
+        yield
+    except (CollectiveError, torch.OutOfMemoryError):
+        raise
+    except RuntimeError as error:
+        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise CollectiveError(f"{what} failed: {cause[:300]}") from error
+
+
 # Collectives the host may queue on a GPU before waiting for the oldest of them to finish:
 # NCCL's watchdog times a collective from when it is queued, so a host running a whole global
 # block's exchanges ahead would make a slow, healthy block look hung.
@@ -81,20 +98,23 @@ class CommunicationLog:
     events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
 
     @contextlib.contextmanager
-    def timing(self, bytes_sent: int, device: torch.device) -> Iterator[None]:
-        """Count one collective sending `bytes_sent` bytes and time the block around it."""
+    def timing(self, what: str, bytes_sent: int, device: torch.device) -> Iterator[None]:
+        """Count collective `what` sending `bytes_sent` bytes and time the block around it;
+        its failure is raised as a CollectiveError."""
         self.calls += 1
         self.bytes_sent += bytes_sent
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            yield
+            with collective(what):
+                yield
             end.record()
             self.events.append((start, end))
             hold_back([finish for _, finish in self.events[-EXCHANGES_AHEAD - 1 :]])
             return
         begin = time.perf_counter()
-        yield
+        with collective(what):
+            yield
         self.host_seconds += time.perf_counter() - begin
 
     @property
@@ -108,16 +128,45 @@ class CommunicationLog:
 
 class SequenceGroup:
     """The collectives of sequence parallelism over a torch.distributed process group;
-    `log` counts what they move."""
+    `log` counts what they move. `ranks_per_node` (None: all on one node) says how the ranks,
+    numbered node by node, lie over nodes, for attention that follows the topology."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        ranks_per_node: int | None = None,
+        log: CommunicationLog | None = None,
+    ) -> None:
         if not dist.is_initialized():
             raise RuntimeError("sequence parallelism needs torch.distributed initialised first")
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        self.ranks_per_node = ranks_per_node or self.world_size
         self._buffers: dict[str, torch.Tensor] = {}
-        self.log = CommunicationLog()
+        self._nodes: tuple[SequenceGroup, SequenceGroup] | None = None
+        self.log = log or CommunicationLog()
+
+    def by_node(self) -> "tuple[SequenceGroup, SequenceGroup]":
+        """(the ranks of this rank's node, the ranks at this rank's place on every node) as
+        groups sharing this group's log; made once, by every rank of the group together."""
+        if self._nodes is None:
+            size = self.ranks_per_node
+            if self.world_size % size:
+                raise ValueError(f"{self.world_size} ranks do not fill nodes of {size} ranks")
+            ranks = [self._global_rank(rank) for rank in range(self.world_size)]
+            with collective("making the node groups"):
+                within, _ = dist.new_subgroups_by_enumeration(
+                    [ranks[first : first + size] for first in range(0, self.world_size, size)]
+                )
+                across, _ = dist.new_subgroups_by_enumeration(
+                    [ranks[place::size] for place in range(size)]
+                )
+            self._nodes = (
+                SequenceGroup(within, log=self.log),
+                SequenceGroup(across, log=self.log),
+            )
+        return self._nodes
 
     def layout(self, images: torch.Tensor, check: Callable[[torch.Tensor], None]) -> FrameLayout:
         """Every rank's frame count, after each rank has run `check` on its own images [B, n,
@@ -131,7 +180,8 @@ class SequenceGroup:
         except ValueError as error:
             facts = (0, None, str(error))
         gathered: list = [None] * self.world_size
-        dist.all_gather_object(gathered, facts, group=self.group)
+        with collective("comparing the ranks' frames"):
+            dist.all_gather_object(gathered, facts, group=self.group)
         problems = [f"rank {rank}: {fact[2]}" for rank, fact in enumerate(gathered) if fact[2]]
         if problems:
             raise ValueError("; ".join(problems))
@@ -187,7 +237,7 @@ class SequenceGroup:
         """Send `source`'s consecutive pieces (sizes `source_splits`) to ranks 0, 1, ...;
         receive theirs into `output` (sizes `output_splits`)."""
         elsewhere = sum(source_splits) - source_splits[self.rank]
-        with self.log.timing(elsewhere * source.element_size(), source.device):
+        with self.log.timing("all-to-all", elsewhere * source.element_size(), source.device):
             dist.all_to_all_single(
                 output, source, list(output_splits), list(source_splits), group=self.group
             )
@@ -208,7 +258,8 @@ class SequenceGroup:
         """Every rank's [B, n_rank, ...] tensor, concatenated along dim 1 in rank order."""
         padded = self._padded(local, layout)
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
-        with self.log.timing(_nbytes(padded) * (self.world_size - 1), padded.device):
+        sent = _nbytes(padded) * (self.world_size - 1)
+        with self.log.timing("all-gather", sent, padded.device):
             dist.all_gather(pieces, padded, group=self.group)
         return _unpad(pieces, layout)
 
@@ -218,14 +269,15 @@ class SequenceGroup:
         padded = self._padded(local, layout)
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
         destination = self._global_rank(0)
-        with self.log.timing(0 if self.rank == 0 else _nbytes(padded), padded.device):
+        sent = 0 if self.rank == 0 else _nbytes(padded)
+        with self.log.timing("gather", sent, padded.device):
             dist.gather(padded, pieces if self.rank == 0 else None, destination, group=self.group)
         return _unpad(pieces, layout) if self.rank == 0 else None
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         """Overwrite `tensor` on every rank with the group's rank 0's."""
         sent = _nbytes(tensor) * (self.world_size - 1) if self.rank == 0 else 0
-        with self.log.timing(sent, tensor.device):
+        with self.log.timing("broadcast", sent, tensor.device):
             dist.broadcast(tensor, self._global_rank(0), group=self.group)
 
     def _global_rank(self, rank: int) -> int:
@@ -252,7 +304,7 @@ class RingTransfer:
 
     def wait(self) -> None:
         """Block until this rank's send and receive are done."""
-        with self.log.timing(self.bytes_sent, self.device):
+        with self.log.timing("ring exchange", self.bytes_sent, self.device):
             for work in self.works:
                 work.wait()
 
@@ -270,13 +322,28 @@ class SimulatedGroup(SequenceGroup):
     """One rank of a split sequence, alone: collectives give tensors of the right shapes but
     move nothing, so a trace of this rank (e.g. the memory estimator's) needs no other rank."""
 
-    def __init__(self, rank: int, world_size: int) -> None:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        ranks_per_node: int | None = None,
+        log: CommunicationLog | None = None,
+    ) -> None:
         self.group = None
         self.rank = rank
         self.world_size = world_size
+        self.ranks_per_node = ranks_per_node or world_size
         self.counts: tuple[int, ...] | None = None
         self._buffers = {}
-        self.log = CommunicationLog()
+        self.log = log or CommunicationLog()
+
+    def by_node(self) -> "tuple[SequenceGroup, SequenceGroup]":
+        """Simulated groups of this rank's node and of its place on every node."""
+        size = self.ranks_per_node
+        return (
+            SimulatedGroup(self.rank % size, size, log=self.log),
+            SimulatedGroup(self.rank // size, self.world_size // size, log=self.log),
+        )
 
     def layout(self, images: torch.Tensor, check: Callable[[torch.Tensor], None]) -> FrameLayout:
         """The layout of `counts` (set beforehand), after checking this rank's images."""

@@ -3,6 +3,7 @@ its device (`LOCAL_RANK`'s GPU on CUDA) and the process group's backend (NCCL on
 the CPU)."""
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -11,6 +12,8 @@ import torch.distributed as dist
 
 # Where launchers put a process's rank on its node: torchrun, Slurm's srun, Open MPI's mpirun.
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
+# Where they put the number of ranks on the node, in the same order.
+LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 
 @dataclass(frozen=True)
@@ -20,20 +23,21 @@ class Launch:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int | None = None
 
     @classmethod
     def from_environment(cls) -> "Launch":
-        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; rank 0 of 1 without them. Without
-        LOCAL_RANK the node-local rank of Slurm or Open MPI is taken, else -1 (unknown: the
-        device is chosen from the rank)."""
+        """torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; rank 0 of 1 without
+        them. Without LOCAL_RANK the node-local rank of Slurm or Open MPI is taken, else -1
+        (unknown: the device is chosen from the rank); the ranks on the node likewise, else
+        None (unknown)."""
         rank = int(os.environ.get("RANK", "0"))
-        local = next(
-            (os.environ[name] for name in LOCAL_RANK_VARIABLES if name in os.environ), None
-        )
+        local = _first_integer(LOCAL_RANK_VARIABLES)
         return cls(
             rank=rank,
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
-            local_rank=int(local) if local is not None else (-1 if "RANK" in os.environ else 0),
+            local_rank=local if local is not None else (-1 if "RANK" in os.environ else 0),
+            local_world_size=_first_integer(LOCAL_SIZE_VARIABLES),
         )
 
     @staticmethod
@@ -62,6 +66,38 @@ class Launch:
             world_size=self.world_size if store is not None else -1,
             timeout=timeout,
         )
+
+
+def ranks_per_node(places: Sequence[tuple[int, int | None]]) -> int | None:
+    """Ranks per node from every rank's (local rank, ranks on its node), in rank order: their
+    common count when the ranks are numbered node by node, else None (topology unknown)."""
+    sizes = {size for _, size in places}
+    size = sizes.pop() if len(sizes) == 1 else None
+    if not size or len(places) % size:
+        return None
+    if any(local != rank % size for rank, (local, _) in enumerate(places)):
+        return None
+    return size
+
+
+def agreed_ranks_per_node(launch: Launch) -> int | None:
+    """`ranks_per_node` of every rank's launch, gathered over the default process group (which
+    must exist when there are several ranks)."""
+    place = (launch.local_rank, launch.local_world_size)
+    if launch.world_size == 1:
+        return ranks_per_node([place])
+    places: list = [None] * launch.world_size
+    dist.all_gather_object(places, place)
+    return ranks_per_node(places)
+
+
+def _first_integer(names: Sequence[str]) -> int | None:
+    """The first of the environment variables `names` that holds an integer, else None."""
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def cuda_index(local_rank: int, rank: int, count: int | None = None) -> int:

@@ -5,20 +5,28 @@ import torch
 
 from vggt.layers.block import Block
 from vggt.parallel.group import FrameLayout, SequenceGroup
+from vggt.parallel.hybrid import hybrid_block_
 from vggt.parallel.ring import ring_block_
 from vggt.parallel.ulysses import ulysses_block_
 from vggt.streaming.blocks import StreamedBlocks, no_guard
 from vggt.streaming.chunks import ChunkPolicy
 
-ATTENTIONS = {"ulysses": ulysses_block_, "ring": ring_block_}
+ATTENTIONS = {"ulysses": ulysses_block_, "ring": ring_block_, "hybrid": hybrid_block_}
 
 
-def choose_attention(requested: str | None, world_size: int, heads: int) -> str:
-    """The global attention for a sequence over `world_size` ranks of a model with `heads`
-    heads: `requested`, or by default ulysses (less memory per rank, less traffic from 3 ranks
-    on) unless there are more ranks than heads, then ring. ValueError for an unknown name or
-    ulysses over more ranks than heads (it splits the heads over the ranks)."""
+def choose_attention(
+    requested: str | None, world_size: int, heads: int, ranks_per_node: int | None = None
+) -> str:
+    """The global attention for a sequence over `world_size` ranks, `ranks_per_node` on each
+    node (None: one node), of a model with `heads` heads: `requested`, or by default hybrid
+    (ulysses inside nodes, ring between them) over several nodes of several ranks, at most
+    `heads` each; else ulysses (less memory per rank, less traffic from 3 ranks on) unless
+    there are more ranks than heads, then ring. ValueError for an unknown name or a split the
+    heads or nodes do not allow."""
+    per_node = ranks_per_node or world_size
     if requested is None:
+        if 1 < per_node < world_size and per_node <= heads:
+            return "hybrid"
         return "ulysses" if world_size <= heads else "ring"
     if requested not in ATTENTIONS:
         raise ValueError(f"unknown attention {requested!r}; choose from {', '.join(ATTENTIONS)}")
@@ -27,12 +35,19 @@ def choose_attention(requested: str | None, world_size: int, heads: int) -> str:
             f"ulysses attention splits the model's {heads} heads over the ranks, so at most "
             f"{heads} ranks, not {world_size}: use ring attention"
         )
+    if requested == "hybrid" and (world_size % per_node or per_node > heads):
+        raise ValueError(
+            f"hybrid attention splits the model's {heads} heads over each node's ranks and "
+            f"needs whole nodes: {world_size} ranks, {per_node} per node do not allow it; "
+            "use ring attention"
+        )
     return requested
 
 
 class SequenceParallelBlocks(StreamedBlocks):
     """`StreamedBlocks` whose global blocks span every rank's frames, by `attention`
-    ("ulysses": the `heads` over ranks by all-to-all; "ring": K/V blocks passed round them).
+    ("ulysses": the `heads` over ranks by all-to-all; "ring": K/V blocks passed round them;
+    "hybrid": ulysses inside each node of the group, ring between nodes).
 
     `layout` (set by the aggregator for each forward) says how the frames lie over ranks.
     """
@@ -42,7 +57,7 @@ class SequenceParallelBlocks(StreamedBlocks):
     ) -> None:
         super().__init__(policy)
         self.group = group
-        self.attention = choose_attention(attention, group.world_size, heads)
+        self.attention = choose_attention(attention, group.world_size, heads, group.ranks_per_node)
         self.layout: FrameLayout | None = None
 
     def __call__(

@@ -6,12 +6,14 @@ each rank projects its queries, an all-to-all sends every rank its heads of them
 keeps the whole sequence's queries), attention runs per head over the whole sequence with the
 ordinary kernel (no softmax merging), and a third all-to-all returns the chunk's output, all
 heads, to the rank that owns the tokens, which finishes the block there (output projection,
-residual, MLP) in place. Ranks may hold different
-token counts and head counts (16 heads over 3 ranks: 5, 5, 6); every rank makes the same
-number of exchanges, some possibly empty.
+residual, MLP) in place. Ranks may hold different token counts and head counts (16 heads over
+3 ranks: 5, 5, 6); every rank makes the same number of exchanges, some possibly empty.
+
+The three exchanges are also the inner level of the hybrid scheme (`vggt.parallel.hybrid`).
 """
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +22,44 @@ from vggt.layers.block import Block
 from vggt.parallel.group import FrameLayout, SequenceGroup, split_evenly, starts
 from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_
 from vggt.streaming.chunks import chunk_count
+
+
+@dataclass(frozen=True)
+class HeadShare:
+    """How the ranks of one all-to-all group split heads and exchange tokens: `tokens[r]` and
+    `heads[r]` of group rank r, and `bounds[r][piece]`, the (start, end) of r's own tokens
+    sent in exchange `piece` (every rank makes `pieces` exchanges, some maybe empty)."""
+
+    tokens: tuple[int, ...]
+    heads: tuple[int, ...]
+    bounds: tuple[tuple[tuple[int, int], ...], ...]
+
+    @classmethod
+    def plan(cls, tokens: list[int], num_heads: int, batch: int, chunk_tokens: int) -> "HeadShare":
+        """Heads split evenly over the group's ranks; each rank's tokens in as many
+        near-equal pieces as the largest rank's needs for chunks of `chunk_tokens` rows."""
+        pieces = chunk_count(batch * max(tokens), chunk_tokens)
+        bounds = tuple(_piece_bounds(count, pieces) for count in tokens)
+        return cls(tuple(tokens), tuple(split_evenly(num_heads, len(tokens))), bounds)
+
+    @property
+    def pieces(self) -> int:
+        """Exchanges per phase."""
+        return len(self.bounds[0])
+
+    def rows(self, source: int, piece: int) -> slice:
+        """Where rank `source`'s tokens of exchange `piece` lie among all the group's tokens."""
+        start, end = self.bounds[source][piece]
+        offset = starts(self.tokens)[source]
+        return slice(offset + start, offset + end)
+
+    def column(self, piece: int) -> list[tuple[int, int]]:
+        """Every rank's (start, end) of exchange `piece`, in rank order."""
+        return [ranges[piece] for ranges in self.bounds]
+
+    def head_ranges(self) -> list[tuple[int, int]]:
+        """(first head, head count) of each rank."""
+        return list(zip(starts(self.heads), self.heads, strict=True))
 
 
 def ulysses_block_(
@@ -33,54 +73,89 @@ def ulysses_block_(
 ) -> None:
     """Run global block `block` in place on this rank's tokens x [B, T_rank, C]."""
     attn = block.attn
-    batch, local_tokens, _ = x.shape
-    tokens = [count * (local_tokens // layout.local) for count in layout.counts]
-    heads = split_evenly(attn.num_heads, group.world_size)
-    pieces = chunk_count(batch * max(tokens), chunk_tokens)
-    bounds = [_piece_bounds(count, pieces) for count in tokens]
-    mine, dim = group.rank, attn.head_dim
-    token_offsets = starts(tokens)
-    head_ranges = list(zip(starts(heads), heads, strict=True))
-    shape = (batch, heads[mine], sum(tokens), dim)
-    keys = values = None
-    for piece in range(pieces):
-        start, end = bounds[mine][piece]
+    per_frame = x.shape[1] // layout.local
+    tokens = [count * per_frame for count in layout.counts]
+    share = HeadShare.plan(tokens, attn.num_heads, x.shape[0], chunk_tokens)
+    keys, values = gather_keys_values(block, x, pos, share, group)
+    for piece in range(share.pieces):
+        parts = gather_queries(block, x, pos, share, group, piece)
+        outputs = [_attend(attn, part, keys, values) for part in parts]
+        del parts
+        finish_piece_(block, x, share, group, piece, outputs, guard)
+
+
+def gather_keys_values(
+    block: Block, x: torch.Tensor, pos: torch.Tensor | None, share: HeadShare, group: SequenceGroup
+) -> torch.Tensor:
+    """Keys and values [2, B, heads_mine, T_group, D] of this rank's heads for every token of
+    the group, projected chunk by chunk from each rank's own tokens."""
+    attn, batch, mine, dim = block.attn, x.shape[0], group.rank, block.attn.head_dim
+    kv_all = None
+    for piece in range(share.pieces):
+        start, end = share.bounds[mine][piece]
         part_pos = None if pos is None else pos[:, start:end]
         kv = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
         dtype = attention_dtype(kv[1])
-        if keys is None:
-            keys, values = (x.new_empty(shape, dtype=dtype) for _ in range(2))
-        outgoing = [[t[:, h : h + n] for t in kv] for h, n in head_ranges]
-        incoming = [(2, batch, heads[mine], b - a, dim) for a, b in _column(bounds, piece)]
+        if kv_all is None:
+            shape = (2, batch, share.heads[mine], sum(share.tokens), dim)
+            kv_all = x.new_empty(shape, dtype=dtype)
+        outgoing = [[t[:, h : h + n] for t in kv] for h, n in share.head_ranges()]
+        incoming = [(2, batch, share.heads[mine], b - a, dim) for a, b in share.column(piece)]
         received = group.exchange(outgoing, incoming, dtype)
         del kv, outgoing
         for source, part in enumerate(received):
-            a, b = bounds[source][piece]
-            rows = slice(token_offsets[source] + a, token_offsets[source] + b)
-            keys[:, :, rows], values[:, :, rows] = part
+            kv_all[:, :, :, share.rows(source, piece)] = part
         del received
-    for piece in range(pieces):
-        start, end = bounds[mine][piece]
-        part_pos = None if pos is None else pos[:, start:end]
-        (q,) = attn.project(block.norm1(x[:, start:end]), part_pos, "q", rotate_inplace=True)
-        outgoing = [[q[:, h : h + n]] for h, n in head_ranges]
-        column = _column(bounds, piece)
-        incoming = [(batch, heads[mine], b - a, dim) for a, b in column]
-        received = group.exchange(outgoing, incoming, keys.dtype)
-        del q, outgoing
-        outputs = [_attend(attn, part, keys, values) for part in received]
-        del received
-        incoming = [(1, batch, n, end - start, dim) for n in heads]
-        received = group.exchange([[t] for t in outputs], incoming, outputs[0].dtype)
-        del outputs
-        if end == start:
-            continue
-        heads_out = [torch.cat([part[0] for part in received], dim=1)]
-        del received
-        guard((batch - 1) * local_tokens + end)
-        rows = x[:, start:end]
-        add_attention_(block, rows, heads_out)
-        add_mlp_(block, rows)
+    return kv_all
+
+
+def gather_queries(
+    block: Block,
+    x: torch.Tensor,
+    pos: torch.Tensor | None,
+    share: HeadShare,
+    group: SequenceGroup,
+    piece: int,
+) -> list[torch.Tensor]:
+    """Exchange `piece`'s queries: rank r's tokens of it [B, heads_mine, rows_r, D], for every
+    rank r of the group, projected here from this rank's own tokens of the piece. Views of
+    the group's receive buffer: use them before its next exchange."""
+    attn, batch, dim = block.attn, x.shape[0], block.attn.head_dim
+    start, end = share.bounds[group.rank][piece]
+    part_pos = None if pos is None else pos[:, start:end]
+    (q,) = attn.project(block.norm1(x[:, start:end]), part_pos, "q", rotate_inplace=True)
+    outgoing = [[q[:, h : h + n]] for h, n in share.head_ranges()]
+    mine = share.heads[group.rank]
+    incoming = [(batch, mine, b - a, dim) for a, b in share.column(piece)]
+    return group.exchange(outgoing, incoming, attention_dtype(q))
+
+
+def finish_piece_(
+    block: Block,
+    x: torch.Tensor,
+    share: HeadShare,
+    group: SequenceGroup,
+    piece: int,
+    outputs: list[torch.Tensor],
+    guard: WriteGuard,
+) -> None:
+    """Send each rank r its tokens' attention output of `piece` for this rank's heads
+    (`outputs[r]` [B, heads_mine, rows_r, D]) and finish this rank's own rows of the piece
+    with every head's output: projection, residual and MLP, in place. `outputs` is emptied
+    once sent, so the caller holds nothing of it."""
+    batch, dim = x.shape[0], block.attn.head_dim
+    start, end = share.bounds[group.rank][piece]
+    incoming = [(1, batch, n, end - start, dim) for n in share.heads]
+    received = group.exchange([[t] for t in outputs], incoming, outputs[0].dtype)
+    outputs.clear()
+    if end == start:
+        return
+    heads_out = [torch.cat([part[0] for part in received], dim=1)]
+    del received
+    guard((batch - 1) * x.shape[1] + end)
+    rows = x[:, start:end]
+    add_attention_(block, rows, heads_out)
+    add_mlp_(block, rows)
 
 
 def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -90,11 +165,6 @@ def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) 
     return attn.attend(q, k, v)
 
 
-def _piece_bounds(count: int, pieces: int) -> list[tuple[int, int]]:
+def _piece_bounds(count: int, pieces: int) -> tuple[tuple[int, int], ...]:
     """`pieces` consecutive (start, end) ranges over range(count), near-equal, maybe empty."""
-    return list(itertools.pairwise([*starts(split_evenly(count, pieces)), count]))
-
-
-def _column(bounds: list[list[tuple[int, int]]], piece: int) -> list[tuple[int, int]]:
-    """Every rank's range of exchange `piece`, in rank order."""
-    return [ranges[piece] for ranges in bounds]
+    return tuple(itertools.pairwise([*starts(split_evenly(count, pieces)), count]))
