@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="attention",
         choices=tuple(ATTENTIONS),
         help="global attention across ranks with --parallel sequence (default: ulysses, ring "
-        "when there are more ranks than heads)",
+        "when there are more ranks than heads; hybrid over several nodes of several ranks)",
     )
     return parser
 
@@ -361,14 +361,17 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
             load_variant_module(module)
     settings = dataclasses.replace(preset.settings, **axis_changes(args, preset.settings))
     check_settings(settings, preset.architecture.patch_size)
-    world_size = Launch.from_environment().world_size
+    launch = Launch.from_environment()
+    world_size = launch.world_size
     check_world_size(args.parallel, world_size)
     if args.parallel == "sequence":
         variants = sequence_variants(settings, preset.architecture, args.variants is not None)
         settings = dataclasses.replace(settings, variants=variants)
     check_memory_budget(args.memory_budget, device_type)
     with usage_errors():
-        attention = choose_attention(args.attention, world_size, preset.architecture.num_heads)
+        attention = choose_attention(
+            args.attention, world_size, preset.architecture.num_heads, launch.local_world_size
+        )
     out_dir, resume = choose_out_dir(args, attempt)
     return SweepConfig(
         preset=preset.name,

@@ -26,6 +26,7 @@ from profiling.sweep.records import CaseRecord, PartialLog, deduplicate, read_pa
 from profiling.sweep.sequence import measure_split_group
 from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
 from vggt.parallel.group import SequenceGroup
+from vggt.parallel.launch import Launch, agreed_ranks_per_node
 
 LOG_DIR = "logs"
 
@@ -117,8 +118,10 @@ def run_sweep(
         if any(c.case_id not in finished for c in expected_cases(group, config, rank.world_size))
     ]
     if config.parallel == "sequence":
+        nodes = agreed_ranks_per_node(Launch.from_environment())
+        sequence = SequenceGroup(ranks_per_node=nodes)
         split = functools.partial(
-            measure_split_group, sequence=SequenceGroup(), attention=config.attention
+            measure_split_group, sequence=sequence, attention=config.attention
         )
         produced = measure_pending(config, context, out_dir, pending, range(len(pending)), split)
     else:
