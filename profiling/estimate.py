@@ -4,7 +4,7 @@ size, as a table or as JSON.
 
     python -m profiling.estimate --preset vggt-1b --frames 1,200,1000 --precision autocast \\
         --device-memory 24GiB,80GiB [--height H --width W] [--offload] [--world-size N] \\
-        [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--nccl 1GiB] [--json]
+        [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--nccl 1GiB] [--gpu H100] [--json]
 """
 
 import argparse
@@ -18,6 +18,7 @@ from dataclasses import asdict
 
 from profiling.sweep.options import UsageError, parse_counts
 from profiling.sweep.presets import load_preset
+from vggt.memory.device_rates import rates_for
 from vggt.memory.estimate import (
     CUBLAS_WORKSPACE_BYTES,
     CUDA_CONTEXT_BYTES,
@@ -25,7 +26,7 @@ from vggt.memory.estimate import (
     FakeModel,
 )
 from vggt.memory.fit import max_frames_by_budget
-from vggt.memory.timing import DEVICE_TFLOPS, LINK_GBS, forward_time
+from vggt.memory.timing import forward_time
 from vggt.memory.units import bytes_in, format_bytes, parse_bytes
 from vggt.models.variants import COMPONENTS, variant_names
 from vggt.parallel.sequence import ATTENTIONS, choose_attention
@@ -95,8 +96,8 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
         )
         + f" ({CONTEXT_NOTE}); allocated includes a cuBLAS workspace of "
         f"{format_bytes(args.cublas_workspace_bytes)}; {FITS_RULE}. Predicted seconds: one "
-        f"forward on the busiest rank at {DEVICE_TFLOPS:g} TFLOP/s and {LINK_GBS:g} GB/s per "
-        "rank (stated rates, not measurements).",
+        f"forward on the busiest rank at {args.rates.tflops:g} TFLOP/s and "
+        f"{args.rates.link_gbs:g} GB/s per rank, {args.rates.describe()}.",
     ]
     for result in results:
         for size, frames in result["max_frames_by_budget"].items():
@@ -153,10 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         "frames counted over all ranks",
     )
     parser.add_argument(
+        "--ranks-per-node",
+        type=int,
+        help="GPUs on each node when --world-size spans several nodes (default: one node)",
+    )
+    parser.add_argument(
         "--attention",
         choices=tuple(ATTENTIONS),
         help="global attention over the GPUs (default: ulysses, ring when there are more GPUs "
-        "than heads)",
+        "than heads; hybrid over several nodes of several GPUs)",
     )
     parser.add_argument(
         "--cublas-workspace",
@@ -182,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="worker processes, one variant each (default: the CPU count)",
     )
+    parser.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="GPU whose rates predict the seconds, matched by type in "
+        "vggt/memory/device_rates.json (e.g. H100); default: the stated H100/H200-class rates",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -196,6 +208,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.cublas_workspace_bytes = parse_bytes(args.cublas_workspace)
         args.cuda_context_bytes = parse_bytes(args.cuda_context)
         args.nccl_bytes = parse_bytes(args.nccl)
+        args.rates = rates_for(args.gpu)
         architecture = load_preset(args.preset).architecture
         default = get_precision("autocast")
         args.precision = choose_precision(args.precision, args.dtype, args.dtype_mode, default)
@@ -216,10 +229,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if args.world_size < 1:
         parser.error("--world-size must be at least 1")
+    per_node = args.ranks_per_node
+    if per_node is not None and not 1 <= per_node <= args.world_size:
+        parser.error(f"--ranks-per-node must be between 1 and --world-size, got {per_node}")
     if args.world_size > 1 and "full" in args.variant_list:
         parser.error("--world-size above 1 splits only the optimized variant: --variants optimized")
     try:
-        args.attention = choose_attention(args.attention, args.world_size, architecture.num_heads)
+        args.attention = choose_attention(
+            args.attention, args.world_size, architecture.num_heads, args.ranks_per_node
+        )
     except ValueError as error:
         parser.error(f"{error} (--attention ring)")
     if min(args.frames_list) < args.world_size:
@@ -242,6 +260,7 @@ def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
         nccl_bytes=args.nccl_bytes,
         world_size=args.world_size,
         attention=args.attention,
+        ranks_per_node=args.ranks_per_node,
     )
     estimates = [model.estimate(frames, *size) for frames in args.frames_list]
     fits = max_frames_by_budget(model, args.budgets, *size)
@@ -256,6 +275,8 @@ def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
             args.world_size,
             model.attention,
             heads=args.component == "model",
+            ranks_per_node=args.ranks_per_node,
+            rates=args.rates,
         )
         rows.append({**asdict(estimate), "predicted_seconds": forward.seconds})
     return {
@@ -297,10 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "offload": args.offload,
             "world_size": args.world_size,
             "attention": args.attention,
+            "ranks_per_node": args.ranks_per_node,
             "cublas_workspace_bytes": args.cublas_workspace_bytes,
             "cuda_context_bytes": args.cuda_context_bytes,
             "nccl_bytes": args.nccl_bytes if args.world_size > 1 else 0,
             "fits_rule": FITS_RULE,
+            "rates": args.rates.to_json(),
             "device_memory_bytes": args.budgets[0],
             "device_memory_list": args.budgets,
             "elapsed_s": round(elapsed_s, 1),

@@ -5,22 +5,27 @@ estimates' workers, the report).
 `--plan` prints each step's predicted seconds and the total without running anything (no GPU
 needed; `--json` for a machine-readable form). Exit status: 0 when every planned check ran
 and passed, 1 when a check failed or erred, 3 when a check was skipped for time or is
-incomplete, or nothing could run (no CUDA device). `--dry-run --device cpu` runs the same
-steps at tiny sizes on a CPU, as the tests do.
+incomplete, or nothing could run (no CUDA device). `--adopt DIR` makes the rate a run measured
+its GPU type's entry in the library's rates table (profiling/evidence/adopt.py; exit 1 when
+refused). `--dry-run --device cpu` runs the same steps at tiny sizes on a CPU, as the tests do.
 """
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from profiling.evidence.adopt import NotAdopted, adopt
 from profiling.evidence.checks import plan_lines, run_evidence
 from profiling.evidence.plan import DEFAULT_BUDGET_S, Rates, dry_run_plan, gpu_plan
 from profiling.evidence.report import SUMMARY_FILE
 from profiling.evidence.results import EXIT_INCOMPLETE, Deadline, exit_status, unfinished
+from vggt.memory.device_rates import RATES_PATH
 
+EXIT_NOT_ADOPTED = 1
 EXIT_USAGE = 2
 
 
@@ -49,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=Rates().tflops,
         metavar="T",
         help="effective bf16 TFLOP/s of the GPU the plan's seconds are predicted for "
-        f"(default {Rates().tflops:g}, an H100 or H200 under PyTorch's SDPA)",
+        f"(default {Rates().tflops:g}: the rates table's stated rate of an H100 or H200 under "
+        "PyTorch's SDPA)",
     )
     parser.add_argument(
         "--plan", action="store_true", help="print the plan and its predicted seconds; run nothing"
@@ -57,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="with --plan: print it as JSON")
     parser.add_argument(
         "--dry-run", action="store_true", help="tiny sizes that run on a CPU in seconds (tests)"
+    )
+    parser.add_argument(
+        "--adopt",
+        type=Path,
+        metavar="DIR",
+        help="run nothing: make DIR/results.json's measured rate its GPU type's entry in the "
+        "rates table (refused when a check failed or no rate was measured on a GPU)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=Path,
+        default=RATES_PATH,
+        metavar="PATH",
+        help="with --adopt: the rates table to write (default: the library's)",
     )
     parser.add_argument(
         "--device",
@@ -67,12 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def adopt_rate(folder: Path, table: Path) -> int:
+    """`--adopt DIR`: write the entry and say so, or say why not (EXIT_NOT_ADOPTED)."""
+    try:
+        rates = adopt(folder, table)
+    except NotAdopted as reason:
+        print(f"profiling.gpu_check: not adopted: {reason}", file=sys.stderr)
+        return EXIT_NOT_ADOPTED
+    print(
+        f"{table}: {rates.gpu} now predicts at {rates.tflops:g} TFLOP/s, measured on "
+        f"{rates.device} ({rates.report}, {rates.date})"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Plan or run the evidence; see the module docstring for the exit statuses."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.tflops <= 0 or args.budget_s <= 0:
         parser.error("--tflops and --budget-s must be positive")
+    if args.adopt is not None:
+        return adopt_rate(args.adopt, args.rates)
     plan = dry_run_plan() if args.dry_run else gpu_plan(args.budget_s, Rates(tflops=args.tflops))
     if args.plan:
         if args.json:

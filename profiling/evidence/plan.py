@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from profiling.sweep.presets import load_preset
-from vggt.memory.timing import DEVICE_TFLOPS, forward_time
+from vggt.memory.device_rates import rates_for
+from vggt.memory.timing import forward_time
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.variants import Variant, register_variant, variant_names
 from vggt.precision import Precision, get_precision
@@ -44,10 +45,10 @@ REPEATS = 1
 
 @dataclass(frozen=True)
 class Rates:
-    """Effective rates of the target GPU (an H100 or H200 by default: vggt.memory.timing's
-    stated bf16 rate, fp32 work at its share of it) and fixed costs, in seconds."""
+    """Effective rates of the target GPU (an H100 or H200 by default: the rates table's stated
+    bf16 rate, fp32 work at its share of it) and fixed costs, in seconds."""
 
-    tflops: float = DEVICE_TFLOPS
+    tflops: float = field(default_factory=lambda: rates_for(None).tflops)
     bandwidth_gbs: float = 2500.0
     forward_overhead_s: float = 0.3
     build_s: float = 4.0
@@ -130,6 +131,8 @@ class Plan:
     min_chunk_tokens: int | None = None
     reference_bytes: dict[int, int] = field(default_factory=dict)
     seed: int = 0
+    # The fewest tokens of a timed point that enters the measured rate (`rate.py`).
+    rate_min_tokens: int = 40_000
 
     def points(self, step: str) -> tuple[Point, ...]:
         """The points a measuring step runs (none for the others)."""
@@ -247,7 +250,8 @@ def dry_run_plan() -> Plan:
     """The tiny preset made 12 layers deep at 28x28, so its kept layers outweigh its images
     and the optimized aggregator needs clearly less than the full one; its memory cap is
     applied in fp32, which the estimator counts exactly on a CPU; chunks of 64 tokens, so a
-    few hundred tokens make several."""
+    few hundred tokens make several; its 128-frame points (1,152 tokens) give the measured
+    rate."""
     architecture = dataclasses.replace(load_preset("tiny").architecture, depth=12, img_size=28)
     side = (28, 28)
     return Plan(
@@ -273,6 +277,7 @@ def dry_run_plan() -> Plan:
         test_timeout_s=60.0,
         offload_piece_bytes=4 << 10,
         min_chunk_tokens=64,
+        rate_min_tokens=1_000,
     )
 
 

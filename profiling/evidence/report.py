@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from profiling.evidence.plan import Plan, Point
+from profiling.evidence.rate import MeasuredRate, measured_rate
 from profiling.evidence.results import (
     PASS,
     ContextData,
@@ -145,8 +146,9 @@ def data_json(data: StepData | None) -> dict[str, Any]:
 
 def write_results(out_dir: Path, run: Run, steps: list[StepResult]) -> None:
     """results.json: when it started, the plan, the environment, the time spent, the device
-    memory outside the allocator and every step."""
+    memory outside the allocator, the measured rate and every step."""
     context = next((step.data for step in steps if isinstance(step.data, ContextData)), None)
+    rate = measured_rate(run.plan, steps, run.environment["torch"])
     document = {
         "started_at": run.started_at,
         "plan": plan_json(run.plan),
@@ -155,6 +157,7 @@ def write_results(out_dir: Path, run: Run, steps: list[StepResult]) -> None:
         "elapsed_s": round(run.deadline.elapsed(), 1),
         "cuda_context_bytes": None if context is None else context.cuda_context_bytes,
         "nccl_bytes": None if context is None else context.nccl_bytes,
+        "measured_rate": None if rate is None else rate.to_json(),
         "steps": [
             {
                 "name": step.name,
@@ -312,6 +315,25 @@ def step_section(step: StepResult, plan: Plan) -> list[str]:
     return lines
 
 
+def rate_lines(rate: MeasuredRate | None, plan: Plan) -> list[str]:
+    """The measured rate, its points, and how it becomes the library's."""
+    if rate is None:
+        return [
+            "",
+            f"Measured rate: none (no optimized aggregator timed in 16 bits at "
+            f"{plan.rate_min_tokens:,} tokens or more).",
+        ]
+    points = "; ".join(f"{point.label}: {point.tflops:.3g}" for point in rate.points)
+    return [
+        "",
+        f"Measured rate: {rate.tflops:.3g} TFLOP/s on {rate.device_name} (torch {rate.torch}): "
+        f"the optimized aggregator's FLOPs over its timed forwards' median seconds, at points "
+        f"of {rate.min_tokens:,} tokens or more ({points}). Measured on a GPU, "
+        "`python -m profiling.gpu_check --adopt DIR` makes it the forward-time predictions' "
+        "rate for its type.",
+    ]
+
+
 def summary_markdown(run: Run, steps: list[StepResult]) -> str:
     """The whole summary."""
     plan, deadline = run.plan, run.deadline
@@ -341,6 +363,7 @@ def summary_markdown(run: Run, steps: list[StepResult]) -> str:
             ],
         ),
     ]
+    lines += rate_lines(measured_rate(plan, steps, run.environment["torch"]), plan)
     for step in steps:
         lines += step_section(step, plan)
     lines += ["", "## Environment", "", *environment_table(run.environment)]

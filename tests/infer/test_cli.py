@@ -286,6 +286,30 @@ def test_dry_run_loads_nothing_and_answers_as_the_estimator(
     assert entry["estimates"][0]["required_bytes"] == document["per_rank_bytes"]
 
 
+def test_dry_run_plans_the_nodes_and_the_gpu_named(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    config = write_config(inputs["root"] / "small.json")
+    argv = [str(inputs["images"]), "--out", "o", "--config", str(config), "--size", "56"]
+    argv += ["--dry-run", "--json", "--device", "cpu", "--world-size", "4"]
+
+    def planned(*extra: str) -> dict:
+        assert main([*argv, *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    one_node = planned()
+    two_nodes = planned("--ranks-per-node", "2", "--gpu", "NVIDIA H200")
+    # The small model has 2 heads: 4 ranks on one node need a ring; 2 nodes of 2 the hybrid.
+    assert (one_node["attention"], two_nodes["attention"]) == ("ring", "hybrid")
+    assert "stated rates for H200" in two_nodes["forward"]["source"]
+    # Per rank and block the hybrid sends (4 * 1/2 + 2 * 1) / 4 of the tokens, ring 2 * 3/4.
+    ratio = two_nodes["forward"]["exchange_seconds"] / one_node["forward"]["exchange_seconds"]
+    assert ratio == pytest.approx(1 / 1.5)
+    with pytest.raises(SystemExit):
+        main([*argv, "--ranks-per-node", "5"])
+    assert "--ranks-per-node must be between 1 and the world size" in capsys.readouterr().err
+
+
 def test_dry_run_prints_the_requirement_and_the_fit(
     inputs: dict[str, Path], capsys: pytest.CaptureFixture
 ) -> None:

@@ -1,11 +1,14 @@
 """`python -m profiling.gpu_check`: its plan and predicted seconds, its whole flow at dry-run
 sizes on the CPU (steps, summary, results, plots), exit statuses, the time budget inside and
 between steps, errors kept to their step, a killed run's results, the memory cap, the
-estimates' figures, SDPA backend counting and pytest's per-test timeout."""
+estimates' figures, SDPA backend counting, pytest's per-test timeout, and the measured rate
+and its adoption into the rates table."""
 
+import dataclasses
 import json
 import multiprocessing.context
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from profiling import gpu_check
 from profiling.evidence import checks
+from profiling.evidence.adopt import report_name
 from profiling.evidence.checks import Context, fit_need, pytest_summary
 from profiling.evidence.estimates import (
     EstimateFigures,
@@ -26,17 +30,24 @@ from profiling.evidence.estimates import (
     point_jobs,
 )
 from profiling.evidence.plan import (
+    AGGREGATORS,
+    CHUNKED,
     DEFAULT_BUDGET_S,
     README_SIZE,
+    UNCHUNKED,
+    Point,
     Rates,
     dry_run_plan,
     gpu_plan,
 )
+from profiling.evidence.rate import MeasuredRate, RatePoint, measured_rate
 from profiling.evidence.results import (
     EXIT_FAILED,
     EXIT_INCOMPLETE,
     EXIT_PASSED,
     Deadline,
+    Measured,
+    Pair,
     StepResult,
     exit_status,
 )
@@ -44,11 +55,14 @@ from profiling.meters import sdpa
 from profiling.meters.cap import memory_cap
 from profiling.meters.cuda import MIN_HISTORY_ENTRIES, history_entries_for
 from profiling.sweep.presets import load_preset
+from profiling.sweep.records import TimeSummary
 from tests.support.profiling_records import RANK, sample_record
 from tests.support.repo import REPO
 from vggt.layers import attention_backends
 from vggt.layers.attention import Attention
+from vggt.memory.device_rates import RATES_PATH, DeviceRates, rates_for, read_table
 from vggt.models.variants import get_variant
+from vggt.precision import get_precision
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIDENCE_FILES = {
@@ -61,6 +75,15 @@ EVIDENCE_FILES = {
     "offload-and-chunking.png",
     "snapshots",
 }
+H100_NAME = "NVIDIA H100 80GB HBM3"
+# 3.772e15 FLOPs in 9.1 s: 414.5 TFLOP/s.
+RATE = MeasuredRate(
+    (RatePoint("aggregator 200 frames 350x518 autocast", 3.772e15, 9.1),),
+    "cuda:0",
+    H100_NAME,
+    "2.13.0",
+    40_000,
+).to_json()
 STEP_NAMES = [
     "preflight",
     "cuda-context",
@@ -196,6 +219,24 @@ def test_the_dry_run_measures_every_step_and_writes_the_evidence(
         assert f"| {letter}. {name} | {steps[name]['status']} |" in summary
         assert f"## {letter}. {name}" in summary
     assert "| allocator settings |" in summary
+    rate = document["measured_rate"]
+    assert [point["label"] for point in rate["points"]] == ["aggregator 128 frames 28x28 autocast"]
+    assert rate["device"] == "cpu" and rate["variant"] == "optimized"
+    optimized = pairs[1]["records"][1]
+    assert optimized["variant"] == "optimized"
+    # 12 blocks of each kind over 9 tokens a frame, 1,152 in all, 32 wide: 12 · (24·1152·32² +
+    # 4·128·9²·32 + 24·1152·32² + 4·1152²·32) FLOPs.
+    assert rate["points"][0] == {
+        "label": "aggregator 128 frames 28x28 autocast",
+        "flops": 2_733_834_240,
+        "seconds": optimized["time_ms"]["median"] / 1e3,
+        "tflops": rate["tflops"],
+    }
+    assert "Measured rate: " in summary
+    table = tmp_path / "rates.json"
+    shutil.copy(RATES_PATH, table)
+    assert gpu_check.main(["--adopt", str(out), "--rates", str(table)]) == 1
+    assert "measured on cpu, not on a GPU" in capsys.readouterr().err
 
 
 def test_without_cuda_it_says_so_and_exits_3(
@@ -410,3 +451,137 @@ def test_preflight_fails_on_allocator_settings_the_estimator_does_not_model(
     checks.run_preflight(context, result)
     assert result.status == "fail"
     assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in result.verdict
+
+
+class FlatArchitecture:
+    """1,000 tokens and 1e12 FLOPs a frame at any size, so rates are easy to check by hand."""
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        return 1000
+
+    def aggregator_flops(self, frames: int, height: int, width: int) -> float:
+        return frames * 1e12
+
+
+def timed_pair(frames: int, precision: str, times_ms: dict[str, float | None]) -> Pair:
+    """A point of `frames` whose variants took `times_ms` (None: ran out of memory) on an
+    H100."""
+    variants = tuple(times_ms)
+    point = Point("aggregator", variants, frames, 28, 28, get_precision(precision))
+    records = [
+        sample_record(
+            variant=variant,
+            frames=frames,
+            precision=precision,
+            device="cuda:0",
+            device_name=H100_NAME,
+            status="ok" if ms is not None else "oom",
+            time_ms=None if ms is None else TimeSummary(ms, ms, ms, 0.0, 1),
+        )
+        for variant, ms in times_ms.items()
+    ]
+    return Pair(point, *records)
+
+
+def test_the_measured_rate_pools_the_optimized_forwards_of_enough_tokens_in_16_bits() -> None:
+    plan = dataclasses.replace(
+        dry_run_plan(), architecture=FlatArchitecture(), rate_min_tokens=40_000
+    )
+    full, optimized = AGGREGATORS
+    aggregator = Measured(
+        [
+            timed_pair(10, "autocast", {full: 10.0, optimized: 20.0}),  # 10,000 tokens
+            timed_pair(50, "autocast", {full: 300.0, optimized: 250.0}),  # 200 TFLOP/s
+            timed_pair(100, "fp32", {full: 1000.0, optimized: 900.0}),  # fp32
+            timed_pair(200, "bf16", {full: 2000.0, optimized: None}),  # out of memory
+        ]
+    )
+    square = Measured([timed_pair(100, "bf16", {full: 500.0, optimized: 400.0})])  # 250 TFLOP/s
+    chunking = Measured([timed_pair(100, "autocast", {UNCHUNKED: 100.0, CHUNKED: 100.0})])
+    steps = [
+        StepResult("aggregator", "d", data=aggregator),
+        StepResult("chunking", "g", data=chunking),
+        StepResult("square", "i", data=square),
+    ]
+    rate = measured_rate(plan, steps, "2.13.0")
+    assert rate is not None
+    # 150e12 FLOPs in 0.65 s.
+    assert rate.tflops == pytest.approx(230.769, rel=1e-5)
+    assert [point.tflops for point in rate.points] == pytest.approx([200, 250])
+    assert [point.label for point in rate.points] == [
+        "aggregator 50 frames 28x28 autocast",
+        "aggregator 100 frames 28x28 bf16",
+    ]
+    assert (rate.device, rate.device_name, rate.torch) == ("cuda:0", H100_NAME, "2.13.0")
+    assert measured_rate(plan, steps[1:2], "2.13.0") is None
+    assert RATE["tflops"] == pytest.approx(414.5055, rel=1e-6)
+
+
+def evidence_folder(folder: Path, outcomes: dict[str, str], rate: dict | None) -> Path:
+    """A results.json in `folder`: every step passed unless `outcomes` says otherwise, and
+    `rate` measured."""
+    steps = [
+        {"name": name, "letter": letter, "status": outcomes.get(name, "pass")}
+        for letter, name in zip("abcdefghij", STEP_NAMES, strict=True)
+    ]
+    document = {"started_at": "2026-12-06T09:30:00+00:00", "measured_rate": rate, "steps": steps}
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(document))
+    return folder
+
+
+def test_adopting_a_gpu_run_makes_its_rate_its_gpu_types(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    table = tmp_path / "rates.json"
+    shutil.copy(RATES_PATH, table)
+    committed = RATES_PATH.read_bytes()
+    folder = evidence_folder(tmp_path / "h100", {"square": "skipped (time)"}, RATE)
+    assert gpu_check.main(["--adopt", str(folder), "--rates", str(table)]) == 0
+    assert "H100 now predicts at 414.5 TFLOP/s, measured on NVIDIA H100" in capsys.readouterr().out
+    assert rates_for(H100_NAME, table) == DeviceRates(
+        "H100",
+        414.5,
+        0.25,
+        50.0,
+        "measured",
+        report=str(folder / "results.json"),
+        date="2026-12-06",
+        device=H100_NAME,
+        torch="2.13.0",
+    )
+    assert rates_for("NVIDIA H200", table).source == "stated"
+    other = {**RATE, "device_name": "NVIDIA A100-SXM4-80GB"}
+    folder = evidence_folder(tmp_path / "a100", {}, other)
+    assert gpu_check.main(["--adopt", str(folder), "--rates", str(table)]) == 0
+    a100 = rates_for("NVIDIA A100-SXM4-80GB", table)
+    assert (a100.gpu, a100.tflops, a100.source) == ("NVIDIA A100-SXM4-80GB", 414.5, "measured")
+    assert [rates.gpu for rates in read_table(table).gpus] == ["H100", "H200", a100.gpu]
+    assert RATES_PATH.read_bytes() == committed
+    committed_folder = REPO / "docs" / "results" / "2026-12-06-h100"
+    assert report_name(committed_folder) == "docs/results/2026-12-06-h100/results.json"
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "rate", "reason"),
+    [
+        ({"chunking": "fail"}, RATE, "chunking (fail); a run with a failed check is not adopted"),
+        ({"gpu-tests": "error"}, RATE, "gpu-tests (error)"),
+        ({}, None, "holds no measured rate"),
+        ({}, {**RATE, "device": "cpu"}, "measured on cpu, not on a GPU"),
+    ],
+)
+def test_a_run_with_a_failed_check_or_no_gpu_rate_is_not_adopted(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    outcomes: dict[str, str],
+    rate: dict | None,
+    reason: str,
+) -> None:
+    table = tmp_path / "rates.json"
+    shutil.copy(RATES_PATH, table)
+    before = table.read_bytes()
+    folder = evidence_folder(tmp_path / "run", outcomes, rate)
+    assert gpu_check.main(["--adopt", str(folder), "--rates", str(table)]) == 1
+    assert reason in capsys.readouterr().err
+    assert table.read_bytes() == before

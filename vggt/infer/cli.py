@@ -41,6 +41,7 @@ from vggt.infer.inputs import (
 from vggt.infer.memory_check import (
     RunShape,
     check_memory,
+    device_rates,
     dry_run_report,
     format_seconds,
     plan_memory,
@@ -49,6 +50,7 @@ from vggt.infer.memory_check import (
 from vggt.infer.options import parse_options
 from vggt.infer.ranks import Ranks
 from vggt.infer.report import info, peak_memory, peak_memory_kind, summary_line
+from vggt.memory.device_rates import rates_for
 from vggt.memory.timing import forward_time
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.vggt_vram_optimized import VGGTOptimized
@@ -125,6 +127,8 @@ def run(options: argparse.Namespace, launch: Launch, watches: list[Watch] | None
         options.precision,
         launch.world_size,
         attention,
+        ranks_per_node=launch.local_world_size,
+        rates=device_rates(torch.device(options.device)),
     ).global_block_seconds
     watch = None
     if launch.world_size > 1:
@@ -186,6 +190,7 @@ def run_on_ranks(
         attention,
         options.offload,
         points is not None,
+        ranks.ranks_per_node,
     )
     estimate = check_memory(options, ranks, run)
     model = prepare_model(checkpoint, weights, options, ranks, attention)
@@ -343,11 +348,15 @@ def dry_run(options: argparse.Namespace) -> str:
         *padded_shape(plans),
         architecture,
         options.precision,
-        attention_for(options, architecture, options.world_size),
+        attention_for(options, architecture, options.world_size, options.ranks_per_node),
         options.offload,
         points is not None,
+        options.ranks_per_node,
     )
-    return dry_run_report(plan_memory(run, memory), options.json)
+    gpu = options.gpu
+    if gpu is None and options.device == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name()
+    return dry_run_report(plan_memory(run, memory, rates=rates_for(gpu)), options.json)
 
 
 def prepare_model(

@@ -7,6 +7,8 @@ The requirement per rank is the estimator's: the reserved bound of the caching a
 model, the cuBLAS workspace, the CUDA context and, over several ranks, NCCL's buffers; with
 query points, rank 0 also holds every frame's track features. On CUDA it is compared with the
 free memory each rank reads once its own CUDA context exists, so the context counts once.
+The predicted forward time uses the rates table's entry for rank 0's GPU
+(`vggt.memory.device_rates`); on the CPU and in a dry run, the stated default's.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from vggt.infer.errors import InputError
 from vggt.infer.ranks import Ranks
 from vggt.infer.report import gib, info
 from vggt.memory.allocator import unmodelled_setting
+from vggt.memory.device_rates import DeviceRates, rates_for
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES, Estimate, FakeModel
 from vggt.memory.fit import max_frames, max_frames_by_budget
 from vggt.memory.timing import ForwardTime, forward_time
@@ -34,8 +37,8 @@ TRACK_FEATURE_BYTES = 4
 
 @dataclass(frozen=True)
 class RunShape:
-    """What sizes a run's memory: its frames over `world_size` ranks, their padded size, and
-    how the model runs them."""
+    """What sizes a run's memory: its frames over `world_size` ranks (`ranks_per_node` on each
+    node; None: one node), their padded size, and how the model runs them."""
 
     frames: int
     world_size: int
@@ -46,6 +49,7 @@ class RunShape:
     attention: str
     offload: bool
     tracks: bool
+    ranks_per_node: int | None = None
 
     def model(self) -> FakeModel:
         """The optimized model as the command runs it, on fake tensors."""
@@ -57,6 +61,7 @@ class RunShape:
             self.offload,
             world_size=self.world_size,
             attention=self.attention,
+            ranks_per_node=self.ranks_per_node,
         )
 
 
@@ -97,9 +102,13 @@ def track_feature_bytes(frames: int, shape: tuple[int, int]) -> int:
 
 
 def plan_memory(
-    run: RunShape, device_memory: int | None, model: FakeModel | None = None
+    run: RunShape,
+    device_memory: int | None,
+    model: FakeModel | None = None,
+    rates: DeviceRates | None = None,
 ) -> MemoryPlan:
-    """One fake pass for the run's frames, and, with a device memory, the fit (a few more)."""
+    """One fake pass for the run's frames, and, with a device memory, the fit (a few more);
+    the forward predicted at `rates` (default: the stated ones of an unknown device)."""
     model = model or run.model()
     estimate = model.estimate(run.frames, 1, run.height, run.width)
     tracks = track_feature_bytes(run.frames, (run.height, run.width)) if run.tracks else 0
@@ -116,6 +125,8 @@ def plan_memory(
         run.world_size,
         model.attention,
         heads=True,
+        ranks_per_node=run.ranks_per_node,
+        rates=rates,
     )
     return MemoryPlan(
         frames=run.frames,
@@ -137,6 +148,11 @@ def usable_memory(device: torch.device) -> int:
     the context, is compared like for like."""
     free, _ = torch.cuda.mem_get_info(device)
     return free + CUDA_CONTEXT_BYTES
+
+
+def device_rates(device: torch.device) -> DeviceRates:
+    """The rates table's entry for this CUDA device's name; the stated default elsewhere."""
+    return rates_for(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 
 def least_usable_memory(ranks: Ranks) -> int | None:
@@ -162,9 +178,10 @@ def check_memory(options: argparse.Namespace, ranks: Ranks, run: RunShape) -> di
     plan, problem = None, None
     if ranks.is_first:
         model = run.model()
-        plan = plan_memory(run, None, model)
+        rates = device_rates(ranks.device)
+        plan = plan_memory(run, None, model, rates)
         if memory is not None and plan.per_rank_bytes > memory:
-            plan = plan_memory(run, memory, model)
+            plan = plan_memory(run, memory, model, rates)
             problem = refusal(plan, run, model)
         if not options.quiet:
             info(estimate_line(plan, memory))
@@ -190,11 +207,11 @@ def estimate_line(plan: MemoryPlan, memory: int | None) -> str:
 
 
 def forward_line(forward: ForwardTime) -> str:
-    """The predicted forward time and the rates it assumes."""
+    """The predicted forward time, the rates it assumes and where they come from."""
     return (
         f"predicted forward {format_seconds(forward.seconds)} on the busiest rank (an estimate "
-        f"at {forward.tflops:g} TFLOP/s and {forward.link_gbs:g} GB/s per rank; longest step "
-        f"{format_seconds(forward.global_block_seconds)})"
+        f"at {forward.tflops:g} TFLOP/s and {forward.link_gbs:g} GB/s per rank, "
+        f"{forward.source}; longest step {format_seconds(forward.global_block_seconds)})"
     )
 
 

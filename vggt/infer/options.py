@@ -12,7 +12,7 @@ from vggt.precision import DTYPE_MODES, PRECISIONS, choose_precision, get_precis
 from vggt.utils.load_fn import PATCH_SIZE, TARGET_SIZE
 
 DEFAULT_CHECKPOINT = "facebook/VGGT-1B"
-DRY_RUN_ONLY = ("world_size", "ranks_per_node", "device_memory", "json")
+DRY_RUN_ONLY = ("world_size", "ranks_per_node", "device_memory", "gpu", "json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="with --dry-run: each GPU's memory, e.g. 80GiB (default: this GPU's free memory; "
         "none on a machine without CUDA)",
+    )
+    parser.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="with --dry-run: the GPU type whose rates predict the forward time, e.g. H100 "
+        "(default: this GPU's name; the stated H100/H200-class rates without CUDA)",
     )
     parser.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
     return parser
