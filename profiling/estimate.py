@@ -64,6 +64,11 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
         f"batch {args.batch}"
         + (", layer outputs offloaded to host" if args.offload else "")
         + (
+            ", optimized depth and point predictions in host memory"
+            if args.component == "model" and not args.predictions_on_device
+            else ""
+        )
+        + (
             f", frames split over {args.world_size} GPUs ({args.attention}); per-GPU figures "
             "are the busiest rank's (the last, which holds the extra frames)"
             if args.world_size > 1
@@ -146,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "vggt.infer runs them)",
     )
     parser.add_argument("--offload", action="store_true", help="kept layers in host memory")
+    parser.add_argument(
+        "--predictions-on-device",
+        action="store_true",
+        help="with --component model: keep the depth and point predictions on the GPU "
+        "(default: in host memory, chunk by chunk, as vggt.infer runs the optimized model)",
+    )
     parser.add_argument(
         "--world-size",
         type=int,
@@ -261,6 +272,7 @@ def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
         world_size=args.world_size,
         attention=args.attention,
         ranks_per_node=args.ranks_per_node,
+        host_predictions=not args.predictions_on_device,
     )
     estimates = [model.estimate(frames, *size) for frames in args.frames_list]
     fits = max_frames_by_budget(model, args.budgets, *size)

@@ -9,7 +9,13 @@ from profiling.estimate import main
 from profiling.meters.cpu import peak_live_bytes
 from profiling.sweep.presets import load_preset
 from tests.support.images import seeded_images
-from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES, CudaAutocastRules, FakeModel
+from vggt.memory.estimate import (
+    CUDA_CONTEXT_BYTES,
+    NCCL_BYTES,
+    CudaAutocastRules,
+    Estimate,
+    FakeModel,
+)
 from vggt.memory.fit import max_frames
 from vggt.memory.units import parse_bytes
 from vggt.models.architecture import VGGT_1B
@@ -253,6 +259,19 @@ def test_a_split_sequence_costs_the_busiest_rank_less_but_more_than_its_share() 
         two.live_peak_bytes - two.weights_bytes > (one.live_peak_bytes - one.weights_bytes) * 4 / 7
     )
     assert split.affine_from(1, 224, 224) % 2 == 0
+
+
+def test_the_dense_predictions_count_as_host_memory_when_they_go_there() -> None:
+    def estimate(host_predictions: bool) -> Estimate:
+        model = FakeModel("optimized", "model", CPU_SMALL, FP32, host_predictions=host_predictions)
+        return model.estimate(16, 1, 224, 224)
+
+    on_device, on_host = estimate(False), estimate(True)
+    # depth, depth_conf, world_points (3) and world_points_conf: 6 floats per pixel.
+    dense = 16 * 224 * 224 * 6 * 4
+    assert (on_device.host_bytes, on_host.host_bytes) == (0, dense)
+    assert on_device.output_bytes - on_host.output_bytes == dense
+    assert on_host.live_peak_bytes < on_device.live_peak_bytes
 
 
 def test_hybrid_attention_is_estimated_per_node() -> None:

@@ -152,7 +152,16 @@ def test_predictions_equal_vggt() -> None:
     with torch.no_grad():
         expected = full(images, query_points=points)
         actual = optimized(images, query_points=points)
+        # Dense predictions sent elsewhere, frame chunk by frame chunk: the same values there.
+        optimized.predictions_device = torch.device("cpu")
+        sent = optimized(images, query_points=points)
+        optimized.predictions_device = torch.device("meta")
+        elsewhere = optimized(images, query_points=points)
     assert_same_predictions(actual, expected)
+    assert_same_predictions(sent, expected)
+    dense = {"depth", "depth_conf", "world_points", "world_points_conf"}
+    on_meta = {key for key, value in elsewhere.items() if getattr(value, "is_meta", False)}
+    assert on_meta == dense
 
 
 def test_aggregator_gradients_equal_baseline() -> None:

@@ -163,12 +163,16 @@ def test_the_summary_puts_the_sequence_table_under_its_configuration() -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize(("attention", "frames"), [("ulysses", "2,4"), ("ring", "3")])
+@pytest.mark.parametrize(
+    ("attention", "frames", "component"),
+    [("ulysses", "2,4", "aggregator"), ("ring", "3", "model")],
+)
 def test_two_gloo_ranks_split_each_configuration(
-    attention: str, frames: str, tmp_path: Path
+    attention: str, frames: str, component: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "report"
     options = ["--preset", "tiny", "--device", "cpu", "--quiet", "--frames", frames]
+    options += ["--component", component]
     options += ["--parallel", "sequence", "--sp-attention", attention, "--out", str(out)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = torchrun(2, SWEEP, options, timeout_s=TIMEOUT_S, env=environment, cwd=tmp_path)

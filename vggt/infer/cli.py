@@ -366,10 +366,12 @@ def prepare_model(
     ranks: Ranks,
     attention: str,
 ) -> VGGTOptimized:
-    """The checkpoint's model on this rank's device in the run's precision, split over the
-    ranks when there are several."""
+    """The checkpoint's model on this rank's device in the run's precision, its depth and point
+    predictions put in host memory, split over the ranks when there are several."""
     model = options.precision.apply(build_model(checkpoint, weights, options.offload))
     model = model.to(ranks.device)
+    # The frames' depth and point maps are written from the host: they go there chunk by chunk.
+    model.predictions_device = torch.device("cpu")
     if ranks.group is not None:
         model.parallelize(ranks.group, attention)
     return model

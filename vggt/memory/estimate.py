@@ -98,7 +98,9 @@ class FakeModel:
     on each node, None: one node) and a pass traces the last
     rank alone through a `SimulatedGroup`: it holds the largest share of `split_evenly` (the
     last ranks take the extra frames and, under Ulysses, the extra heads), so it is the
-    busiest rank. `passes` counts fake passes.
+    busiest rank. With `host_predictions` a model that can (the optimized one) puts its depth
+    and point predictions in host memory chunk by chunk, as `vggt.infer` runs it: they count
+    as host bytes. `passes` counts fake passes.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class FakeModel:
         world_size: int = 1,
         attention: str | None = None,
         ranks_per_node: int | None = None,
+        host_predictions: bool = True,
     ) -> None:
         if target_device not in MIN_CHUNK_ELEMENTS:
             raise ValueError(f"unknown target device {target_device!r}")
@@ -137,6 +140,8 @@ class FakeModel:
         aggregator = getattr(module, "aggregator", module)
         if offload and hasattr(aggregator, "offload_device"):
             aggregator.offload_device = torch.device("meta")
+        if host_predictions and hasattr(module, "predictions_device"):
+            module.predictions_device = torch.device("meta")
         runner = getattr(aggregator, "block_runner", None)
         if isinstance(runner, StreamedBlocks) and runner.policy.min_chunk_tokens is None:
             minimum = runner.policy.min_tokens(torch.device(target_device), aggregator.embed_dim)

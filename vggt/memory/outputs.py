@@ -45,7 +45,8 @@ def output_bytes(
 ) -> OutputBytes:
     """Bytes behind `tensors`, each storage once (views of one buffer count once), leaving out
     the storages of `exclude`; an offloaded layer counts its own bytes (the kept layers share
-    one host block) as host memory."""
+    one host block) as host memory, and so does a meta tensor (a fake pass's stand-in for
+    what goes to the host)."""
     seen = {StorageWeakRef(tensor.untyped_storage()) for tensor in exclude}
     totals = {"device": 0, "host": 0}
     for value in tensors:
@@ -55,5 +56,5 @@ def output_bytes(
         storage = value.untyped_storage()
         if StorageWeakRef(storage) not in seen:
             seen.add(StorageWeakRef(storage))
-            totals["device"] += storage.nbytes()
+            totals["host" if value.device.type == "meta" else "device"] += storage.nbytes()
     return OutputBytes(**totals)

@@ -11,6 +11,7 @@ run, so naming and checking variants (a command line's options) stays light.
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from vggt.models.architecture import Architecture
@@ -60,7 +61,8 @@ def build_full(component: str, architecture: Architecture) -> nn.Module:
 
 
 def build_optimized(component: str, architecture: Architecture) -> nn.Module:
-    """The modules that keep only the layers the heads read."""
+    """The modules that keep only the layers the heads read; the model as `vggt.infer` runs
+    it, its depth and point predictions put in host memory chunk by chunk."""
     from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized
     from vggt.models.vggt_vram_optimized import VGGTOptimized
 
@@ -68,7 +70,9 @@ def build_optimized(component: str, architecture: Architecture) -> nn.Module:
         return AggregatorVramOptimized(
             **architecture.aggregator_kwargs(), selected_layer_idx=architecture.head_layers()
         )
-    return VGGTOptimized(**architecture.model_kwargs())
+    model = VGGTOptimized(**architecture.model_kwargs())
+    model.predictions_device = torch.device("cpu")
+    return model
 
 
 register_variant(Variant(BASELINE, build_full))

@@ -25,6 +25,11 @@ class VGGTOptimized(VGGT):
     `progress`, when set, is called with a number of steps done: 1 after each aggregator
     block, and as the heads finish frame chunks, 1 per chunk of FRAMES_CHUNK_SIZE frames; a
     forward on S frames makes `progress_steps(S)` steps in all.
+
+    `predictions_device`, when set (e.g. the CPU), receives the depth and point predictions
+    frame chunk by frame chunk as the heads make them, so nothing the dense heads return grows
+    with the frames on the compute device (a few MB per frame, copied once: page-locked
+    memory would gain little).
     """
 
     def __init__(
@@ -41,6 +46,7 @@ class VGGTOptimized(VGGT):
             selected_layer_idx = sorted(needed) or None
         self.aggregator.keep_layers(selected_layer_idx)
         self.aggregator.offload_device = torch.device("cpu") if offload_outputs else None
+        self.predictions_device: torch.device | None = None
         kept = set(self.aggregator.kept_indices)
         for layer, heads in sorted(needed.items()):
             if layer not in kept:
@@ -110,13 +116,14 @@ class VGGTOptimized(VGGT):
         patch_start_idx: int,
         query_points: torch.Tensor | None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """The heads; on offloaded layers, layers in another dtype than the heads', or frames
-        split over ranks, they run frame chunk by frame chunk."""
+        """The heads; on offloaded layers, layers in another dtype than the heads', frames
+        split over ranks, or predictions sent elsewhere, they run frame chunk by frame chunk."""
         layers = [layer for _, layer in tokens.items()]
         offloaded = any(isinstance(layer, OffloadedLayer) for layer in layers)
         dtype = self.heads_dtype()
         converted = dtype is not None and any(layer.dtype != dtype for layer in layers)
-        if not (offloaded or converted or self.aggregator.sequence_group is not None):
+        elsewhere = self.predictions_device is not None
+        if not (offloaded or converted or elsewhere or self.aggregator.sequence_group is not None):
             predictions = super().predict(tokens, images, patch_start_idx, query_points)
             self._report_heads(images.shape[1])
             return predictions
@@ -146,9 +153,9 @@ class VGGTOptimized(VGGT):
                     values = head(layers, part, patch_start_idx, frames_chunk_size=None)
                     for key, value in zip((name, f"{name}_conf"), values, strict=True):
                         if key not in predictions:
-                            predictions[key] = value.new_empty(
-                                (*images.shape[:2], *value.shape[2:])
-                            )
+                            shape = (*images.shape[:2], *value.shape[2:])
+                            device = self.predictions_device or value.device
+                            predictions[key] = value.new_empty(shape, device=device)
                         predictions[key][:, start:end] = value
             if self.camera_head is not None:
                 cameras.append(layers[-1][:, :, :1].clone())
