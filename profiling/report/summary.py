@@ -146,6 +146,16 @@ def ranks_cell(records: list[CaseRecord], name: str, text: Callable[[Any], str])
     return "-" if value is None else text(value)
 
 
+def hidden_cell(records: list[CaseRecord]) -> str:
+    """The share of the ranks' serial communication time that overlapped forwards hid behind
+    compute: 1 - waited / serial, summed over the ranks (`-` when a figure is missing)."""
+    waited = [record.comm_seconds for record in records]
+    serial = [record.comm_serial_seconds for record in records]
+    if not records or None in waited or None in serial or not sum(serial):
+        return "-"
+    return f"{1 - sum(waited) / sum(serial):.0%}"
+
+
 def sequence_table(records: list[CaseRecord]) -> list[str]:
     """A row per variant, frames and world size above 1: the largest per-rank peak and time
     over the ranks, against the same frames on one rank, with communication and differences."""
@@ -153,7 +163,7 @@ def sequence_table(records: list[CaseRecord]) -> list[str]:
     for record in records:
         cells[(record.variant, record.frames, record.world_size)].append(record)
     header = ["variant", "frames", "ranks", "1-rank peak", "peak per rank", "peak ratio"]
-    header += ["1-rank ms", "ms", "speed-up", "comm ms", "comm per rank"]
+    header += ["1-rank ms", "ms", "speed-up", "comm ms", "comm hidden", "comm per rank"]
     header += ["max abs diff", "max rel diff"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for variant, frames, world_size in sorted(key for key in cells if key[2] > 1):
@@ -166,6 +176,7 @@ def sequence_table(records: list[CaseRecord]) -> list[str]:
             ratio = (split, alone) if name == "activation_peak_bytes" else (alone, split)
             row.append(format_ratio(*(largest_over_ranks(r, name) for r in ratio)))
         row.append(ranks_cell(split, "comm_seconds", lambda seconds: format_ms(seconds * 1e3)))
+        row.append(hidden_cell(split))
         row.append(ranks_cell(split, "comm_bytes", format_size))
         row += [ranks_cell(split, name, format_diff) for name in ("max_abs_diff", "max_rel_diff")]
         lines.append("| " + " | ".join(row) + " |")

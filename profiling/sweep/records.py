@@ -106,6 +106,7 @@ class CaseRecord:
     comm_seconds: float | None = None
     comm_bytes: int | None = None
     cpu_scratch_peak_bytes: int | None = None
+    comm_serial_seconds: float | None = None
 
     @classmethod
     def start(cls, case: Case, rank: RankInfo, warmup: int, repeats: int) -> "CaseRecord":

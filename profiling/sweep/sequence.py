@@ -8,6 +8,7 @@ stages are those of `StageScheduler`. A failure that only some ranks see in a fo
 the others waiting in a collective until the process group times out.
 """
 
+import functools
 import statistics
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from profiling.meters.outputs import compare
+from profiling.meters.timing import time_call_ms
 from profiling.sweep.cases import CaseGroup, Split
 from profiling.sweep.environment import RankInfo
 from profiling.sweep.measure import StageScheduler, fail_all, free_memory, seeded_images
@@ -105,12 +107,27 @@ class SplitStages(StageScheduler):
         super().timed_run(name)
         self.comm_seconds[name].append(self.sequence.log.seconds)
 
+    def serial_run(self, name: str) -> float:
+        """The seconds one forward's collectives take when each is waited for before the next
+        starts (the sequence group's overlap off): what the overlapped forwards hide is
+        measured against it."""
+        self.sequence.log = CommunicationLog()
+        self.sequence.overlap = False
+        try:
+            time_call_ms(functools.partial(self.forward, name), self.device)
+        finally:
+            self.sequence.overlap = True
+        return self.sequence.log.seconds
+
     def run(self, warmup: int, repeats: int) -> None:
-        """All stages; each variant's median communication seconds per timed forward."""
+        """All stages, then one forward with serial exchanges; each variant's median
+        communication seconds per timed forward and the serial forward's."""
         super().run(warmup, repeats)
         for name, samples in self.comm_seconds.items():
-            if samples and self.records[name].status == "ok":
-                self.records[name].comm_seconds = statistics.median(samples)
+            record = self.records[name]
+            if samples and record.status == "ok":
+                record.comm_seconds = statistics.median(samples)
+                record.comm_serial_seconds = self.serial_run(name)
 
 
 def measure_split_group(

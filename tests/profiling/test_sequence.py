@@ -114,6 +114,7 @@ def split_record(world_size: int, rank: int, peak_mib: float, ms: float, **chang
         activation_peak_bytes=int(peak_mib * MIB),
         time_ms=TimeSummary(ms, ms, ms, 0.0, 1),
         comm_seconds=0.0 if world_size == 1 else 0.002 * (rank + 1),
+        comm_serial_seconds=None if world_size == 1 else 0.005 * (rank + 1),
         comm_bytes=0 if world_size == 1 else MIB,
         max_abs_diff=0.0 if world_size == 1 else 1e-7 * (rank + 1),
         max_rel_diff=0.0 if world_size == 1 else 1e-8 * (rank + 1),
@@ -142,6 +143,8 @@ def test_the_sequence_table_shows_the_largest_rank_against_one_rank() -> None:
         "22.0",
         "2.00",
         "4.0",
+        # The ranks waited 2 + 4 ms of the 5 + 10 ms their serial exchanges took.
+        "60%",
         "1.0 MiB",
         "2.00e-07",
         "2.00e-08",
@@ -194,6 +197,7 @@ def test_two_gloo_ranks_split_each_configuration(
         else:
             assert case["attention"] == attention
             assert case["comm_bytes"] > 0 and case["comm_seconds"] > 0
+            assert case["comm_serial_seconds"] > 0
             assert case["activation_peak_bytes"] < alone["activation_peak_bytes"]
     summary = (out / "summary.md").read_text()
     assert "| variant | frames | ranks | 1-rank peak | peak per rank |" in summary

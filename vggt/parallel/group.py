@@ -129,7 +129,11 @@ class CommunicationLog:
 class SequenceGroup:
     """The collectives of sequence parallelism over a torch.distributed process group;
     `log` counts what they move. `ranks_per_node` (None: all on one node) says how the ranks,
-    numbered node by node, lie over nodes, for attention that follows the topology."""
+    numbered node by node, lie over nodes, for attention that follows the topology. With
+    `overlap` (the default) attention starts each exchange before it waits for the one before,
+    so that its compute runs while the exchange is in flight (two sets of exchange buffers)."""
+
+    overlap = True
 
     def __init__(
         self,
@@ -195,25 +199,30 @@ class SequenceGroup:
         outgoing: Sequence[Sequence[torch.Tensor]],
         incoming: Sequence[tuple[int, ...]],
         dtype: torch.dtype,
-    ) -> list[torch.Tensor]:
-        """Send rank r the tensors outgoing[r] (stacked along a new first dim, in `dtype`);
-        return what each rank r sent here, shaped incoming[r].
+        buffers: str = "exchange",
+    ) -> "Transfer":
+        """Start sending rank r the tensors outgoing[r] (stacked along a new first dim, in
+        `dtype`); the transfer's `wait()` returns what each rank r sent here, shaped
+        incoming[r].
 
-        The results are views of a receive buffer kept for the next exchange: copy what you
-        keep before exchanging again. `release()` frees the buffers.
+        The results are views of receive buffer `buffers`, kept for the next exchange through
+        it: start that one only after using them. `release()` frees the buffers.
         """
         counts = [sum(t.numel() for t in tensors) for tensors in outgoing]
         sizes = [torch.Size(shape).numel() for shape in incoming]
         like = outgoing[0][0]
-        source = self._buffer("send", sum(counts), like, dtype)
+        source = self._buffer(f"{buffers}/send", sum(counts), like, dtype)
         offset = 0
         for tensors in outgoing:
             for tensor in tensors:
                 source[offset : offset + tensor.numel()].view(tensor.shape).copy_(tensor)
                 offset += tensor.numel()
-        output = self._buffer("receive", sum(sizes), like, dtype)
-        self.all_to_all(output, source, sizes, counts)
-        return [part.view(shape) for part, shape in zip(output.split(sizes), incoming, strict=True)]
+        output = self._buffer(f"{buffers}/receive", sum(sizes), like, dtype)
+        transfer = self.all_to_all(output, source, sizes, counts)
+        transfer.result = [
+            part.view(shape) for part, shape in zip(output.split(sizes), incoming, strict=True)
+        ]
+        return transfer
 
     def release(self) -> None:
         """Free the exchange buffers (they are kept from one exchange to the next)."""
@@ -233,16 +242,22 @@ class SequenceGroup:
         source: torch.Tensor,
         output_splits: Sequence[int],
         source_splits: Sequence[int],
-    ) -> None:
-        """Send `source`'s consecutive pieces (sizes `source_splits`) to ranks 0, 1, ...;
-        receive theirs into `output` (sizes `output_splits`)."""
+    ) -> "Transfer":
+        """Start sending `source`'s consecutive pieces (sizes `source_splits`) to ranks 0, 1,
+        ...; their pieces arrive in `output` (sizes `output_splits`) once `wait()` returns."""
         elsewhere = sum(source_splits) - source_splits[self.rank]
-        with self.log.timing("all-to-all", elsewhere * source.element_size(), source.device):
-            dist.all_to_all_single(
-                output, source, list(output_splits), list(source_splits), group=self.group
+        with collective("all-to-all"):
+            work = dist.all_to_all_single(
+                output,
+                source,
+                list(output_splits),
+                list(source_splits),
+                group=self.group,
+                async_op=True,
             )
+        return Transfer([work], self.log, elsewhere * source.element_size(), source.device)
 
-    def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> "RingTransfer":
+    def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> "Transfer":
         """Start sending `outgoing` to the next rank and receiving the previous rank's into
         `incoming`; wait on the result before reading `incoming` or writing `outgoing`."""
         following = self._global_rank((self.rank + 1) % self.world_size)
@@ -252,7 +267,9 @@ class SequenceGroup:
             dist.P2POp(dist.irecv, incoming, preceding, self.group),
         ]
         nbytes = outgoing.numel() * outgoing.element_size()
-        return RingTransfer(dist.batch_isend_irecv(operations), self.log, nbytes, outgoing.device)
+        with collective("ring exchange"):
+            works = dist.batch_isend_irecv(operations)
+        return Transfer(works, self.log, nbytes, outgoing.device, "ring exchange")
 
     def all_gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         """Every rank's [B, n_rank, ...] tensor, concatenated along dim 1 in rank order."""
@@ -291,22 +308,31 @@ class SequenceGroup:
         return padded
 
 
-class RingTransfer:
-    """The sends and receives of one ring step, in flight; `wait` is logged as communication."""
+class Transfer:
+    """Collectives in flight (`works`); `wait()` blocks until they are done, logs the wait as
+    communication that sent `bytes_sent` bytes, and returns `result` (what they fill)."""
 
     def __init__(
-        self, works: list, log: CommunicationLog, bytes_sent: int, device: torch.device
+        self,
+        works: list,
+        log: CommunicationLog,
+        bytes_sent: int,
+        device: torch.device,
+        what: str = "all-to-all",
     ) -> None:
         self.works = works
         self.log = log
         self.bytes_sent = bytes_sent
         self.device = device
+        self.what = what
+        self.result = None
 
-    def wait(self) -> None:
-        """Block until this rank's send and receive are done."""
-        with self.log.timing("ring exchange", self.bytes_sent, self.device):
+    def wait(self):
+        """Block until this rank's part of the collectives is done; their `result`."""
+        with self.log.timing(self.what, self.bytes_sent, self.device):
             for work in self.works:
                 work.wait()
+        return self.result
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -358,12 +384,13 @@ class SimulatedGroup(SequenceGroup):
         source: torch.Tensor,
         output_splits: Sequence[int],
         source_splits: Sequence[int],
-    ) -> None:
+    ) -> Transfer:
         """Nothing moves; `output` keeps whatever it holds."""
+        return Transfer([], self.log, 0, source.device)
 
-    def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> RingTransfer:
+    def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> Transfer:
         """Nothing moves."""
-        return RingTransfer([], self.log, 0, outgoing.device)
+        return Transfer([], self.log, 0, outgoing.device, "ring exchange")
 
     def all_gather_frames(self, local: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         """A tensor of the gathered shape."""

@@ -14,7 +14,13 @@ import torch
 from vggt.layers.block import Block
 from vggt.parallel.group import FrameLayout, SequenceGroup
 from vggt.parallel.ring import ring_attention
-from vggt.parallel.ulysses import HeadShare, finish_piece_, gather_keys_values, gather_queries
+from vggt.parallel.ulysses import (
+    HeadShare,
+    finish_piece_,
+    gather_keys_values,
+    send_outputs,
+    send_queries,
+)
 from vggt.streaming.blocks import WriteGuard
 
 
@@ -35,22 +41,29 @@ def hybrid_block_(
     node_tokens = [sum(tokens[first : first + size]) for first in range(0, len(tokens), size)]
     mine = tokens[across.rank * size : (across.rank + 1) * size]
     share = HeadShare.plan(mine, attn.num_heads, batch, chunk_tokens)
-    heads = share.heads[within.rank]
-    queries = None
-    for piece in range(share.pieces):
-        parts = gather_queries(block, x, pos, share, within, piece)
-        if queries is None:
-            queries = parts[0].new_empty((batch, heads, sum(mine), attn.head_dim))
-        for source, part in enumerate(parts):
-            queries[:, :, share.rows(source, piece)] = part
-        del parts
+    heads, ahead = share.heads[within.rank], int(group.overlap)
+    queries, sent = None, {}
+    for step in range(share.pieces + ahead):
+        if step < share.pieces:
+            sent[step] = send_queries(block, x, pos, share, within, step)
+        if 0 <= step - ahead < share.pieces:
+            piece = step - ahead
+            parts = sent.pop(piece).wait()
+            if queries is None:
+                queries = parts[0].new_empty((batch, heads, sum(mine), attn.head_dim))
+            for source, part in enumerate(parts):
+                queries[:, :, share.rows(source, piece)] = part
+            del parts
     rows = max(1, chunk_tokens // batch) * attn.num_heads // heads
-    held = [gather_keys_values(block, x, pos, share, within)]
+    held = [gather_keys_values(block, x, pos, share, within, ahead)]
     output = ring_attention(queries, held, across, node_tokens, rows)
     heads_dtype = queries.dtype
     del queries
-    for piece in range(share.pieces):
-        outputs = [
-            output[:, :, share.rows(source, piece)].to(heads_dtype) for source in range(size)
-        ]
-        finish_piece_(block, x, share, within, piece, outputs, guard)
+    for step in range(share.pieces + ahead):
+        if step < share.pieces:
+            parts = [output[:, :, share.rows(r, step)].to(heads_dtype) for r in range(size)]
+            sent[step] = send_outputs(x, share, within, step, parts)
+            del parts
+        if 0 <= step - ahead < share.pieces:
+            piece = step - ahead
+            finish_piece_(block, x, share, within, piece, sent.pop(piece).wait(), guard)

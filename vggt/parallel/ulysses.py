@@ -19,7 +19,7 @@ import torch
 
 from vggt.layers.attention import Attention, attention_dtype
 from vggt.layers.block import Block
-from vggt.parallel.group import FrameLayout, SequenceGroup, split_evenly, starts
+from vggt.parallel.group import FrameLayout, SequenceGroup, Transfer, split_evenly, starts
 from vggt.streaming.blocks import WriteGuard, add_attention_, add_mlp_
 from vggt.streaming.chunks import chunk_count
 
@@ -71,55 +71,75 @@ def ulysses_block_(
     group: SequenceGroup,
     guard: WriteGuard,
 ) -> None:
-    """Run global block `block` in place on this rank's tokens x [B, T_rank, C]."""
+    """Run global block `block` in place on this rank's tokens x [B, T_rank, C]; with the
+    group's `overlap`, piece p's queries are in flight while piece p-1 attends and its output
+    is in flight while piece p-2 finishes."""
     attn = block.attn
     per_frame = x.shape[1] // layout.local
     tokens = [count * per_frame for count in layout.counts]
     share = HeadShare.plan(tokens, attn.num_heads, x.shape[0], chunk_tokens)
-    keys, values = gather_keys_values(block, x, pos, share, group)
-    for piece in range(share.pieces):
-        parts = gather_queries(block, x, pos, share, group, piece)
-        outputs = [_attend(attn, part, keys, values) for part in parts]
-        del parts
-        finish_piece_(block, x, share, group, piece, outputs, guard)
+    ahead = int(group.overlap)
+    keys, values = gather_keys_values(block, x, pos, share, group, ahead)
+    queries: dict[int, Transfer] = {}
+    outputs: dict[int, Transfer] = {}
+    for step in range(share.pieces + 2 * ahead):
+        if step < share.pieces:
+            queries[step] = send_queries(block, x, pos, share, group, step)
+        if 0 <= step - ahead < share.pieces:
+            piece = step - ahead
+            heads = [_attend(attn, part, keys, values) for part in queries.pop(piece).wait()]
+            outputs[piece] = send_outputs(x, share, group, piece, heads)
+            del heads
+        if 0 <= step - 2 * ahead < share.pieces:
+            piece = step - 2 * ahead
+            finish_piece_(block, x, share, group, piece, outputs.pop(piece).wait(), guard)
 
 
 def gather_keys_values(
-    block: Block, x: torch.Tensor, pos: torch.Tensor | None, share: HeadShare, group: SequenceGroup
+    block: Block,
+    x: torch.Tensor,
+    pos: torch.Tensor | None,
+    share: HeadShare,
+    group: SequenceGroup,
+    ahead: int = 1,
 ) -> torch.Tensor:
     """Keys and values [2, B, heads_mine, T_group, D] of this rank's heads for every token of
-    the group, projected chunk by chunk from each rank's own tokens."""
+    the group, projected piece by piece from each rank's own tokens; `ahead` 1 projects the
+    next piece while the last one's exchange is in flight, 0 waits for each."""
     attn, batch, mine, dim = block.attn, x.shape[0], group.rank, block.attn.head_dim
     kv_all = None
-    for piece in range(share.pieces):
-        start, end = share.bounds[mine][piece]
-        part_pos = None if pos is None else pos[:, start:end]
-        kv = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
-        dtype = attention_dtype(kv[1])
-        if kv_all is None:
-            shape = (2, batch, share.heads[mine], sum(share.tokens), dim)
-            kv_all = x.new_empty(shape, dtype=dtype)
-        outgoing = [[t[:, h : h + n] for t in kv] for h, n in share.head_ranges()]
-        incoming = [(2, batch, share.heads[mine], b - a, dim) for a, b in share.column(piece)]
-        received = group.exchange(outgoing, incoming, dtype)
-        del kv, outgoing
-        for source, part in enumerate(received):
-            kv_all[:, :, :, share.rows(source, piece)] = part
-        del received
+    sent: dict[int, Transfer] = {}
+    for step in range(share.pieces + ahead):
+        if step < share.pieces:
+            start, end = share.bounds[mine][step]
+            part_pos = None if pos is None else pos[:, start:end]
+            kv = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
+            dtype = attention_dtype(kv[1])
+            if kv_all is None:
+                shape = (2, batch, share.heads[mine], sum(share.tokens), dim)
+                kv_all = x.new_empty(shape, dtype=dtype)
+            outgoing = [[t[:, h : h + n] for t in kv] for h, n in share.head_ranges()]
+            incoming = [(2, batch, share.heads[mine], b - a, dim) for a, b in share.column(step)]
+            sent[step] = group.exchange(outgoing, incoming, dtype, f"in{step % 2}")
+            del kv, outgoing
+        if 0 <= step - ahead < share.pieces:
+            piece = step - ahead
+            for source, part in enumerate(sent.pop(piece).wait()):
+                kv_all[:, :, :, share.rows(source, piece)] = part
     return kv_all
 
 
-def gather_queries(
+def send_queries(
     block: Block,
     x: torch.Tensor,
     pos: torch.Tensor | None,
     share: HeadShare,
     group: SequenceGroup,
     piece: int,
-) -> list[torch.Tensor]:
-    """Exchange `piece`'s queries: rank r's tokens of it [B, heads_mine, rows_r, D], for every
-    rank r of the group, projected here from this rank's own tokens of the piece. Views of
-    the group's receive buffer: use them before its next exchange."""
+) -> Transfer:
+    """Start exchange `piece` of the queries, projected here from this rank's own tokens of
+    it; its `wait()` gives rank r's tokens of it [B, heads_mine, rows_r, D] for every rank r,
+    views of an exchange buffer that the exchange of piece + 2 reuses."""
     attn, batch, dim = block.attn, x.shape[0], block.attn.head_dim
     start, end = share.bounds[group.rank][piece]
     part_pos = None if pos is None else pos[:, start:end]
@@ -127,7 +147,19 @@ def gather_queries(
     outgoing = [[q[:, h : h + n]] for h, n in share.head_ranges()]
     mine = share.heads[group.rank]
     incoming = [(batch, mine, b - a, dim) for a, b in share.column(piece)]
-    return group.exchange(outgoing, incoming, attention_dtype(q))
+    return group.exchange(outgoing, incoming, attention_dtype(q), f"in{piece % 2}")
+
+
+def send_outputs(
+    x: torch.Tensor, share: HeadShare, group: SequenceGroup, piece: int, heads: list[torch.Tensor]
+) -> Transfer:
+    """Start sending each rank r its tokens' attention output of `piece` for this rank's heads
+    (`heads[r]` [B, heads_mine, rows_r, D]); its `wait()` gives this rank's rows of the piece
+    from every rank's heads."""
+    batch = x.shape[0]
+    start, end = share.bounds[group.rank][piece]
+    incoming = [(1, batch, n, end - start, heads[0].shape[-1]) for n in share.heads]
+    return group.exchange([[t] for t in heads], incoming, heads[0].dtype, f"out{piece % 2}")
 
 
 def finish_piece_(
@@ -136,23 +168,17 @@ def finish_piece_(
     share: HeadShare,
     group: SequenceGroup,
     piece: int,
-    outputs: list[torch.Tensor],
+    received: list[torch.Tensor],
     guard: WriteGuard,
 ) -> None:
-    """Send each rank r its tokens' attention output of `piece` for this rank's heads
-    (`outputs[r]` [B, heads_mine, rows_r, D]) and finish this rank's own rows of the piece
-    with every head's output: projection, residual and MLP, in place. `outputs` is emptied
-    once sent, so the caller holds nothing of it."""
-    batch, dim = x.shape[0], block.attn.head_dim
+    """Finish this rank's own rows of `piece` with every rank's heads of their attention
+    output (`received`, from `send_outputs`): projection, residual and MLP, in place."""
     start, end = share.bounds[group.rank][piece]
-    incoming = [(1, batch, n, end - start, dim) for n in share.heads]
-    received = group.exchange([[t] for t in outputs], incoming, outputs[0].dtype)
-    outputs.clear()
     if end == start:
         return
     heads_out = [torch.cat([part[0] for part in received], dim=1)]
     del received
-    guard((batch - 1) * x.shape[1] + end)
+    guard((x.shape[0] - 1) * x.shape[1] + end)
     rows = x[:, start:end]
     add_attention_(block, rows, heads_out)
     add_mlp_(block, rows)
