@@ -1,8 +1,9 @@
 """A sequence split over gloo ranks (torchrun) matches one device within a bound per precision
 (relative L2: fp32 1e-5; bf16 weights 2e-2 and fp32 weights under bf16 autocast 1e-2, where
 ring attention's log-sum-exp merge rounds differently from one attention call: measured on the
-CPU at 7 frames over 2 and 3 ranks, at most 1.25e-2 and 5.7e-3, Ulysses 0), refuses impossible
-splits, lowers each rank's peak, and reproduces the golden recipe at 2 ranks."""
+CPU at 7 frames over 2 and 3 ranks, at most 1.25e-2 and 5.7e-3, Ulysses 0; the sharded
+tracker's outputs within TRACK_BOUNDS), refuses impossible splits, lowers each rank's peak, and
+reproduces the golden recipe at 2 ranks."""
 
 import itertools
 from pathlib import Path
@@ -17,6 +18,12 @@ from tests.support.recipe import TOLERANCE, TRACKER_BOUNDS
 pytestmark = pytest.mark.distributed
 
 BOUNDS = {"fp32": 1e-5, "autocast": 1e-2, "bf16": 2e-2}
+# The tracker's outputs: its time attention runs on every rank's share of the tracks, in
+# batches of another size than at world size 1, and four refinements amplify the rounding
+# (measured on conf at 3 ranks: fp32 1.03e-5, bf16 2.19e-2); within the tracker golden's
+# tolerances (3e-3 on tracks, 1.5e-1 on visibility and confidence).
+TRACK_BOUNDS = {"fp32": 1e-4, "autocast": 5e-2, "bf16": 5e-2}
+TRACKER_OUTPUTS = ("track", "vis", "conf")
 FOUR_HEADS = {"embed_dim": 64, "num_heads": 4}
 # The 2-rank cases of each test, run together in one launch by `two_rank_findings`.
 TWO_RANK_CASES = {
@@ -79,8 +86,11 @@ def assert_exact(findings: list[dict], name: str, precision: str = "fp32") -> No
     for rank, found in enumerate(findings):
         result = found[name]
         assert "error" not in result, (rank, result)
-        bound = BOUNDS[precision]
-        worst = {key: value for key, value in result["errors"].items() if value > bound}
+        worst = {
+            key: value
+            for key, value in result["errors"].items()
+            if value > (TRACK_BOUNDS if key in TRACKER_OUTPUTS else BOUNDS)[precision]
+        }
         assert not worst, (name, rank, worst)
         covered.append(result["frames"])
     assert covered[0][0] == 0

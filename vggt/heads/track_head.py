@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vggt.heads.dpt_head import DPTHead
-from vggt.heads.track_modules.base_track_predictor import BaseTrackerPredictor
+from vggt.heads.track_modules.base_track_predictor import BaseTrackerPredictor, FrameShare
 
 
 def check_query_points(query_points: torch.Tensor | None, batch: int) -> None:
@@ -78,11 +78,17 @@ class TrackHead(nn.Module):
         return self.track(feature_maps, query_points, iters)
 
     def track(
-        self, feature_maps: torch.Tensor, query_points: torch.Tensor, iters: int | None = None
+        self,
+        feature_maps: torch.Tensor,
+        query_points: torch.Tensor,
+        iters: int | None = None,
+        frames: FrameShare | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """The tracker on feature maps [B, S, C, H', W'] that `feature_extractor` made."""
+        """The tracker on feature maps [B, S, C, H', W'] that `feature_extractor` made (with
+        `frames`, this rank's S frames of a sequence split over ranks)."""
         return self.tracker(
             query_points=query_points,
             fmaps=feature_maps,
             iters=self.iters if iters is None else iters,
+            frames=frames,
         )

@@ -9,6 +9,7 @@ from vggt.heads.dpt_head import FRAMES_CHUNK_SIZE
 from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
 from vggt.models.vggt import VGGT, heads_in_fp32, pose_predictions, track_predictions
 from vggt.parallel.group import SequenceGroup
+from vggt.parallel.tracking import SplitFrames
 from vggt.streaming.offload import OffloadedLayer, iter_frame_chunks
 
 
@@ -104,8 +105,8 @@ class VGGTOptimized(VGGT):
         Every rank passes its own consecutive frames (rank order is frame order) and the same
         query points, and gets the predictions of its own frames, equal to one device's:
         global attention spans the ranks (`attention` "ulysses" or "ring"), the camera head
-        sees every frame's camera token, and the tracker runs on rank 0 with every frame's
-        track features gathered there. Inference only.
+        sees every frame's camera token, and the tracker tracks through each rank's own
+        frames, its attention across time spanning the ranks. Inference only.
         """
         self.aggregator.parallelize(group, attention)
 
@@ -190,25 +191,15 @@ class VGGTOptimized(VGGT):
     def _tracks(
         self, feature_maps: torch.Tensor, query_points: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Tracks of this rank's frames; split over ranks, every frame's feature maps go to
-        rank 0 (S x 128 x H/2 x W/2 floats there), which tracks and sends the results back."""
+        """Tracks of this rank's frames; split over ranks, each rank tracks through its own
+        frames' feature maps and the tracker's time attention spans the ranks
+        (`vggt.parallel.tracking`)."""
         group = self.aggregator.sequence_group
-        if group is None:
-            return track_predictions(self.track_head.track(feature_maps, query_points))
-        layout = self.aggregator.block_runner.layout
-        everything = group.gather_frames(feature_maps, layout)
-        batch, points = query_points.shape[:2]
-        shape = (batch, layout.frames, points, 4)
-        results = torch.empty(shape, dtype=torch.float32, device=feature_maps.device)
-        if everything is not None:
-            tracks, vis, conf = self.track_head.track(everything, query_points)
-            conf = torch.zeros_like(vis) if conf is None else conf
-            results.copy_(torch.cat((tracks[-1], vis[..., None], conf[..., None]), dim=-1))
-            del everything
-        group.broadcast(results)
-        mine = results[:, layout.start() : layout.start() + layout.local]
-        conf = mine[..., 3] if self.track_head.tracker.predict_conf else None
-        return {"track": mine[..., :2], "vis": mine[..., 2], "conf": conf}
+        frames = None
+        if group is not None:
+            frames = SplitFrames(group, self.aggregator.block_runner.layout)
+        tracks = self.track_head.track(feature_maps, query_points, frames=frames)
+        return track_predictions(tracks)
 
 
 def head_chunks(frames: int) -> int:

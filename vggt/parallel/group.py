@@ -292,10 +292,14 @@ class SequenceGroup:
         return _unpad(pieces, layout) if self.rank == 0 else None
 
     def broadcast(self, tensor: torch.Tensor) -> None:
-        """Overwrite `tensor` on every rank with the group's rank 0's."""
+        """Overwrite `tensor` on every rank with the group's rank 0's (through a contiguous
+        copy where it is a strided view: the backends send raw memory)."""
         sent = _nbytes(tensor) * (self.world_size - 1) if self.rank == 0 else 0
+        contiguous = tensor.contiguous()
         with self.log.timing("broadcast", sent, tensor.device):
-            dist.broadcast(tensor, self._global_rank(0), group=self.group)
+            dist.broadcast(contiguous, self._global_rank(0), group=self.group)
+        if contiguous is not tensor:
+            tensor.copy_(contiguous)
 
     def _global_rank(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)

@@ -1,5 +1,7 @@
 """Iterative CoTracker-style point tracker operating on per-frame feature maps."""
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -10,6 +12,19 @@ from vggt.heads.track_modules.utils import (
     sample_features4d,
 )
 from vggt.layers.mlp import Mlp
+
+
+class FrameShare(Protocol):
+    """This rank's consecutive frames of a sequence split over ranks, as the tracker needs it:
+    whether they start with the sequence's first frame, the query features sampled there
+    (`from_first_frame` overwrites `value` with that rank's), and a time block run over every
+    frame of the tracks (`across_time`)."""
+
+    holds_first_frame: bool
+
+    def from_first_frame(self, value: torch.Tensor) -> None: ...
+
+    def across_time(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
 class BaseTrackerPredictor(nn.Module):
@@ -69,12 +84,15 @@ class BaseTrackerPredictor(nn.Module):
         return_feat: bool = False,
         down_ratio: int = 1,
         apply_sigmoid: bool = True,
+        frames: "FrameShare | None" = None,
     ) -> tuple:
         """Track ``query_points (B, N, 2)`` (image pixels, x/y) through ``fmaps (B, S, C, HH, WW)``.
 
         Returns ``(coord_preds, vis, conf)``: a list of ``iters`` ``(B, S, N, 2)`` tensors in image
         pixels, and ``(B, S, N)`` scores (``conf`` is None without ``predict_conf``). With
         ``return_feat`` returns ``(coord_preds, vis, track_feats, query_track_feat, conf)``.
+        With ``frames`` the S frames are this rank's share of a longer sequence (see
+        `FrameShare`), and so are the results.
         """
         B, N, D = query_points.shape
         B, S, _, HH, WW = fmaps.shape
@@ -90,7 +108,11 @@ class BaseTrackerPredictor(nn.Module):
 
         coords = query_points.clone().reshape(B, 1, N, 2).repeat(1, S, 1, 1)
 
+        first = frames is None or frames.holds_first_frame
+        # Sampled on every rank, so each has the dtype autocast gives it; rank 0's is the one.
         query_track_feat = sample_features4d(fmaps[:, 0], coords[:, 0])
+        if frames is not None:
+            frames.from_first_frame(query_track_feat)
         track_feats = query_track_feat.unsqueeze(1).repeat(1, S, 1, 1)
         coords_backup = coords.clone()
 
@@ -105,7 +127,8 @@ class BaseTrackerPredictor(nn.Module):
             fcorrs_ = fcorrs.permute(0, 2, 1, 3).reshape(B * N, S, corr_dim)
             fcorrs_ = self.corr_mlp(fcorrs_)
 
-            flows = (coords - coords[:, 0:1]).permute(0, 2, 1, 3).reshape(B * N, S, 2)
+            # The first frame's coordinates stay the query points (reset after each update).
+            flows = (coords - coords_backup[:, 0:1]).permute(0, 2, 1, 3).reshape(B * N, S, 2)
             flows_emb = get_2d_embedding(flows, self.flows_emb_dim, cat_coords=False)
             flows_emb = torch.cat(
                 [flows_emb, flows / self.max_scale, flows / self.max_scale], dim=-1
@@ -116,18 +139,27 @@ class BaseTrackerPredictor(nn.Module):
 
             pos_embed = get_2d_sincos_pos_embed(self.transformer_dim, grid_size=(HH, WW))
             pos_embed = pos_embed.to(query_points.device)
-            sampled_pos_emb = sample_features4d(pos_embed.expand(B, -1, -1, -1), coords[:, 0])
+            sampled_pos_emb = sample_features4d(
+                pos_embed.expand(B, -1, -1, -1), coords_backup[:, 0]
+            )
             sampled_pos_emb = sampled_pos_emb.reshape(B * N, self.transformer_dim).unsqueeze(1)
             x = transformer_input + sampled_pos_emb
 
-            query_ref_token = torch.cat(
-                [self.query_ref_token[:, 0:1], self.query_ref_token[:, 1:2].expand(-1, S - 1, -1)],
-                dim=1,
-            )
+            if first:
+                query_ref_token = torch.cat(
+                    [
+                        self.query_ref_token[:, 0:1],
+                        self.query_ref_token[:, 1:2].expand(-1, S - 1, -1),
+                    ],
+                    dim=1,
+                )
+            else:
+                query_ref_token = self.query_ref_token[:, 1:2].expand(-1, S, -1)
             x = x + query_ref_token.to(x.device).to(x.dtype)
 
             x = x.reshape(B, N, S, self.transformer_dim)
-            delta, _ = self.updateformer(x)
+            across_time = None if frames is None else frames.across_time
+            delta, _ = self.updateformer(x, across_time=across_time)
             delta = delta.reshape(B * N, S, self.latent_dim + 2)
             delta_coords_ = delta[:, :, :2]
             delta_feats_ = delta[:, :, 2:]
@@ -138,7 +170,8 @@ class BaseTrackerPredictor(nn.Module):
             track_feats = track_feats_.reshape(B, N, S, self.latent_dim).permute(0, 2, 1, 3)
 
             coords = coords + delta_coords_.reshape(B, N, S, 2).permute(0, 2, 1, 3)
-            coords[:, 0] = coords_backup[:, 0]
+            if first:
+                coords[:, 0] = coords_backup[:, 0]
 
             if down_ratio > 1:
                 coord_preds.append(coords * self.stride * down_ratio)

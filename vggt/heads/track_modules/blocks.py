@@ -1,6 +1,7 @@
 """Tracker update transformer and multi-level correlation sampler."""
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -97,9 +98,15 @@ class EfficientUpdateFormer(nn.Module):
             nn.init.normal_(self.flow_head.weight, std=0.001).clamp_(-2.0, 2.0)
 
     def forward(
-        self, input_tensor: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        input_tensor: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        across_time: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, None]:
-        """``input_tensor (B, N, T, input_dim)`` -> ``(flow (B, N, T, output_dim), None)``."""
+        """``input_tensor (B, N, T, input_dim)`` -> ``(flow (B, N, T, output_dim), None)``.
+
+        ``across_time(block, tokens (B, N, T, C))``, when given, runs a time block in place of
+        the plain call: for frames split over ranks, it gathers each track's frames first."""
         tokens = self.input_transform(self.input_norm(input_tensor))
         init_tokens = tokens
         B, _, T, _ = tokens.shape
@@ -112,9 +119,11 @@ class EfficientUpdateFormer(nn.Module):
         num_points = N - self.num_virtual_tracks
         j = 0
         for i in range(len(self.time_blocks)):
-            time_tokens = tokens.contiguous().view(B * N, T, -1)
-            time_tokens = self.time_blocks[i](time_tokens)
-            tokens = time_tokens.view(B, N, T, -1)
+            if across_time is None:
+                time_tokens = tokens.contiguous().view(B * N, T, -1)
+                tokens = self.time_blocks[i](time_tokens).view(B, N, T, -1)
+            else:
+                tokens = across_time(self.time_blocks[i], tokens)
 
             if self.add_space_attn and (
                 i % (len(self.time_blocks) // len(self.space_virtual_blocks)) == 0
