@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--offload", action="store_true", help="kept layers in host memory")
     parser.add_argument(
+        "--query-points",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --component model: track N query points too (the track head and its "
+        "tracker, split over the GPUs with --world-size)",
+    )
+    parser.add_argument(
         "--predictions-on-device",
         action="store_true",
         help="with --component model: keep the depth and point predictions on the GPU "
@@ -240,6 +248,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if args.world_size < 1:
         parser.error("--world-size must be at least 1")
+    if args.query_points < 0 or (args.query_points and args.component != "model"):
+        parser.error("--query-points takes a count of at least 0, with --component model")
     per_node = args.ranks_per_node
     if per_node is not None and not 1 <= per_node <= args.world_size:
         parser.error(f"--ranks-per-node must be between 1 and --world-size, got {per_node}")
@@ -273,6 +283,7 @@ def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
         attention=args.attention,
         ranks_per_node=args.ranks_per_node,
         host_predictions=not args.predictions_on_device,
+        query_points=args.query_points,
     )
     estimates = [model.estimate(frames, *size) for frames in args.frames_list]
     fits = max_frames_by_budget(model, args.budgets, *size)
@@ -331,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "world_size": args.world_size,
             "attention": args.attention,
             "ranks_per_node": args.ranks_per_node,
+            "query_points": args.query_points,
             "cublas_workspace_bytes": args.cublas_workspace_bytes,
             "cuda_context_bytes": args.cuda_context_bytes,
             "nccl_bytes": args.nccl_bytes if args.world_size > 1 else 0,

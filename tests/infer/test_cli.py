@@ -186,7 +186,7 @@ def small_run(frames: int, world_size: int, **changes: object) -> RunShape:
         "precision": get_precision("bf16"),
         "attention": "ulysses",
         "offload": True,
-        "tracks": False,
+        "query_points": 0,
         **changes,
     }
     return RunShape(frames, world_size, 56, 56, **settings)

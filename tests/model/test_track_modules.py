@@ -8,6 +8,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from tests.support.repo import manifest
 from vggt.heads import track_head
+from vggt.heads.track_modules import blocks
 from vggt.heads.track_modules.base_track_predictor import BaseTrackerPredictor
 from vggt.heads.track_modules.blocks import CorrBlock, EfficientUpdateFormer
 from vggt.heads.track_modules.modules import AttnBlock, CrossAttnBlock
@@ -287,3 +288,15 @@ def test_track_head_fake_tensor_forward():
     assert len(coord_preds) == 4
     assert coord_preds[-1].shape == (1, 2, 8, 2)
     assert vis.shape == conf.shape == (1, 2, 8)
+
+
+def test_correlations_sampled_in_frame_chunks_equal_one_pass(monkeypatch):
+    torch.manual_seed(0)
+    fmaps = torch.randn(2, 5, 8, 16, 12)
+    targets, coords = torch.randn(2, 5, 3, 8), torch.rand(2, 5, 3, 2) * 12
+    whole = CorrBlock(fmaps, num_levels=3, radius=2).corr_sample(targets, coords)
+    # Room for two frames' volumes at a time (2 x 3 x 16 x 12 elements each): chunks 2, 2, 1.
+    monkeypatch.setattr(blocks, "CORR_ELEMENTS", 2 * 2 * 3 * 16 * 12)
+    chunked = CorrBlock(fmaps, num_levels=3, radius=2).corr_sample(targets, coords)
+    assert chunked.shape == (2, 5, 3, 3 * 5 * 5)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)

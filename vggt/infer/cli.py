@@ -189,7 +189,7 @@ def run_on_ranks(
         options.precision,
         attention,
         options.offload,
-        points is not None,
+        0 if points is None else len(points),
         ranks.ranks_per_node,
     )
     estimate = check_memory(options, ranks, run)
@@ -350,7 +350,7 @@ def dry_run(options: argparse.Namespace) -> str:
         options.precision,
         attention_for(options, architecture, options.world_size, options.ranks_per_node),
         options.offload,
-        points is not None,
+        0 if points is None else len(points),
         options.ranks_per_node,
     )
     gpu = options.gpu

@@ -5,7 +5,7 @@ printed before the model loads; on CUDA a run that exceeds a GPU's free memory i
 
 The requirement per rank is the estimator's: the reserved bound of the caching allocator
 model, the cuBLAS workspace, the CUDA context and, over several ranks, NCCL's buffers; with
-query points, rank 0 also holds every frame's track features. On CUDA it is compared with the
+query points the fake pass runs the tracker on them too. On CUDA it is compared with the
 free memory each rank reads once its own CUDA context exists, so the context counts once.
 The predicted forward time uses the rates table's entry for rank 0's GPU
 (`vggt.memory.device_rates`); on the CPU and in a dry run, the stated default's.
@@ -30,9 +30,6 @@ from vggt.models.architecture import Architecture
 from vggt.precision import Precision, get_precision
 
 # The track head's feature maps: channels, at half the input's height and width, in fp32.
-TRACK_FEATURES = 128
-TRACK_DOWN_RATIO = 2
-TRACK_FEATURE_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class RunShape:
     precision: Precision
     attention: str
     offload: bool
-    tracks: bool
+    query_points: int
     ranks_per_node: int | None = None
 
     def model(self) -> FakeModel:
@@ -62,6 +59,7 @@ class RunShape:
             world_size=self.world_size,
             attention=self.attention,
             ranks_per_node=self.ranks_per_node,
+            query_points=self.query_points,
         )
 
 
@@ -75,7 +73,6 @@ class MemoryPlan:
     precision: str
     attention: str
     per_rank_bytes: int
-    track_feature_bytes: int
     device_memory_bytes: int | None
     max_frames: int | None
     estimate: Estimate
@@ -95,12 +92,6 @@ class MemoryPlan:
         return document
 
 
-def track_feature_bytes(frames: int, shape: tuple[int, int]) -> int:
-    """Bytes of every frame's track features, which rank 0 gathers to track the points."""
-    height, width = (-(-side // TRACK_DOWN_RATIO) for side in shape)
-    return frames * TRACK_FEATURES * height * width * TRACK_FEATURE_BYTES
-
-
 def plan_memory(
     run: RunShape,
     device_memory: int | None,
@@ -111,11 +102,10 @@ def plan_memory(
     the forward predicted at `rates` (default: the stated ones of an unknown device)."""
     model = model or run.model()
     estimate = model.estimate(run.frames, 1, run.height, run.width)
-    tracks = track_feature_bytes(run.frames, (run.height, run.width)) if run.tracks else 0
     most = None
     if device_memory is not None:
-        budget = max(0, device_memory - tracks)
-        most = max_frames_by_budget(model, [budget], 1, run.height, run.width)[budget]
+        most = max_frames_by_budget(model, [device_memory], 1, run.height, run.width)
+        most = most[device_memory]
     forward = forward_time(
         run.architecture,
         run.frames,
@@ -133,8 +123,7 @@ def plan_memory(
         world_size=run.world_size,
         precision=run.precision.label,
         attention=model.attention,
-        per_rank_bytes=estimate.required_bytes + tracks,
-        track_feature_bytes=tracks,
+        per_rank_bytes=estimate.required_bytes,
         device_memory_bytes=device_memory,
         max_frames=most,
         estimate=estimate,
@@ -193,15 +182,13 @@ def check_memory(options: argparse.Namespace, ranks: Ranks, run: RunShape) -> di
 
 def estimate_line(plan: MemoryPlan, memory: int | None) -> str:
     """The requirement as rank 0 prints it, against the GPUs' free memory when there is one."""
-    tracks = plan.track_feature_bytes
-    extra = f" (with {gib(tracks)} GiB of track features on rank 0)" if tracks else ""
     against = (
         f"against {gib(memory)} GiB free per GPU"
         if memory is not None
         else "(not checked on the CPU)"
     )
     return (
-        f"estimated requirement per rank {gib(plan.per_rank_bytes)} GiB{extra} {against}, "
+        f"estimated requirement per rank {gib(plan.per_rank_bytes)} GiB {against}, "
         f"precision {plan.precision}; --no-estimate skips the estimate"
     )
 
@@ -245,8 +232,7 @@ def refusal(plan: MemoryPlan, run: RunShape, model: FakeModel) -> str:
         # The requirement jitters with the allocator's segments: more frames than asked fit,
         # but not these; name the most below them that do.
         below = {run.frames: model.estimate(run.frames, 1, run.height, run.width)}
-        budget = max(0, memory - plan.track_feature_bytes)
-        most = max_frames(model, budget, 1, run.height, run.width, below)
+        most = max_frames(model, memory, 1, run.height, run.width, below)
     per_rank = most // run.world_size
     if per_rank > 0 and math.ceil(run.frames / per_rank) > run.world_size:
         remedies.append(f"{math.ceil(run.frames / per_rank)} ranks")
@@ -269,11 +255,6 @@ def dry_run_report(plan: MemoryPlan, as_json: bool) -> str:
         f"{gib(plan.estimate.reserved_bound_bytes)} GiB + CUDA context "
         f"{gib(plan.estimate.cuda_context_bytes)} GiB"
         + (f" + NCCL {gib(plan.estimate.nccl_bytes)} GiB" if plan.estimate.nccl_bytes else "")
-        + (
-            f" + track features {gib(plan.track_feature_bytes)} GiB"
-            if plan.track_feature_bytes
-            else ""
-        )
         + ")",
         forward_line(plan.forward),
     ]

@@ -98,7 +98,9 @@ class FakeModel:
     on each node, None: one node) and a pass traces the last
     rank alone through a `SimulatedGroup`: it holds the largest share of `split_evenly` (the
     last ranks take the extra frames and, under Ulysses, the extra heads), so it is the
-    busiest rank. With `host_predictions` a model that can (the optimized one) puts its depth
+    busiest rank. With `query_points` > 0 the model has its track head and the pass tracks
+    that many points (split over ranks, each rank through its own frames). With
+    `host_predictions` a model that can (the optimized one) puts its depth
     and point predictions in host memory chunk by chunk, as `vggt.infer` runs it: they count
     as host bytes. `passes` counts fake passes.
     """
@@ -118,6 +120,7 @@ class FakeModel:
         attention: str | None = None,
         ranks_per_node: int | None = None,
         host_predictions: bool = True,
+        query_points: int = 0,
     ) -> None:
         if target_device not in MIN_CHUNK_ELEMENTS:
             raise ValueError(f"unknown target device {target_device!r}")
@@ -130,6 +133,9 @@ class FakeModel:
         self.cuda_context_bytes = cuda_context_bytes
         self.nccl_bytes = nccl_bytes if world_size > 1 else 0
         self.world_size = world_size
+        self.query_points = query_points if component == "model" else 0
+        if self.query_points:
+            architecture = replace(architecture, tracks=True)
         self._estimates: dict[tuple[int, int, int, int], Estimate] = {}
         self.attention = choose_attention(
             attention, world_size, architecture.num_heads, ranks_per_node
@@ -215,8 +221,11 @@ class FakeModel:
             rules = (
                 CudaAutocastRules() if self.target_device == "cuda" else contextlib.nullcontext()
             )
+            points = None
+            if self.query_points:
+                points = torch.rand(batch, self.query_points, 2) * torch.tensor([width, height])
             with tracking as live, torch.no_grad(), autocast, rules:
-                outputs = self.module(images)
+                outputs = self.module(images) if points is None else self.module(images, points)
             kept = output_bytes(named_outputs(outputs).values())
         input_bytes = images.numel() * images.element_size()
         resident = [*self.weight_storage_bytes, input_bytes, self.cublas_workspace_bytes]

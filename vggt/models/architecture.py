@@ -25,17 +25,20 @@ class Architecture:
     num_heads: int
     patch_embed: str
     intermediate_layer_idx: tuple[int, ...]
+    tracks: bool = False
 
     def aggregator_kwargs(self) -> dict:
         """Keyword arguments for `Aggregator` and its subclasses: every field but the heads'."""
-        return {k: v for k, v in asdict(self).items() if k != "intermediate_layer_idx"}
+        heads = ("intermediate_layer_idx", "tracks")
+        return {k: v for k, v in asdict(self).items() if k not in heads}
 
     def model_kwargs(self) -> dict:
-        """Keyword arguments for `VGGT` and its subclasses (the track head off: no queries)."""
+        """Keyword arguments for `VGGT` and its subclasses (the track head only with `tracks`:
+        it needs query points)."""
         return {
             **self.aggregator_kwargs(),
             "intermediate_layer_idx": self.intermediate_layer_idx,
-            "enable_track": False,
+            "enable_track": self.tracks,
         }
 
     def head_layers(self) -> list[int]:

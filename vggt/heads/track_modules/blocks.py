@@ -152,6 +152,10 @@ class EfficientUpdateFormer(nn.Module):
         return flow, None
 
 
+# Elements of the correlation volumes computed at once (1 GiB in fp32).
+CORR_ELEMENTS = 1 << 28
+
+
 class CorrBlock:
     """Multi-level correlation pyramid between track features and frame feature maps."""
 
@@ -189,15 +193,30 @@ class CorrBlock:
     def corr_sample(self, targets: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Correlate ``targets (B, S, N, C)`` with every level around ``coords (B, S, N, 2)``.
 
-        Returns ``(B, S, N, num_levels * (2r+1)^2)``, level-major, x-offset-major windows.
+        Returns ``(B, S, N, num_levels * (2r+1)^2)``, level-major, x-offset-major windows. Each
+        frame is sampled on its own, so the frames go in chunks whose correlation volumes
+        ([B, frames, N, H*W]) hold at most CORR_ELEMENTS: memory does not grow with frames.
         """
+        B, S, N, _ = targets.shape
+        step = max(1, CORR_ELEMENTS // (B * N * self.H * self.W))
+        if step >= S:
+            return self._sample(targets, coords, slice(0, S))
+        parts = [
+            self._sample(targets[:, a : a + step], coords[:, a : a + step], slice(a, a + step))
+            for a in range(0, S, step)
+        ]
+        return torch.cat(parts, dim=1)
+
+    def _sample(self, targets: torch.Tensor, coords: torch.Tensor, frames: slice) -> torch.Tensor:
+        """`corr_sample` of the pyramid's `frames`, whose targets and coords are given."""
         B, S, N, _ = targets.shape
         r = self.radius
         width = 2 * r + 1
         out_pyramid = []
         for level, fmaps in enumerate(self.fmaps_pyramid):
+            fmaps = fmaps[:, frames]
             _, _, C, H, W = fmaps.shape
-            fmap2s = fmaps.view(B, S, C, H * W)
+            fmap2s = fmaps.reshape(B, S, C, H * W)
             corrs = torch.matmul(targets, fmap2s)
             corrs = corrs.view(B, S, N, -1)
             corrs = corrs / math.sqrt(C)
