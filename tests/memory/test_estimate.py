@@ -303,11 +303,11 @@ def test_hybrid_attention_is_estimated_per_node() -> None:
         estimate = model.estimate(8, 1, 224, 224)
         return estimate.live_peak_bytes - estimate.weights_bytes
 
-    # On one node the hybrid is Ulysses, exchange for exchange.
-    assert activations("hybrid", 4) == activations("ulysses")
-    # Over two nodes each rank also holds its node's queries and a float32 accumulator: at
-    # least Ulysses' peak.
-    assert activations("hybrid", 2) >= activations("ulysses")
+    # The hybrid holds its node's queries for its heads and a float32 accumulator, as ring
+    # does for its own tokens: no more than a quarter over Ulysses' peak, on one node or two.
+    ulysses = activations("ulysses")
+    assert 0 < activations("hybrid", 4) <= 1.25 * ulysses
+    assert 0 < activations("hybrid", 2) <= 1.25 * ulysses
     assert (
         FakeModel(
             "optimized", "aggregator", CPU_SMALL, FP32, world_size=4, ranks_per_node=2

@@ -224,9 +224,16 @@ class SequenceGroup:
         ]
         return transfer
 
-    def release(self) -> None:
-        """Free the exchange buffers (they are kept from one exchange to the next)."""
-        self._buffers.clear()
+    def release(self, buffers: str = "") -> None:
+        """Free the exchange buffers (kept from one exchange to the next) whose names start
+        with `buffers` (all by default)."""
+        for name in [name for name in self._buffers if name.startswith(buffers)]:
+            del self._buffers[name]
+
+    def slot(self, piece: int) -> int:
+        """Which of the two sets of exchange buffers exchange `piece` uses: alternate ones
+        with `overlap` (the next starts before this one is waited for), else always one."""
+        return piece % 2 if self.overlap else 0
 
     def _buffer(self, name: str, size: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The first `size` elements of buffer `name`, grown (never shrunk) as needed."""

@@ -18,6 +18,7 @@ from vggt.parallel.ulysses import (
     HeadShare,
     finish_piece_,
     gather_keys_values,
+    overlapped_chunk,
     send_outputs,
     send_queries,
 )
@@ -40,7 +41,7 @@ def hybrid_block_(
     tokens = [count * per_frame for count in layout.counts]
     node_tokens = [sum(tokens[first : first + size]) for first in range(0, len(tokens), size)]
     mine = tokens[across.rank * size : (across.rank + 1) * size]
-    share = HeadShare.plan(mine, attn.num_heads, batch, chunk_tokens)
+    share = HeadShare.plan(mine, attn.num_heads, batch, overlapped_chunk(chunk_tokens, group))
     heads, ahead = share.heads[within.rank], int(group.overlap)
     queries, sent = None, {}
     for step in range(share.pieces + ahead):
@@ -54,6 +55,7 @@ def hybrid_block_(
             for source, part in enumerate(parts):
                 queries[:, :, share.rows(source, piece)] = part
             del parts
+    within.release("q")
     rows = max(1, chunk_tokens // batch) * attn.num_heads // heads
     held = [gather_keys_values(block, x, pos, share, within, ahead)]
     output = ring_attention(queries, held, across, node_tokens, rows)

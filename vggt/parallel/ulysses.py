@@ -77,7 +77,9 @@ def ulysses_block_(
     attn = block.attn
     per_frame = x.shape[1] // layout.local
     tokens = [count * per_frame for count in layout.counts]
-    share = HeadShare.plan(tokens, attn.num_heads, x.shape[0], chunk_tokens)
+    share = HeadShare.plan(
+        tokens, attn.num_heads, x.shape[0], overlapped_chunk(chunk_tokens, group)
+    )
     ahead = int(group.overlap)
     keys, values = gather_keys_values(block, x, pos, share, group, ahead)
     queries: dict[int, Transfer] = {}
@@ -93,6 +95,12 @@ def ulysses_block_(
         if 0 <= step - 2 * ahead < share.pieces:
             piece = step - 2 * ahead
             finish_piece_(block, x, share, group, piece, outputs.pop(piece).wait(), guard)
+
+
+def overlapped_chunk(chunk_tokens: int, group: SequenceGroup) -> int:
+    """Tokens per exchanged piece: half a chunk when exchanges overlap compute, so that their
+    two sets of buffers hold what one set held without overlap."""
+    return max(1, chunk_tokens // 2) if group.overlap else chunk_tokens
 
 
 def gather_keys_values(
@@ -120,12 +128,14 @@ def gather_keys_values(
                 kv_all = x.new_empty(shape, dtype=dtype)
             outgoing = [[t[:, h : h + n] for t in kv] for h, n in share.head_ranges()]
             incoming = [(2, batch, share.heads[mine], b - a, dim) for a, b in share.column(step)]
-            sent[step] = group.exchange(outgoing, incoming, dtype, f"in{step % 2}")
+            sent[step] = group.exchange(outgoing, incoming, dtype, f"kv{group.slot(step)}")
             del kv, outgoing
         if 0 <= step - ahead < share.pieces:
             piece = step - ahead
             for source, part in enumerate(sent.pop(piece).wait()):
                 kv_all[:, :, :, share.rows(source, piece)] = part
+    # The queries' and outputs' exchanges are half as large: their buffers replace these.
+    group.release("kv")
     return kv_all
 
 
@@ -139,7 +149,8 @@ def send_queries(
 ) -> Transfer:
     """Start exchange `piece` of the queries, projected here from this rank's own tokens of
     it; its `wait()` gives rank r's tokens of it [B, heads_mine, rows_r, D] for every rank r,
-    views of an exchange buffer that the exchange of piece + 2 reuses."""
+    views of an exchange buffer that the exchange of piece + 2 (with overlap, else + 1)
+    reuses."""
     attn, batch, dim = block.attn, x.shape[0], block.attn.head_dim
     start, end = share.bounds[group.rank][piece]
     part_pos = None if pos is None else pos[:, start:end]
@@ -147,7 +158,7 @@ def send_queries(
     outgoing = [[q[:, h : h + n]] for h, n in share.head_ranges()]
     mine = share.heads[group.rank]
     incoming = [(batch, mine, b - a, dim) for a, b in share.column(piece)]
-    return group.exchange(outgoing, incoming, attention_dtype(q), f"in{piece % 2}")
+    return group.exchange(outgoing, incoming, attention_dtype(q), f"q{group.slot(piece)}")
 
 
 def send_outputs(
@@ -159,7 +170,7 @@ def send_outputs(
     batch = x.shape[0]
     start, end = share.bounds[group.rank][piece]
     incoming = [(1, batch, n, end - start, heads[0].shape[-1]) for n in share.heads]
-    return group.exchange([[t] for t in heads], incoming, heads[0].dtype, f"out{piece % 2}")
+    return group.exchange([[t] for t in heads], incoming, heads[0].dtype, f"out{group.slot(piece)}")
 
 
 def finish_piece_(
