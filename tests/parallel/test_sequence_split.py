@@ -105,8 +105,8 @@ def test_two_ranks(two_rank_findings: list[dict]) -> None:
     assert_exact(findings, "ulysses-7-autocast", "autocast")
     for found in findings:
         assert "rank 0: holds no frames" in found["one-frame"]["error"]
-    # Half the frames, plus Ulysses' exchange buffers: two sets of them, as the exchanges of
-    # one piece overlap the compute of the next (0.558 of one rank's peak measured).
+    # Half the frames, plus Ulysses' exchange buffers (two sets of half-chunk pieces, as the
+    # exchanges of one piece overlap the compute of the next).
     memory = findings[0]["memory"]
     assert memory["split"] <= 0.6 * memory["alone"], memory
     assert findings[1]["memory"]["split"] <= 0.6 * memory["alone"]
