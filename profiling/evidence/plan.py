@@ -174,7 +174,8 @@ class Plan:
             "gpu-tests": self.gpu_tests_s,
             "aggregator": measured["aggregator"],
             "estimates": max(1.0, self.estimates_wall_s() - before_estimates),
-            "memory-cap": 2 * cap_forward + rates.build_s,
+            # Above the cap every forward of the point runs; below it the first runs out.
+            "memory-cap": self.cap.seconds(self.architecture, rates) + cap_forward + rates.build_s,
             "chunking": measured["chunking"],
             "offload": measured["offload"],
             "square": measured["square"],
