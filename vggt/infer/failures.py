@@ -20,7 +20,7 @@ import time
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
-from vggt.parallel.group import CollectiveError
+from vggt.parallel.group import CollectiveError, message_line
 
 EXIT_STOPPED = 1
 # Where torchrun tells each rank to write the error that ended it.
@@ -55,8 +55,8 @@ def record_for_torchrun(error: BaseException) -> None:
 
 def first_line(error: BaseException) -> str:
     """`Type: the error's first line` (at most 300 characters)."""
-    line = next((text for text in str(error).splitlines() if text.strip()), "")
-    return f"{type(error).__name__}: {line.strip()[:300]}" if line else type(error).__name__
+    line = message_line(error)
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
 class Watch:

@@ -60,6 +60,11 @@ class CollectiveError(RuntimeError):
     """A collective failed: another rank is gone or late, or the link to it broke."""
 
 
+def message_line(error: BaseException) -> str:
+    """The first non-blank line of `error`'s message, stripped, at most 300 characters."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
+
+
 @contextlib.contextmanager
 def collective(what: str) -> Iterator[None]:
     """Run the collective `what` names; a RuntimeError it raises (running out of memory
@@ -69,8 +74,7 @@ def collective(what: str) -> Iterator[None]:
     except (CollectiveError, torch.OutOfMemoryError):
         raise
     except RuntimeError as error:
-        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        raise CollectiveError(f"{what} failed: {cause[:300]}") from error
+        raise CollectiveError(f"{what} failed: {message_line(error)}") from error
 
 
 # Collectives the host may queue on a GPU before waiting for the oldest of them to finish:
@@ -336,9 +340,9 @@ class Transfer:
         self.bytes_sent = bytes_sent
         self.device = device
         self.what = what
-        self.result = None
+        self.result: list[torch.Tensor] | None = None
 
-    def wait(self):
+    def wait(self) -> list[torch.Tensor] | None:
         """Block until this rank's part of the collectives is done; their `result`."""
         with self.log.timing(self.what, self.bytes_sent, self.device):
             for work in self.works:

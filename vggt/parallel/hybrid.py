@@ -19,6 +19,7 @@ from vggt.parallel.ulysses import (
     finish_piece_,
     gather_keys_values,
     overlapped_chunk,
+    pipeline,
     send_outputs,
     send_queries,
 )
@@ -44,28 +45,31 @@ def hybrid_block_(
     share = HeadShare.plan(mine, attn.num_heads, batch, overlapped_chunk(chunk_tokens, group))
     heads, ahead = share.heads[within.rank], int(group.overlap)
     queries, sent = None, {}
-    for step in range(share.pieces + ahead):
-        if step < share.pieces:
-            sent[step] = send_queries(block, x, pos, share, within, step)
-        if 0 <= step - ahead < share.pieces:
-            piece = step - ahead
-            parts = sent.pop(piece).wait()
-            if queries is None:
-                queries = parts[0].new_empty((batch, heads, sum(mine), attn.head_dim))
-            for source, part in enumerate(parts):
-                queries[:, :, share.rows(source, piece)] = part
-            del parts
+
+    def start(piece: int) -> None:
+        sent[piece] = send_queries(block, x, pos, share, within, piece)
+
+    def keep(piece: int) -> None:
+        nonlocal queries
+        parts = sent.pop(piece).wait()
+        if queries is None:
+            queries = parts[0].new_empty((batch, heads, sum(mine), attn.head_dim))
+        for source, part in enumerate(parts):
+            queries[:, :, share.rows(source, piece)] = part
+
+    pipeline(share.pieces, ahead, (start, keep))
     within.release("q")
     rows = max(1, chunk_tokens // batch) * attn.num_heads // heads
     held = [gather_keys_values(block, x, pos, share, within, ahead)]
     output = ring_attention(queries, held, across, node_tokens, rows)
     heads_dtype = queries.dtype
     del queries
-    for step in range(share.pieces + ahead):
-        if step < share.pieces:
-            parts = [output[:, :, share.rows(r, step)].to(heads_dtype) for r in range(size)]
-            sent[step] = send_outputs(x, share, within, step, parts)
-            del parts
-        if 0 <= step - ahead < share.pieces:
-            piece = step - ahead
-            finish_piece_(block, x, share, within, piece, sent.pop(piece).wait(), guard)
+
+    def send(piece: int) -> None:
+        parts = [output[:, :, share.rows(r, piece)].to(heads_dtype) for r in range(size)]
+        sent[piece] = send_outputs(x, share, within, piece, parts)
+
+    def finish(piece: int) -> None:
+        finish_piece_(block, x, share, within, piece, sent.pop(piece).wait(), guard)
+
+    pipeline(share.pieces, ahead, (send, finish))

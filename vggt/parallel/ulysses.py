@@ -13,6 +13,7 @@ The three exchanges are also the inner level of the hybrid scheme (`vggt.paralle
 """
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,17 +85,30 @@ def ulysses_block_(
     keys, values = gather_keys_values(block, x, pos, share, group, ahead)
     queries: dict[int, Transfer] = {}
     outputs: dict[int, Transfer] = {}
-    for step in range(share.pieces + 2 * ahead):
-        if step < share.pieces:
-            queries[step] = send_queries(block, x, pos, share, group, step)
-        if 0 <= step - ahead < share.pieces:
-            piece = step - ahead
-            heads = [_attend(attn, part, keys, values) for part in queries.pop(piece).wait()]
-            outputs[piece] = send_outputs(x, share, group, piece, heads)
-            del heads
-        if 0 <= step - 2 * ahead < share.pieces:
-            piece = step - 2 * ahead
-            finish_piece_(block, x, share, group, piece, outputs.pop(piece).wait(), guard)
+
+    def attend(piece: int) -> None:
+        heads = [_attend(attn, part, keys, values) for part in queries.pop(piece).wait()]
+        outputs[piece] = send_outputs(x, share, group, piece, heads)
+
+    def start(piece: int) -> None:
+        queries[piece] = send_queries(block, x, pos, share, group, piece)
+
+    def finish(piece: int) -> None:
+        finish_piece_(block, x, share, group, piece, outputs.pop(piece).wait(), guard)
+
+    pipeline(share.pieces, ahead, (start, attend, finish))
+
+
+def pipeline(pieces: int, ahead: int, stages: Sequence[Callable[[int], None]]) -> None:
+    """Run every stage on pieces 0, 1, ...: stage k of piece p at step p + k * ahead, the
+    stages of one step in order. With `ahead` 1 a piece's exchange, started by one stage, is
+    in flight while the next piece's stage before it runs; with 0 each piece goes through
+    every stage before the next starts."""
+    for step in range(pieces + ahead * (len(stages) - 1)):
+        for stage_index, stage in enumerate(stages):
+            piece = step - stage_index * ahead
+            if 0 <= piece < pieces:
+                stage(piece)
 
 
 def overlapped_chunk(chunk_tokens: int, group: SequenceGroup) -> int:
@@ -117,23 +131,25 @@ def gather_keys_values(
     attn, batch, mine, dim = block.attn, x.shape[0], group.rank, block.attn.head_dim
     kv_all = None
     sent: dict[int, Transfer] = {}
-    for step in range(share.pieces + ahead):
-        if step < share.pieces:
-            start, end = share.bounds[mine][step]
-            part_pos = None if pos is None else pos[:, start:end]
-            kv = attn.project(block.norm1(x[:, start:end]), part_pos, "kv", rotate_inplace=True)
-            dtype = attention_dtype(kv[1])
-            if kv_all is None:
-                shape = (2, batch, share.heads[mine], sum(share.tokens), dim)
-                kv_all = x.new_empty(shape, dtype=dtype)
-            outgoing = [[t[:, h : h + n] for t in kv] for h, n in share.head_ranges()]
-            incoming = [(2, batch, share.heads[mine], b - a, dim) for a, b in share.column(step)]
-            sent[step] = group.exchange(outgoing, incoming, dtype, f"kv{group.slot(step)}")
-            del kv, outgoing
-        if 0 <= step - ahead < share.pieces:
-            piece = step - ahead
-            for source, part in enumerate(sent.pop(piece).wait()):
-                kv_all[:, :, :, share.rows(source, piece)] = part
+
+    def project(piece: int) -> None:
+        nonlocal kv_all
+        first, last = share.bounds[mine][piece]
+        part_pos = None if pos is None else pos[:, first:last]
+        kv = attn.project(block.norm1(x[:, first:last]), part_pos, "kv", rotate_inplace=True)
+        dtype = attention_dtype(kv[1])
+        if kv_all is None:
+            shape = (2, batch, share.heads[mine], sum(share.tokens), dim)
+            kv_all = x.new_empty(shape, dtype=dtype)
+        outgoing = [[t[:, h : h + n] for t in kv] for h, n in share.head_ranges()]
+        incoming = [(2, batch, share.heads[mine], b - a, dim) for a, b in share.column(piece)]
+        sent[piece] = group.exchange(outgoing, incoming, dtype, f"kv{group.slot(piece)}")
+
+    def keep(piece: int) -> None:
+        for source, part in enumerate(sent.pop(piece).wait()):
+            kv_all[:, :, :, share.rows(source, piece)] = part
+
+    pipeline(share.pieces, ahead, (project, keep))
     # The queries' and outputs' exchanges are half as large: their buffers replace these.
     group.release("kv")
     return kv_all
