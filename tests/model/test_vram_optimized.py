@@ -206,16 +206,16 @@ def test_vggt_training_gradients_equal_baseline() -> None:
 
 
 def test_gradient_checkpointing_is_used_in_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vggt.models.aggregator as aggregator_module
+    import vggt.training.checkpointing as checkpointing
 
     calls = []
-    real = aggregator_module.checkpoint
+    real = checkpointing.checkpoint
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("use_reentrant"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(aggregator_module, "checkpoint", counting)
+    monkeypatch.setattr(checkpointing, "checkpoint", counting)
     model = AggregatorVramOptimized(**SMALL_AGGREGATOR, selected_layer_idx=[5]).train()
     model(seeded_images(1, 2, 56, 56))[0][5].sum().backward()
     assert calls == [False] * 12

@@ -8,6 +8,7 @@ from torch import nn
 
 from vggt.heads.head_act import activate_head
 from vggt.heads.utils import create_uv_grid, position_grid_to_embed
+from vggt.training.checkpointing import run_checkpointed
 
 # 1.5 * 2**30 output elements: larger interpolations go batch chunk by batch chunk, as the
 # reference does, because upsampling kernels overflow 32-bit indexing beyond about 2**31.
@@ -120,6 +121,9 @@ class DPTHead(nn.Module):
         self.conf_activation = conf_activation
         self.pos_embed = pos_embed
         self.feature_only = feature_only
+        # What a training forward keeps of each frame chunk for backward
+        # (vggt.training.checkpointing); the reference keeps everything.
+        self.checkpointing = "none"
         self.down_ratio = down_ratio
         self.intermediate_layer_idx = list(intermediate_layer_idx)
 
@@ -164,7 +168,7 @@ class DPTHead(nn.Module):
         if frames_chunk_size is not None and frames_chunk_size < 1:
             raise ValueError(f"frames_chunk_size must be positive, got {frames_chunk_size}")
         if frames_chunk_size is None or frames_chunk_size >= frames:
-            return self._forward_impl(aggregated_tokens_list, images, patch_start_idx)
+            return self._run_chunk(aggregated_tokens_list, images, patch_start_idx)
         bounds = [
             (start, min(start + frames_chunk_size, frames))
             for start in range(0, frames, frames_chunk_size)
@@ -173,13 +177,13 @@ class DPTHead(nn.Module):
             # The tracker's rounding depends on the feature maps' memory layout, which
             # torch.cat fixes as the reference does; predictions are written in place instead.
             chunks = [
-                self._forward_impl(aggregated_tokens_list, images, patch_start_idx, start, end)
+                self._run_chunk(aggregated_tokens_list, images, patch_start_idx, start, end)
                 for start, end in bounds
             ]
             return torch.cat(chunks, dim=1)
         preds = conf = None
         for start, end in bounds:
-            chunk_preds, chunk_conf = self._forward_impl(
+            chunk_preds, chunk_conf = self._run_chunk(
                 aggregated_tokens_list, images, patch_start_idx, start, end
             )
             if preds is None:
@@ -190,6 +194,26 @@ class DPTHead(nn.Module):
             conf[:, start:end] = chunk_conf
             del chunk_preds, chunk_conf
         return preds, conf
+
+    def _run_chunk(
+        self,
+        aggregated_tokens_list: Sequence[torch.Tensor],
+        images: torch.Tensor,
+        patch_start_idx: int,
+        frames_start: int | None = None,
+        frames_end: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One frame chunk, checkpointed as `checkpointing` says: under a policy other than
+        "none", only one chunk's full-resolution activations are alive at a time in backward."""
+        return run_checkpointed(
+            self.checkpointing,
+            self._forward_impl,
+            aggregated_tokens_list,
+            images,
+            patch_start_idx,
+            frames_start,
+            frames_end,
+        )
 
     def _forward_impl(
         self,

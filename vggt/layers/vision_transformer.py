@@ -7,13 +7,13 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vggt.layers.attention import MemEffAttention
 from vggt.layers.block import NestedTensorBlock
 from vggt.layers.mlp import Mlp
 from vggt.layers.patch_embed import PatchEmbed
 from vggt.layers.swiglu_ffn import SwiGLUFFN, SwiGLUFFNFused
+from vggt.training.checkpointing import run_checkpointed
 
 FFN_LAYERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": Mlp,
@@ -120,6 +120,8 @@ class DinoVisionTransformer(nn.Module):
         # An inference executor for the blocks, e.g. the in-place streamed one of
         # vggt.streaming; None runs each block's own forward.
         self.block_runner: Callable[..., torch.Tensor] | None = None
+        # What a training forward keeps for backward (vggt.training.checkpointing).
+        self.checkpointing = "blocks"
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -184,10 +186,10 @@ class DinoVisionTransformer(nn.Module):
         x = self.prepare_tokens_with_masks(x, masks)
         runner = None if self.chunked_blocks or torch.is_grad_enabled() else self.block_runner
         for block in self.blocks:
-            if self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            elif runner is not None:
+            if runner is not None:
                 x = runner(block, x, None)
+            elif self.training:
+                x = run_checkpointed(self.checkpointing, block, x)
             else:
                 x = block(x)
         x_norm = self.norm(x)

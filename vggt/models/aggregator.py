@@ -5,12 +5,12 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vggt.layers import vision_transformer as vits
 from vggt.layers.block import Block
 from vggt.layers.patch_embed import PatchEmbed
 from vggt.layers.rope import PositionGetter, RotaryPositionEmbedding2D
+from vggt.training.checkpointing import check_policy, run_checkpointed
 
 # ImageNet statistics, made tensors of the weights' dtype (as the reference's buffers follow
 # `.to(dtype)`) on the input's device at each call: not buffers, so a model built on the meta
@@ -125,9 +125,18 @@ class Aggregator(nn.Module):
         self.patch_start_idx = 1 + num_register_tokens
         nn.init.normal_(self.camera_token, std=1e-6)
         nn.init.normal_(self.register_token, std=1e-6)
-        self.use_reentrant = False
+        # What a training forward keeps for backward (vggt.training.checkpointing); the
+        # reference checkpoints every block.
+        self.checkpointing = "blocks"
         # An inference executor for the blocks (see vggt.streaming); None runs their forward.
         self.block_runner: Callable[..., torch.Tensor] | None = None
+
+    def checkpoint_activations(self, policy: str) -> None:
+        """Checkpoint every block in training as `policy` says ("none", "blocks" or
+        "selective"), the DINOv2 patch embedding's too."""
+        self.checkpointing = check_policy(policy)
+        if isinstance(self.patch_embed, vits.DinoVisionTransformer):
+            self.patch_embed.checkpointing = policy
 
     def _build_patch_embed(
         self,
@@ -206,8 +215,8 @@ class Aggregator(nn.Module):
     ) -> torch.Tensor:
         """Run frame or global block `index` on the residual stream; return it as [B, S, P, C].
 
-        Training checkpoints each block; inference without autograd goes through
-        `block_runner` when one is set (it may overwrite `tokens`).
+        Without autograd it goes through `block_runner` when one is set (which may overwrite
+        `tokens`); training checkpoints it as `checkpointing` says.
         """
         batch, frames, tokens_per_frame, dim = shape
         if attn_type == "frame":
@@ -219,10 +228,10 @@ class Aggregator(nn.Module):
         tokens = tokens.reshape(groups, length, dim)
         if pos is not None:
             pos = pos.reshape(groups, length, 2)
-        if self.training:
-            tokens = checkpoint(block, tokens, pos=pos, use_reentrant=self.use_reentrant)
-        elif self.block_runner is not None and not torch.is_grad_enabled():
+        if self.block_runner is not None and not torch.is_grad_enabled():
             tokens = self.block_runner(block, tokens, pos, attn_type == "global")
+        elif self.training:
+            tokens = run_checkpointed(self.checkpointing, block, tokens, pos=pos)
         else:
             tokens = block(tokens, pos=pos)
         return tokens.view(shape)

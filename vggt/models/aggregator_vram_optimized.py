@@ -237,8 +237,8 @@ class AggregatorVramOptimized(Aggregator):
         group = self.sequence_group
         if group is None:
             return None
-        if torch.is_grad_enabled() or self.training:
-            raise RuntimeError("a sequence split over ranks runs in inference only (no_grad, eval)")
+        if torch.is_grad_enabled():
+            raise RuntimeError("a sequence split over ranks runs without autograd (no_grad)")
         self.block_runner.layout = group.layout(
             images, partial(check_images, patch_size=self.patch_size)
         )

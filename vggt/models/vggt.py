@@ -105,6 +105,11 @@ class VGGT(nn.Module, HubMixin):
         """The backbone; subclasses swap in another aggregator with the same state dict."""
         return Aggregator(**kwargs)
 
+    def checkpoint_activations(self, policy: str) -> None:
+        """What a training forward keeps for backward: the aggregator's blocks checkpointed as
+        `policy` says ("none", "blocks", the reference's, or "selective")."""
+        self.aggregator.checkpoint_activations(policy)
+
     def load_checkpoint(self, path: str | os.PathLike, strict: bool = True) -> None:
         """Load a published-layout state dict from `model.pt` (weights only) or `.safetensors`."""
         self.load_state_dict(read_state_dict(path), strict=strict)

@@ -1,5 +1,6 @@
 """VGGT whose aggregator keeps only the layers its enabled heads read."""
 
+import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
@@ -30,7 +31,12 @@ class VGGTOptimized(VGGT):
     `predictions_device`, when set (e.g. the CPU), receives the depth and point predictions
     frame chunk by frame chunk as the heads make them, so nothing the dense heads return grows
     with the frames on the compute device (a few MB per frame, copied once: page-locked
-    memory would gain little).
+    memory would gain little); without autograd only.
+
+    In training (`vggt.training`), a frozen aggregator runs without autograd, streamed as in
+    inference, and `checkpoint_activations` checkpoints the dense heads' frame chunks too, so
+    backward keeps the kept layers, the block inputs and one chunk of head activations at a
+    time.
     """
 
     def __init__(
@@ -58,6 +64,16 @@ class VGGTOptimized(VGGT):
 
     def build_aggregator(self, **kwargs) -> nn.Module:
         return AggregatorVramOptimized(**kwargs)
+
+    def checkpoint_activations(self, policy: str) -> None:
+        """The aggregator's blocks and the DPT heads' frame chunks (the track head's feature
+        extractor's too) checkpointed as `policy` says."""
+        super().checkpoint_activations(policy)
+        for head in (self.depth_head, self.point_head):
+            if head is not None:
+                head.checkpointing = policy
+        if self.track_head is not None:
+            self.track_head.feature_extractor.checkpointing = policy
 
     @property
     def progress(self) -> Callable[[int], None] | None:
@@ -96,8 +112,17 @@ class VGGTOptimized(VGGT):
         return needed
 
     def aggregate(self, images: torch.Tensor) -> tuple[LayerSelectView, int]:
-        view, patch_start_idx, _ = self.aggregator(images)
+        """The kept layers; a frozen aggregator (no parameter requires grad) runs without
+        autograd, streamed as in inference."""
+        frozen = not any(p.requires_grad for p in self.aggregator.parameters())
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            view, patch_start_idx, _ = self.aggregator(images)
         return view, patch_start_idx
+
+    def _predictions_target(self) -> torch.device | None:
+        """Where the dense predictions go: `predictions_device` without autograd, else None
+        (where the heads make them)."""
+        return None if torch.is_grad_enabled() else self.predictions_device
 
     def parallelize(self, group: SequenceGroup | None, attention: str = "ulysses") -> None:
         """Split each forward's sequence over `group`'s ranks (None: one device again).
@@ -123,7 +148,7 @@ class VGGTOptimized(VGGT):
         offloaded = any(isinstance(layer, OffloadedLayer) for layer in layers)
         dtype = self.heads_dtype()
         converted = dtype is not None and any(layer.dtype != dtype for layer in layers)
-        elsewhere = self.predictions_device is not None
+        elsewhere = self._predictions_target() is not None
         if not (offloaded or converted or elsewhere or self.aggregator.sequence_group is not None):
             predictions = super().predict(tokens, images, patch_start_idx, query_points)
             self._report_heads(images.shape[1])
@@ -143,6 +168,7 @@ class VGGTOptimized(VGGT):
         depth, frames, dtype = view.depth, images.shape[1], self.heads_dtype()
         track = self.track_head is not None and query_points is not None
         predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        target = self._predictions_target()
         cameras, features = [], []
         for start, end, chunk in iter_frame_chunks(dict(view.items()), frames, FRAMES_CHUNK_SIZE):
             if dtype is not None:
@@ -155,7 +181,7 @@ class VGGTOptimized(VGGT):
                     for key, value in zip((name, f"{name}_conf"), values, strict=True):
                         if key not in predictions:
                             shape = (*images.shape[:2], *value.shape[2:])
-                            device = self.predictions_device or value.device
+                            device = target or value.device
                             predictions[key] = value.new_empty(shape, device=device)
                         predictions[key][:, start:end] = value
             if self.camera_head is not None:
