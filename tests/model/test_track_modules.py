@@ -253,7 +253,8 @@ def test_corr_block_window_is_x_offset_major():
     )
     fmaps = (xs + 100.0 * ys).reshape(1, 1, 1, H, W)
     block = CorrBlock(fmaps, num_levels=2, radius=r)
-    assert [tuple(f.shape) for f in block.fmaps_pyramid] == [(1, 1, 1, 16, 16), (1, 1, 1, 8, 8)]
+    levels = block.pyramid(slice(0, 1))
+    assert [tuple(f.shape) for f in levels] == [(1, 1, 1, 16, 16), (1, 1, 1, 8, 8)]
     targets = torch.ones(1, 1, 1, 1)
     cx, cy = 7.0, 5.0
     out = block.corr_sample(targets, torch.tensor([[[[cx, cy]]]]))

@@ -3,7 +3,8 @@
 ring attention's log-sum-exp merge rounds differently from one attention call: measured on the
 CPU at 7 frames over 2 and 3 ranks, at most 1.25e-2 and 5.7e-3, Ulysses 0; the sharded
 tracker's outputs within TRACK_BOUNDS), refuses impossible splits, lowers each rank's peak, and
-reproduces the golden recipe at 2 ranks."""
+reproduces the golden recipe at 2 ranks; a training step split over 2 and 3 ranks sums to one
+device's gradients within the fp32 bound."""
 
 import itertools
 from pathlib import Path
@@ -65,6 +66,33 @@ TWO_RANK_CASES = {
             "tracks": False,
         },
     ],
+    "test_training_split_over_two_ranks": [
+        {
+            "name": "train-unfrozen",
+            "kind": "train",
+            "attention": "ulysses",
+            "frames": 5,
+            "trainable": "unfrozen-aggregator",
+            "checkpoint": "blocks",
+        },
+        {
+            "name": "train-frozen",
+            "kind": "train",
+            "attention": "ulysses",
+            "frames": 3,
+            "trainable": "frozen-aggregator",
+            "checkpoint": "none",
+            "size": 42,
+        },
+        {
+            "name": "train-ring",
+            "kind": "train",
+            "attention": "ring",
+            "frames": 3,
+            "trainable": "unfrozen-aggregator",
+            "checkpoint": "none",
+        },
+    ],
     "test_golden_recipe_on_two_ranks": [
         {"name": "golden", "kind": "golden", "attention": "ulysses"},
     ],
@@ -112,6 +140,27 @@ def test_two_ranks(two_rank_findings: list[dict]) -> None:
     assert findings[1]["memory"]["split"] <= 0.6 * memory["alone"]
 
 
+def assert_trains_as_one_device(findings: list[dict], name: str) -> None:
+    """Every summed gradient within the fp32 bound of one device's; the ranks' losses add up to
+    one device's."""
+    for rank, found in enumerate(findings):
+        result = found[name]
+        assert "error" not in result, (rank, result)
+        assert result["errors"] and not result["missing"], (rank, result["missing"])
+        worst = max(result["errors"].items(), key=lambda item: item[1])
+        assert worst[1] <= BOUNDS["fp32"], (name, rank, worst)
+    for term, expected in findings[0][name]["expected"].items():
+        total = sum(found[name]["losses"][term] for found in findings)
+        assert total == pytest.approx(expected, rel=1e-5), (name, term)
+
+
+def test_training_split_over_two_ranks(two_rank_findings: list[dict]) -> None:
+    assert_trains_as_one_device(two_rank_findings, "train-unfrozen")
+    assert_trains_as_one_device(two_rank_findings, "train-frozen")
+    for found in two_rank_findings:
+        assert "runs ulysses attention, not ring" in found["train-ring"]["error"]
+
+
 @pytest.mark.slow
 def test_golden_recipe_on_two_ranks(two_rank_findings: list[dict]) -> None:
     for rank, found in enumerate(two_rank_findings):
@@ -137,12 +186,16 @@ def test_three_ranks(tmp_path: Path) -> None:
          "tracks": False, "precision": "autocast"},
         {"name": "ulysses-7-bf16", "attention": "ulysses", "frames": 7, "batch": 1,
          "architecture": FOUR_HEADS, "precision": "bf16"},
+        {"name": "train-7", "kind": "train", "attention": "ulysses", "frames": 7,
+         "architecture": FOUR_HEADS, "trainable": "unfrozen-aggregator",
+         "checkpoint": "selective", "counts": [1, 3, 3]},
     ]  # fmt: skip
     findings = run_cases(tmp_path, 3, cases)
     assert_exact(findings, "ulysses-7-chunked")
     assert_exact(findings, "ring-5-b2")
     assert_exact(findings, "ring-7-autocast", "autocast")
     assert_exact(findings, "ulysses-7-bf16", "bf16")
+    assert_trains_as_one_device(findings, "train-7")
     for found in findings:
         assert "at most 2 ranks, not 3: use ring attention" in found["too-many-ranks"]["error"]
 

@@ -5,8 +5,10 @@ Each case builds a small seeded VGGTOptimized (in the case's precision, fp32 by 
 the whole sequence on this rank alone as the reference, then the same sequence split over the
 ranks (this rank passing only its own frames), and records the largest relative L2 error of
 every kept layer and prediction against the reference's matching frames, or the error raised.
-A `memory` case compares the CPU profiler's peak of the optimized aggregator split over the
-ranks with rank 0's peak alone.
+A `train` case runs a training step's forward and backward of a small-headed model on the
+whole sequence and split over the ranks, and records each summed gradient's relative L2 error
+and this rank's loss terms. A `memory` case compares the CPU profiler's peak of the optimized
+aggregator split over the ranks with rank 0's peak alone.
 
     torchrun --nproc_per_node=N tests/support/parallel_worker.py CASES.json OUT
 """
@@ -34,11 +36,15 @@ from tests.support.recipe import (  # noqa: E402
     recipe_state_dict,
 )
 from tests.support.repo import manifest  # noqa: E402
+from tests.support.training import with_small_heads  # noqa: E402
 from vggt.models.variants import get_variant  # noqa: E402
 from vggt.models.vggt_vram_optimized import VGGTOptimized  # noqa: E402
 from vggt.parallel.group import SequenceGroup, rank_slice, split_evenly  # noqa: E402
 from vggt.precision import get_precision  # noqa: E402
 from vggt.streaming.chunks import ChunkPolicy  # noqa: E402
+from vggt.training.loss import seeded_targets  # noqa: E402
+from vggt.training.step import TrainingStep  # noqa: E402
+from vggt.training.trainable import PRESETS  # noqa: E402
 
 QUERY_POINTS = [[10.0, 20.0], [70.0, 90.0], [130.0, 5.0]]
 
@@ -80,6 +86,47 @@ def compare_case(case: dict, group: SequenceGroup) -> dict:
         pairs = pairs or [(value, reference[name])]
         errors[name] = max(rel_l2(ours, expected[:, mine]) for ours, expected in pairs)
     return {"errors": errors, "frames": [mine.start, mine.stop]}
+
+
+def train_case(case: dict, group: SequenceGroup) -> dict:
+    """Relative L2 error of every gradient summed over the ranks against one device's, and
+    this rank's loss terms with the reference's (a training step's forward and backward)."""
+    torch.manual_seed(case.get("seed", 0))
+    config = {**SMALL_VGGT, **case.get("architecture", {}), "enable_track": False}
+    model = with_small_heads(VGGTOptimized(**config))
+    reference = with_small_heads(VGGTOptimized(**config))
+    reference.load_state_dict(model.state_dict())
+    size, frames = case.get("size", 56), case["frames"]
+    images = seeded_images(1, frames, size, size, seed=case.get("seed", 0))
+    targets = seeded_targets(1, frames, size, size, seed=case.get("seed", 0))
+    parts, policy = PRESETS[case["trainable"]], case["checkpoint"]
+    precision = get_precision("fp32")
+    expected = TrainingStep(reference, parts, policy, precision).loss(images, targets)
+    expected["total"].backward()
+    model.parallelize(group, case["attention"])
+    step = TrainingStep(model, parts, policy, precision)
+    mine = my_frames(case, group.rank, group.world_size)
+    local = targets.frames(mine.start, mine.stop)
+    losses = step.loss(images[:, mine], local, total_frames=frames)
+    losses["total"].backward()
+    group.all_reduce_sum_([p.grad for p in step.parameters if p.grad is not None])
+    grads = dict(reference.named_parameters())
+    errors = {
+        name: rel_l2(p.grad, grads[name].grad)
+        for name, p in model.named_parameters()
+        if p.grad is not None and grads[name].grad.abs().max() > 0
+    }
+    missing = sorted(
+        n
+        for n, p in reference.named_parameters()
+        if (p.grad is None) != (dict(model.named_parameters())[n].grad is None)
+    )
+    return {
+        "errors": errors,
+        "missing": missing,
+        "losses": {name: value.item() for name, value in losses.items()},
+        "expected": {name: value.item() for name, value in expected.items()},
+    }
 
 
 def memory_case(case: dict, group: SequenceGroup) -> dict:
@@ -139,14 +186,19 @@ def main(cases_file: str, out_dir: str) -> None:
         run = RUNS[case.get("kind", "compare")]
         try:
             findings[case["name"]] = run(case, group)
-        except ValueError as error:
+        except (ValueError, RuntimeError) as error:
             findings[case["name"]] = {"error": str(error)}
     out = Path(out_dir) / f"rank{group.rank}.json"
     out.write_text(json.dumps(findings))
     dist.destroy_process_group()
 
 
-RUNS = {"compare": compare_case, "memory": memory_case, "golden": golden_case}
+RUNS = {
+    "compare": compare_case,
+    "memory": memory_case,
+    "golden": golden_case,
+    "train": train_case,
+}
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

@@ -228,12 +228,14 @@ class Aggregator(nn.Module):
         tokens = tokens.reshape(groups, length, dim)
         if pos is not None:
             pos = pos.reshape(groups, length, 2)
+        across_frames = attn_type == "global"
         if self.block_runner is not None and not torch.is_grad_enabled():
-            tokens = self.block_runner(block, tokens, pos, attn_type == "global")
-        elif self.training:
-            tokens = run_checkpointed(self.checkpointing, block, tokens, pos=pos)
+            tokens = self.block_runner(block, tokens, pos, across_frames)
         else:
-            tokens = block(tokens, pos=pos)
+            runner = self.block_runner
+            forward = block if runner is None else runner.with_autograd(block, across_frames)
+            policy = self.checkpointing if self.training else "none"
+            tokens = run_checkpointed(policy, forward, tokens, pos=pos)
         return tokens.view(shape)
 
     def iter_blocks(

@@ -214,7 +214,7 @@ class AggregatorVramOptimized(Aggregator):
 
         Every rank then passes only its own frames, consecutive ones in rank order, and gets
         their kept layers back; global attention spans all ranks (`attention`: "ulysses" or
-        "ring"). Inference only.
+        "ring"). Under autograd (training) global attention is Ulysses'.
         """
         policy = self.block_runner.policy
         if group is None:
@@ -237,8 +237,6 @@ class AggregatorVramOptimized(Aggregator):
         group = self.sequence_group
         if group is None:
             return None
-        if torch.is_grad_enabled():
-            raise RuntimeError("a sequence split over ranks runs without autograd (no_grad)")
         self.block_runner.layout = group.layout(
             images, partial(check_images, patch_size=self.patch_size)
         )

@@ -9,6 +9,7 @@ from torch import nn
 from vggt.heads.dpt_head import FRAMES_CHUNK_SIZE
 from vggt.models.aggregator_vram_optimized import AggregatorVramOptimized, LayerSelectView
 from vggt.models.vggt import VGGT, heads_in_fp32, pose_predictions, track_predictions
+from vggt.parallel.autograd import gather_frames
 from vggt.parallel.group import SequenceGroup
 from vggt.parallel.tracking import SplitFrames
 from vggt.streaming.offload import OffloadedLayer, iter_frame_chunks
@@ -29,9 +30,10 @@ class VGGTOptimized(VGGT):
     forward on S frames makes `progress_steps(S)` steps in all.
 
     `predictions_device`, when set (e.g. the CPU), receives the depth and point predictions
-    frame chunk by frame chunk as the heads make them, so nothing the dense heads return grows
-    with the frames on the compute device (a few MB per frame, copied once: page-locked
-    memory would gain little); without autograd only.
+    and the track head's feature maps frame chunk by frame chunk as the heads make them, so
+    nothing the heads return grows with the frames on the compute device (a few MB per frame,
+    copied once: page-locked memory would gain little; the tracker reads its maps back a
+    chunk at a time); without autograd only.
 
     In training (`vggt.training`), a frozen aggregator runs without autograd, streamed as in
     inference, and `checkpoint_activations` checkpoints the dense heads' frame chunks too, so
@@ -131,7 +133,9 @@ class VGGTOptimized(VGGT):
         query points, and gets the predictions of its own frames, equal to one device's:
         global attention spans the ranks (`attention` "ulysses" or "ring"), the camera head
         sees every frame's camera token, and the tracker tracks through each rank's own
-        frames, its attention across time spanning the ranks. Inference only.
+        frames, its attention across time spanning the ranks. Training runs the split too
+        (Ulysses attention, tracks on one device only): `vggt.training.step.TrainingStep`
+        sums the ranks' gradients.
         """
         self.aggregator.parallelize(group, attention)
 
@@ -169,7 +173,8 @@ class VGGTOptimized(VGGT):
         track = self.track_head is not None and query_points is not None
         predictions: dict[str, torch.Tensor | list[torch.Tensor]] = {}
         target = self._predictions_target()
-        cameras, features = [], []
+        cameras = []
+        maps = None
         for start, end, chunk in iter_frame_chunks(dict(view.items()), frames, FRAMES_CHUNK_SIZE):
             if dtype is not None:
                 chunk = {index: layer.to(dtype) for index, layer in chunk.items()}
@@ -188,13 +193,17 @@ class VGGTOptimized(VGGT):
                 cameras.append(layers[-1][:, :, :1].clone())
             if track:
                 extractor = self.track_head.feature_extractor
-                features.append(extractor(layers, part, patch_start_idx, frames_chunk_size=None))
+                chunk_maps = extractor(layers, part, patch_start_idx, frames_chunk_size=None)
+                if maps is None:
+                    shape = (*images.shape[:2], *chunk_maps.shape[2:])
+                    maps = chunk_maps.new_empty(shape, device=target or chunk_maps.device)
+                maps[:, start:end] = chunk_maps
+                del chunk_maps
             del layers, chunk
             self._report_heads(end - start)
         if self.camera_head is not None:
             predictions.update(self._cameras(torch.cat(cameras, dim=1), depth, images))
         if track:
-            maps = features[0] if len(features) == 1 else torch.cat(features, dim=1)
             predictions.update(self._tracks(maps, query_points))
         return predictions
 
@@ -206,7 +215,7 @@ class VGGTOptimized(VGGT):
         group = self.aggregator.sequence_group
         if group is not None:
             layout = self.aggregator.block_runner.layout
-            tokens = group.all_gather_frames(tokens, layout)
+            tokens = gather_frames(tokens, group, layout)
         with heads_in_fp32(images):
             poses = self.camera_head(LayerSelectView({depth - 1: tokens}, depth))
         if group is not None:
@@ -223,6 +232,11 @@ class VGGTOptimized(VGGT):
         group = self.aggregator.sequence_group
         frames = None
         if group is not None:
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    "tracks of a sequence split over ranks run without autograd only: train "
+                    "the track head on one device"
+                )
             frames = SplitFrames(group, self.aggregator.block_runner.layout)
         tracks = self.track_head.track(feature_maps, query_points, frames=frames)
         return track_predictions(tracks)

@@ -81,6 +81,8 @@ def collective(what: str) -> Iterator[None]:
 # NCCL's watchdog times a collective from when it is queued, so a host running a whole global
 # block's exchanges ahead would make a slow, healthy block look hung.
 EXCHANGES_AHEAD = 2
+# The most bytes of gradients one all-reduce sums (a larger tensor goes alone).
+REDUCE_BUCKET_BYTES = 256 << 20
 
 
 def hold_back(ends: Sequence, ahead: int = EXCHANGES_AHEAD) -> None:
@@ -268,6 +270,20 @@ class SequenceGroup:
             )
         return Transfer([work], self.log, elsewhere * source.element_size(), source.device)
 
+    def all_reduce_sum_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Sum each tensor over the ranks, in place, a few large collectives at a time (the
+        tensors flattened into buckets of at most `REDUCE_BUCKET_BYTES` per dtype)."""
+        for bucket in _buckets(tensors, REDUCE_BUCKET_BYTES):
+            flat = torch.cat([tensor.reshape(-1) for tensor in bucket])
+            self._all_reduce(flat)
+            for tensor, summed in zip(bucket, flat.split([t.numel() for t in bucket]), strict=True):
+                tensor.copy_(summed.view(tensor.shape))
+
+    def _all_reduce(self, flat: torch.Tensor) -> None:
+        sent = _nbytes(flat) * 2 * (self.world_size - 1) // self.world_size
+        with self.log.timing("all-reduce", sent, flat.device), collective("all-reduce"):
+            dist.all_reduce(flat, group=self.group)
+
     def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> "Transfer":
         """Start sending `outgoing` to the next rank and receiving the previous rank's into
         `incoming`; wait on the result before reading `incoming` or writing `outgoing`."""
@@ -354,6 +370,21 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def _buckets(tensors: Sequence[torch.Tensor], limit: int) -> Iterator[list[torch.Tensor]]:
+    """Consecutive runs of same-dtype tensors of at most `limit` bytes together (a larger
+    tensor alone)."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for tensor in tensors:
+        if bucket and (tensor.dtype != bucket[0].dtype or size + _nbytes(tensor) > limit):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(tensor)
+        size += _nbytes(tensor)
+    if bucket:
+        yield bucket
+
+
 def _unpad(pieces: list[torch.Tensor], layout: FrameLayout) -> torch.Tensor:
     """The padded per-rank pieces cut to their frame counts and joined along dim 1."""
     return torch.cat([p[:, :n] for p, n in zip(pieces, layout.counts, strict=True)], dim=1)
@@ -402,6 +433,9 @@ class SimulatedGroup(SequenceGroup):
     ) -> Transfer:
         """Nothing moves; `output` keeps whatever it holds."""
         return Transfer([], self.log, 0, source.device)
+
+    def _all_reduce(self, flat: torch.Tensor) -> None:
+        """Nothing moves."""
 
     def ring_shift(self, outgoing: torch.Tensor, incoming: torch.Tensor) -> Transfer:
         """Nothing moves."""

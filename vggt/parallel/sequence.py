@@ -1,9 +1,13 @@
 """The block runner of a sequence split over ranks: frame blocks run on each rank's own
 frames as on one device; global blocks attend across the ranks."""
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 
 from vggt.layers.block import Block
+from vggt.parallel.autograd import ulysses_block
 from vggt.parallel.group import FrameLayout, SequenceGroup
 from vggt.parallel.hybrid import hybrid_block_
 from vggt.parallel.ring import ring_block_
@@ -77,3 +81,17 @@ class SequenceParallelBlocks(StreamedBlocks):
         guard = self.before_write or no_guard
         ATTENTIONS[self.attention](block, x, pos, chunk, self.layout, self.group, guard)
         return x
+
+    def with_autograd(
+        self, block: Block, across_frames: bool = False
+    ) -> Callable[..., torch.Tensor]:
+        """What runs `block` under autograd (training): a global block spans the ranks by
+        Ulysses' exchanges (`vggt.parallel.autograd`), a frame block runs on this rank's."""
+        if not across_frames:
+            return block
+        if self.attention != "ulysses":
+            raise RuntimeError(
+                f"training a sequence split over ranks runs ulysses attention, not "
+                f"{self.attention} (at most as many ranks as heads)"
+            )
+        return partial(ulysses_block, block, group=self.group, layout=self.layout)

@@ -133,3 +133,9 @@ class StreamedBlocks:
         on one device."""
         chunk = self.policy.chunk_tokens(x.shape[0] * x.shape[1], x.device, x.shape[-1])
         return run_block_(block, x, pos, chunk, self.before_write)
+
+    def with_autograd(
+        self, block: Block, across_frames: bool = False
+    ) -> Callable[..., torch.Tensor]:
+        """What runs `block` under autograd: the block itself, on one device."""
+        return block

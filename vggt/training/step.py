@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from vggt.parallel.group import SequenceGroup
 from vggt.precision import Precision
 from vggt.training.checkpointing import check_policy
 from vggt.training.loss import Targets, layers_loss, training_loss
@@ -37,7 +38,11 @@ def make_optimizer(parameters: list[nn.Parameter], lr: float = 1e-5) -> torch.op
 class TrainingStep:
     """Forward, backward and an AdamW step of `model` (a VGGT or an aggregator) training
     `parts`, with activations checkpointed as `checkpoint` says, in `precision`. An aggregator
-    alone is trained on the mean square of `layers` (the ones heads would read)."""
+    alone is trained on the mean square of `layers` (the ones heads would read).
+
+    Split over ranks (`parallelize`), each rank passes its own frames and targets and the
+    sequence's `total_frames`; the ranks' gradients are summed after backward, so every rank
+    takes the step one device would."""
 
     def __init__(
         self,
@@ -57,6 +62,11 @@ class TrainingStep:
         model.checkpoint_activations(check_policy(checkpoint))
         self.optimizer = make_optimizer(self.parameters, lr)
         self.gradient_bytes = 0
+
+    def sequence_group(self) -> SequenceGroup | None:
+        """The ranks the model's sequence is split over (their gradients are summed), if any."""
+        aggregator = getattr(self.model, "aggregator", self.model)
+        return getattr(aggregator, "sequence_group", None)
 
     def loss(
         self,
@@ -89,6 +99,9 @@ class TrainingStep:
             losses["total"].backward()
             values = {name: value.detach() for name, value in losses.items()}
             del losses
+            group = self.sequence_group()
+            if group is not None:
+                group.all_reduce_sum_([p.grad for p in self.parameters if p.grad is not None])
         self.gradient_bytes = sum(
             p.grad.numel() * p.grad.element_size() for p in self.parameters if p.grad is not None
         )

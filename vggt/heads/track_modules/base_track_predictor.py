@@ -76,6 +76,11 @@ class BaseTrackerPredictor(nn.Module):
         if predict_conf:
             self.conf_predictor = nn.Sequential(nn.Linear(latent_dim, 1))
 
+    def normed_maps(self, fmaps: torch.Tensor) -> torch.Tensor:
+        """Feature maps [B, s, C, H, W] with each pixel's features layer-normed (a frame at a
+        time or all at once: the same values)."""
+        return self.fmap_norm(fmaps.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+
     def forward(
         self,
         query_points: torch.Tensor,
@@ -86,7 +91,8 @@ class BaseTrackerPredictor(nn.Module):
         apply_sigmoid: bool = True,
         frames: "FrameShare | None" = None,
     ) -> tuple:
-        """Track ``query_points (B, N, 2)`` (image pixels, x/y) through ``fmaps (B, S, C, HH, WW)``.
+        """Track ``query_points (B, N, 2)`` (image pixels, x/y) through ``fmaps (B, S, C, HH, WW)``
+        (on the points' device, or elsewhere, e.g. in host memory: read a chunk at a time).
 
         Returns ``(coord_preds, vis, conf)``: a list of ``iters`` ``(B, S, N, 2)`` tensors in image
         pixels, and ``(B, S, N)`` scores (``conf`` is None without ``predict_conf``). With
@@ -99,9 +105,7 @@ class BaseTrackerPredictor(nn.Module):
         if D != 2:
             raise ValueError(f"query_points must have 2 coordinates, got {D}")
 
-        fmaps = self.fmap_norm(fmaps.permute(0, 1, 3, 4, 2))
-        fmaps = fmaps.permute(0, 1, 4, 2, 3)
-
+        device = query_points.device
         if down_ratio > 1:
             query_points = query_points / float(down_ratio)
         query_points = query_points / float(self.stride)
@@ -110,13 +114,21 @@ class BaseTrackerPredictor(nn.Module):
 
         first = frames is None or frames.holds_first_frame
         # Sampled on every rank, so each has the dtype autocast gives it; rank 0's is the one.
-        query_track_feat = sample_features4d(fmaps[:, 0], coords[:, 0])
+        first_map = self.normed_maps(fmaps[:, :1].to(device))[:, 0]
+        query_track_feat = sample_features4d(first_map, coords[:, 0])
+        del first_map
         if frames is not None:
             frames.from_first_frame(query_track_feat)
         track_feats = query_track_feat.unsqueeze(1).repeat(1, S, 1, 1)
         coords_backup = coords.clone()
 
-        fcorr_fn = CorrBlock(fmaps, num_levels=self.corr_levels, radius=self.corr_radius)
+        fcorr_fn = CorrBlock(
+            fmaps,
+            num_levels=self.corr_levels,
+            radius=self.corr_radius,
+            prepare=self.normed_maps,
+            device=device,
+        )
 
         coord_preds = []
         for _ in range(iters):

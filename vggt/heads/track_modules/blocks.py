@@ -152,12 +152,19 @@ class EfficientUpdateFormer(nn.Module):
         return flow, None
 
 
-# Elements of the correlation volumes computed at once (1 GiB in fp32).
+# Elements of the correlation volumes (and of the feature maps' pyramid) computed at once
+# (1 GiB in fp32).
 CORR_ELEMENTS = 1 << 28
 
 
 class CorrBlock:
-    """Multi-level correlation pyramid between track features and frame feature maps."""
+    """Multi-level correlation pyramid between track features and frame feature maps.
+
+    The pyramid is built a chunk of frames at a time, whenever it is sampled, from feature
+    maps that may lie elsewhere (host memory) than the computation (`device`): each chunk is
+    copied over, made ready by `prepare` (e.g. the tracker's feature norm) and pooled, so
+    neither the maps nor their pyramid need to fit on the device for all frames at once.
+    """
 
     def __init__(
         self,
@@ -166,39 +173,49 @@ class CorrBlock:
         radius: int = 4,
         multiple_track_feats: bool = False,
         padding_mode: str = "zeros",
+        prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: torch.device | None = None,
     ) -> None:
-        """Build the pyramid from ``fmaps (B, S, C, H, W)`` by repeated 2x2 average pooling."""
+        """Sample ``fmaps (B, S, C, H, W)`` at `num_levels` levels of 2x2 average pooling."""
         if multiple_track_feats:
             raise NotImplementedError("multiple_track_feats=True is not supported")
-        B, S, C, H, W = fmaps.shape
+        _, S, C, H, W = fmaps.shape
         self.S, self.C, self.H, self.W = S, C, H, W
+        self.fmaps = fmaps
+        self.prepare = prepare
+        self.device = fmaps.device if device is None else device
         self.padding_mode = padding_mode
         self.num_levels = num_levels
         self.radius = radius
         self.multiple_track_feats = multiple_track_feats
-
-        self.fmaps_pyramid = [fmaps]
-        for _ in range(num_levels - 1):
-            fmaps_ = fmaps.reshape(B * S, C, H, W)
-            fmaps_ = F.avg_pool2d(fmaps_, 2, stride=2)
-            _, _, H, W = fmaps_.shape
-            fmaps = fmaps_.reshape(B, S, C, H, W)
-            self.fmaps_pyramid.append(fmaps)
-
         r = radius
-        lin_y = torch.linspace(-r, r, 2 * r + 1, device=fmaps.device, dtype=fmaps.dtype)
-        lin_x = torch.linspace(-r, r, 2 * r + 1, device=fmaps.device, dtype=fmaps.dtype)
-        self.delta = torch.stack(torch.meshgrid(lin_y, lin_x, indexing="ij"), dim=-1)
+        lin = torch.linspace(-r, r, 2 * r + 1, device=self.device, dtype=fmaps.dtype)
+        self.delta = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), dim=-1)
+
+    def pyramid(self, frames: slice) -> list[torch.Tensor]:
+        """The levels [B, s, C, H_l, W_l] of `frames`, on the computing device."""
+        fmaps = self.fmaps[:, frames].to(self.device)
+        if self.prepare is not None:
+            fmaps = self.prepare(fmaps)
+        B, S, C, H, W = fmaps.shape
+        levels = [fmaps]
+        for _ in range(self.num_levels - 1):
+            pooled = F.avg_pool2d(fmaps.reshape(B * S, C, H, W), 2, stride=2)
+            _, _, H, W = pooled.shape
+            fmaps = pooled.reshape(B, S, C, H, W)
+            levels.append(fmaps)
+        return levels
 
     def corr_sample(self, targets: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Correlate ``targets (B, S, N, C)`` with every level around ``coords (B, S, N, 2)``.
 
         Returns ``(B, S, N, num_levels * (2r+1)^2)``, level-major, x-offset-major windows. Each
         frame is sampled on its own, so the frames go in chunks whose correlation volumes
-        ([B, frames, N, H*W]) hold at most CORR_ELEMENTS: memory does not grow with frames.
+        ([B, frames, N, H*W]) and feature maps hold at most CORR_ELEMENTS: memory does not
+        grow with frames.
         """
         B, S, N, _ = targets.shape
-        step = max(1, CORR_ELEMENTS // (B * N * self.H * self.W))
+        step = max(1, CORR_ELEMENTS // (B * max(N, self.C) * self.H * self.W))
         if step >= S:
             return self._sample(targets, coords, slice(0, S))
         parts = [
@@ -213,11 +230,11 @@ class CorrBlock:
         r = self.radius
         width = 2 * r + 1
         out_pyramid = []
-        for level, fmaps in enumerate(self.fmaps_pyramid):
-            fmaps = fmaps[:, frames]
+        for level, fmaps in enumerate(self.pyramid(frames)):
             _, _, C, H, W = fmaps.shape
             fmap2s = fmaps.reshape(B, S, C, H * W)
             corrs = torch.matmul(targets, fmap2s)
+            del fmap2s
             corrs = corrs.view(B, S, N, -1)
             corrs = corrs / math.sqrt(C)
             corrs = corrs.view(B, S, N, H, W)
