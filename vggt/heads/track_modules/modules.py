@@ -7,6 +7,21 @@ from torch import nn
 
 from vggt.layers.mlp import Mlp
 
+# The most bytes of fp32 attention weights [B x heads, L, L] a tracker attention computes
+# explicitly, as the reference does (nn.MultiheadAttention returning its weights); beyond, over
+# long sequences (the time attention across thousands of frames), it runs the fused kernel,
+# which never holds them: equal within rounding.
+EXPLICIT_WEIGHTS_BYTES = 1 << 30
+
+
+def explicit_weights(
+    attention: nn.MultiheadAttention, queries: torch.Tensor, keys: torch.Tensor
+) -> bool:
+    """Whether attention of queries [B, L, C] over keys [B, M, C] computes its weights as the
+    reference does (they fit `EXPLICIT_WEIGHTS_BYTES`)."""
+    weights = queries.shape[0] * attention.num_heads * queries.shape[1] * keys.shape[1]
+    return 4 * weights <= EXPLICIT_WEIGHTS_BYTES
+
 
 class AttnBlock(nn.Module):
     """Self-attention block whose residual stream starts from the normalised input."""
@@ -31,7 +46,8 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x (B, L, hidden)`` -> same shape; ``mask`` is the attention's ``attn_mask``."""
         x = self.norm1(x)
-        attn_out = self.attn(x, x, x, attn_mask=mask)[0]
+        explicit = explicit_weights(self.attn, x, x)
+        attn_out = self.attn(x, x, x, attn_mask=mask, need_weights=explicit)[0]
         x = x + attn_out
         x = x + self.mlp(self.norm2(x))
         return x
@@ -64,6 +80,7 @@ class CrossAttnBlock(nn.Module):
         """``x (B, L, hidden)`` attends to ``context (B, M, hidden)``; returns x's shape."""
         x = self.norm1(x)
         context = self.norm_context(context)
-        x = x + self.cross_attn(x, context, context, attn_mask=mask)[0]
+        explicit = explicit_weights(self.cross_attn, x, context)
+        x = x + self.cross_attn(x, context, context, attn_mask=mask, need_weights=explicit)[0]
         x = x + self.mlp(self.norm2(x))
         return x
