@@ -9,9 +9,12 @@ set: with AMX-BF16 a bf16 convolution takes hundreds of MB that AVX2 machines ne
 To tell them apart, every operator the program dispatches runs inside a profiler range of its
 own, and an allocation made in that range counts as tensor bytes when an output of the
 operator lives at its address. The figures are deterministic for a given program, shapes,
-thread count and CPU, which makes them fit for assertions in tests.
+thread count and CPU, which makes them fit for assertions in tests. Profiler ranges the program
+opens with a given prefix (`record_function("train.forward")`) are kept as marks, so the peak
+of a stretch of the program (a training step's phase) can be read from the same trace.
 """
 
+import bisect
 import resource
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,7 +36,10 @@ class MemoryTrace:
     `peak_bytes`: the peak of every allocation (tensors and kernel scratch together, what the
     allocator held); `tensor_peak_bytes`: the peak of the tensor bytes alone;
     `scratch_peak_bytes`: the largest scratch held at once; `end_bytes`: tensor bytes still
-    live at the end (outputs). The timeline holds every allocation's running total.
+    live at the end (outputs). The timeline holds every allocation's running total, of all
+    bytes (`live_bytes`) and of tensor bytes (`tensor_bytes`); `marks` the ranges the program
+    opened with the traced prefix, by name without it. Times are nanoseconds from the first
+    allocation or mark.
     """
 
     peak_bytes: int
@@ -42,6 +48,16 @@ class MemoryTrace:
     end_bytes: int
     times_ns: list[int] = field(default_factory=list)
     live_bytes: list[int] = field(default_factory=list)
+    tensor_bytes: list[int] = field(default_factory=list)
+    marks: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def tensor_peak_during(self, start_ns: int, end_ns: int) -> int:
+        """The highest tensor bytes between two times: the level at `start_ns` and every
+        allocation or free up to `end_ns`."""
+        first = bisect.bisect_left(self.times_ns, start_ns)
+        last = bisect.bisect_right(self.times_ns, end_ns)
+        level = self.tensor_bytes[first - 1] if first > 0 else 0
+        return max([level, *self.tensor_bytes[first:last]])
 
 
 class _OperatorRanges(TorchDispatchMode):
@@ -84,12 +100,29 @@ def _allocations(tree: Iterable[Any]) -> list[Any]:
     return found
 
 
-def _trace(events: list[Any], outputs: list[set[int]]) -> MemoryTrace:
-    """Running totals of all, tensor and scratch bytes over the allocation events."""
+def _marks(tree: Iterable[Any], prefix: str) -> dict[str, tuple[int, int]]:
+    """The start and end (ns) of every range named `prefix...`, by name without the prefix."""
+    found, stack = {}, list(tree)
+    while stack:
+        node = stack.pop()
+        if node.name.startswith(prefix):
+            found[node.name[len(prefix) :]] = (node.start_time_ns, node.end_time_ns)
+        stack.extend(node.children)
+    return found
+
+
+def _trace(
+    events: list[Any], outputs: list[set[int]], marks: dict[str, tuple[int, int]]
+) -> MemoryTrace:
+    """Running totals of all, tensor and scratch bytes over the allocation events; times from
+    the first event or mark."""
     trace = MemoryTrace(0, 0, 0, 0)
     kinds: dict[int, bool] = {}
     totals = {True: 0, False: 0}
-    start = events[0].start_time_ns if events else 0
+    starts = [start for start, _ in marks.values()] + [e.start_time_ns for e in events[:1]]
+    start = min(starts, default=0)
+    in_order = sorted(marks.items(), key=lambda item: item[1])
+    trace.marks = {name: (s - start, e - start) for name, (s, e) in in_order}
     for event in events:
         size, address = event.extra_fields.alloc_size, event.extra_fields.ptr
         if size > 0:
@@ -105,12 +138,16 @@ def _trace(events: list[Any], outputs: list[set[int]]) -> MemoryTrace:
         trace.scratch_peak_bytes = max(trace.scratch_peak_bytes, totals[False])
         trace.times_ns.append(event.start_time_ns - start)
         trace.live_bytes.append(live)
+        trace.tensor_bytes.append(totals[True])
     trace.end_bytes = totals[True]
     return trace
 
 
-def trace_cpu_memory(fn: Callable[[], Any]) -> tuple[Any, MemoryTrace]:
-    """Run `fn()` under the profiler; return its result and the live-byte trace on the CPU.
+def trace_cpu_memory(
+    fn: Callable[[], Any], mark_prefix: str | None = None
+) -> tuple[Any, MemoryTrace]:
+    """Run `fn()` under the profiler; return its result and the live-byte trace on the CPU,
+    with the ranges `fn` opened named `mark_prefix...` as marks.
 
     Bytes allocated before the call (weights, inputs) are not counted; outputs still alive at
     the end are.
@@ -118,8 +155,9 @@ def trace_cpu_memory(fn: Callable[[], Any]) -> tuple[Any, MemoryTrace]:
     ranges = _OperatorRanges()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, ranges:
         result = fn()
-    events = _allocations(prof.profiler.kineto_results.experimental_event_tree())
-    return result, _trace(events, ranges.outputs)
+    tree = prof.profiler.kineto_results.experimental_event_tree()
+    marks = _marks(tree, mark_prefix) if mark_prefix else {}
+    return result, _trace(_allocations(tree), ranges.outputs, marks)
 
 
 def peak_live_bytes(fn: Callable[[], Any]) -> int:

@@ -3,7 +3,7 @@ drawn as PNG."""
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,19 @@ MAX_POINTS = 20_000
 
 @dataclass
 class Timeline:
-    """Bytes over time from the start of a measured forward, and where they came from.
+    """Bytes over time from the start of a measured forward (or training step), and where
+    they came from.
 
-    `time_axis` is "seconds", or "events" when the source had no timestamps.
+    `time_axis` is "seconds", or "events" when the source had no timestamps. `phases` names
+    stretches of the run on the same axis, [start, end] each (a training step's forward,
+    backward and optimizer); none for a forward.
     """
 
     source: str
     times_s: list[float]
     bytes: list[int]
     time_axis: str = "seconds"
+    phases: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
@@ -61,9 +65,13 @@ def thin(times: list[float], values: list[int], limit: int) -> tuple[list[float]
 
 
 def from_cpu_trace(trace: MemoryTrace) -> Timeline:
-    """Live tensor bytes from the CPU profiler's trace."""
+    """Live tensor bytes from the CPU profiler's trace, its marks as phases."""
+    phases = {name: [start / 1e9, end / 1e9] for name, (start, end) in trace.marks.items()}
     return Timeline(
-        "cpu-profiler", [t / 1e9 for t in trace.times_ns], [int(b) for b in trace.live_bytes]
+        "cpu-profiler",
+        [t / 1e9 for t in trace.times_ns],
+        [int(b) for b in trace.live_bytes],
+        phases=phases,
     )
 
 
@@ -72,10 +80,16 @@ def from_nvml(samples: NvmlSamples) -> Timeline:
     return Timeline("nvml", list(samples.times_s), list(samples.used_bytes))
 
 
-def from_cuda_snapshot(snapshot: dict[str, Any], device_index: int, base_bytes: int) -> Timeline:
+def from_cuda_snapshot(
+    snapshot: dict[str, Any],
+    device_index: int,
+    base_bytes: int,
+    phases_ns: Mapping[str, tuple[int, int]] | None = None,
+) -> Timeline:
     """Allocated bytes over time from a snapshot's allocator trace, on top of `base_bytes`
     already allocated when recording began. Times are in seconds when the trace has them,
-    else the event number stands in."""
+    else the event number stands in. `phases_ns`: stretches of the run in Unix-epoch
+    nanoseconds (the trace's clock), placed on the timeline when it has times."""
     events = device_trace(snapshot, device_index)
     live = base_bytes
     times, values = [], []
@@ -92,11 +106,18 @@ def from_cuda_snapshot(snapshot: dict[str, Any], device_index: int, base_bytes: 
         else:
             times.append((event["time_us"] - start_us) / 1e6)
         values.append(live)
-    return Timeline("cuda-snapshot", times, values, "events" if start_us is None else "seconds")
+    if start_us is None:
+        return Timeline("cuda-snapshot", times, values, "events")
+    phases = {
+        name: [(start / 1e3 - start_us) / 1e6, (end / 1e3 - start_us) / 1e6]
+        for name, (start, end) in (phases_ns or {}).items()
+    }
+    return Timeline("cuda-snapshot", times, values, "seconds", phases)
 
 
 def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> None:
-    """Bytes over time, one line per label (a variant, or a variant and a source)."""
+    """Bytes over time, one line per label (a variant, or a variant and a source); each
+    timeline's phases start at a dotted line of its colour, named at the top."""
     figure = Figure(figsize=(8, 5), dpi=120, layout="constrained")
     axes = figure.subplots()
     largest = max((t.peak_bytes for t in series.values()), default=1)
@@ -104,10 +125,26 @@ def plot_timelines(series: Mapping[str, Timeline], path: Path, title: str) -> No
     for label, timeline in series.items():
         values = [b / divisor for b in timeline.bytes]
         peak = max(values, default=0.0)
-        axes.step(timeline.times_s, values, where="post", label=f"{label} (peak {peak:.2f} {unit})")
+        (line,) = axes.step(
+            timeline.times_s, values, where="post", label=f"{label} (peak {peak:.2f} {unit})"
+        )
+        for phase, (start, _) in timeline.phases.items():
+            axes.axvline(start, color=line.get_color(), linestyle=":", linewidth=1)
+            axes.annotate(
+                phase,
+                (start, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -2),
+                textcoords="offset points",
+                va="top",
+                rotation=90,
+                fontsize=7,
+                color=line.get_color(),
+            )
     axes_kinds = {t.time_axis for t in series.values()}
     in_seconds = axes_kinds <= {"seconds"}
-    axes.set_xlabel("seconds from the start of the forward" if in_seconds else "allocator event")
+    run = "training step" if any(t.phases for t in series.values()) else "forward"
+    axes.set_xlabel(f"seconds from the start of the {run}" if in_seconds else "allocator event")
     axes.set_ylabel(f"memory ({unit})")
     axes.set_title(title)
     axes.set_ylim(bottom=0)

@@ -1,8 +1,9 @@
 """PNG charts: a metric against frames per variant, and memory timelines overlaid; for a
-sweep's report, one of each per configuration."""
+sweep's report, one of each per configuration (in train mode, one peak chart per phase)."""
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -15,8 +16,9 @@ from profiling.report.summary import (
     series_label,
     series_order,
 )
-from profiling.sweep.records import CaseRecord
+from profiling.sweep.records import CaseRecord, phase_field
 from vggt.memory.units import byte_unit
+from vggt.training.step import PHASES
 
 TIMELINE_SOURCES = ("cpu-profiler", "cuda-snapshot", "nvml")
 FIGSIZE = (8, 5)
@@ -67,32 +69,68 @@ def plot_against_frames(
     figure.savefig(path)
 
 
+@dataclass(frozen=True)
+class Chart:
+    """A chart of a record field against frames: its file name's start, title and y label."""
+
+    prefix: str
+    field: str
+    title: str
+    ylabel: str
+    in_bytes: bool
+
+
+INFERENCE_CHARTS = (
+    Chart("peak-memory", "activation_peak_bytes", "Peak memory", "peak memory", True),
+    Chart("time", "median_ms", "Median time", "time (ms)", False),
+)
+TRAIN_CHARTS = (
+    *(
+        Chart(
+            f"peak-{phase}",
+            phase_field(phase, "peak_bytes"),
+            f"Peak memory in the {phase} phase",
+            f"{phase} peak memory",
+            True,
+        )
+        for phase in PHASES
+    ),
+    Chart("time", "median_ms", "Median training step time", "time (ms)", False),
+)
+
+
+def chart_series(
+    records: list[CaseRecord], field: str
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, str]]]:
+    """`field` by series label and frames, the largest over the ranks of a sequence-parallel
+    case; and the failed cases' statuses, by label and frames."""
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    failures: dict[str, dict[int, str]] = defaultdict(dict)
+    for record in records:
+        label, frames = series_label(record), record.frames
+        if record.status != "ok":
+            failures[label][frames] = record.status
+            continue
+        value = getattr(record, field)
+        if value is not None:
+            series[label][frames] = max(value, series[label].get(frames, value))
+    return series, failures
+
+
 def write_plots(out_dir: Path, records: list[CaseRecord]) -> None:
-    """Peak memory and time against frames per configuration (the largest over the ranks
-    of a sequence-parallel case), and memory timelines."""
+    """Per configuration, charts against frames (the largest over the ranks of a
+    sequence-parallel case): peak memory and time, or in train mode each phase's peak and the
+    step time; and memory timelines."""
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     for key, config_records in group_by_config(records).items():
         name = config_slug(key)
         title = config_title(key)
-        failures: dict[str, dict[int, str]] = defaultdict(dict)
-        peaks: dict[str, dict[int, float]] = defaultdict(dict)
-        times: dict[str, dict[int, float]] = defaultdict(dict)
-        for record in config_records:
-            label, frames = series_label(record), record.frames
-            if record.status != "ok":
-                failures[label][frames] = record.status
-                continue
-            # Ranks of one sequence-parallel case share a point: the largest of theirs.
-            peak = record.activation_peak_bytes
-            if peak is not None:
-                peaks[label][frames] = max(peak, peaks[label].get(frames, 0))
-            if record.median_ms is not None:
-                times[label][frames] = max(record.median_ms, times[label].get(frames, 0.0))
-        path = plot_dir / f"peak-memory-{name}.png"
-        plot_against_frames(peaks, failures, path, f"Peak memory: {title}", "peak memory", True)
-        path = plot_dir / f"time-{name}.png"
-        plot_against_frames(times, failures, path, f"Median time: {title}", "time (ms)", False)
+        for chart in TRAIN_CHARTS if key[-1] == "train" else INFERENCE_CHARTS:
+            series, failures = chart_series(config_records, chart.field)
+            path = plot_dir / f"{chart.prefix}-{name}.png"
+            heading = f"{chart.title}: {title}"
+            plot_against_frames(series, failures, path, heading, chart.ylabel, chart.in_bytes)
         write_timeline_plots(out_dir, plot_dir, name, title, config_records)
 
 

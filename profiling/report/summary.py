@@ -6,9 +6,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from profiling.sweep.records import CaseRecord
+from profiling.sweep.records import CaseRecord, phase_field
 from vggt.memory.units import format_bytes
 from vggt.models.variants import BASELINE
+from vggt.training.step import PHASES
 
 
 def format_size(value: float | None) -> str:
@@ -36,23 +37,27 @@ def slug(text: str) -> str:
 
 
 def group_by_config(records: Iterable[CaseRecord]) -> dict[tuple, list[CaseRecord]]:
-    """Records keyed by device, component, precision, image size and batch, in a stable order."""
+    """Records keyed by device, component, precision, image size, batch and mode, in a stable
+    order."""
     groups: dict[tuple, list[CaseRecord]] = defaultdict(list)
     for r in records:
-        groups[(r.device_name, r.component, r.precision, r.height, r.width, r.batch)].append(r)
+        key = (r.device_name, r.component, r.precision, r.height, r.width, r.batch, r.mode)
+        groups[key].append(r)
     return dict(sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))))
 
 
 def config_title(key: tuple) -> str:
-    """A configuration key as a heading."""
-    device, component, precision, height, width, batch = key
-    return f"{device} · {component} · {precision} · {height}x{width} · batch {batch}"
+    """A configuration key as a heading (` · training` added in train mode)."""
+    device, component, precision, height, width, batch, mode = key
+    training = " · training" if mode == "train" else ""
+    return f"{device} · {component} · {precision} · {height}x{width} · batch {batch}{training}"
 
 
 def config_slug(key: tuple) -> str:
-    """A configuration key as part of a file name."""
-    device, component, precision, height, width, batch = key
-    return f"{component}-{precision}-{height}x{width}-b{batch}-{slug(device)}"
+    """A configuration key as part of a file name (`train-` first in train mode)."""
+    device, component, precision, height, width, batch, mode = key
+    training = "train-" if mode == "train" else ""
+    return f"{training}{component}-{precision}-{height}x{width}-b{batch}-{slug(device)}"
 
 
 def series_label(record: CaseRecord) -> str:
@@ -101,29 +106,131 @@ SEQUENCE_NOTE = (
 )
 
 
+INFERENCE_NOTE = (
+    "Peak: the activation peak, bytes allocated during the forward above those live "
+    "before it (weights and input excluded): `max_memory_allocated` minus the start on "
+    "GPUs, the profiler's tensor bytes on CPUs (kernel scratch apart; results.csv has "
+    "both, and the allocator's totals). Times are medians of the timed repeats "
+    f"(min, max and IQR in results.csv). Ratios are variant / {BASELINE}: below 1 is "
+    f"smaller or faster. Max abs diff compares outputs with {BASELINE}'s (same weights "
+    "and input)."
+)
+TRAIN_NOTE = (
+    "Training (`--mode train`): each case is a training step (forward with the loss, "
+    "backward, AdamW) of the parts named under its heading, one variant's model at a time. "
+    "A phase's peak is absolute: everything allocated at its highest, weights, gradients and "
+    "AdamW state included (`max_memory_allocated` after a peak reset at the phase's start on "
+    "GPUs; on CPUs the tensors live when the step began plus the profiler's tensor bytes). "
+    "Phase and step times are medians of the timed steps (min, max and IQR of the steps in "
+    f"results.csv). Ratios are variant / {BASELINE}: below 1 is smaller or faster. Gradients "
+    "are the trainable parameters' gradient bytes; loss diff compares the measured step's "
+    f"loss with {BASELINE}'s (same initial weights, input and warm-up steps)."
+)
+
+
 def format_ms(value: float | None) -> str:
     """Milliseconds to one decimal; `-` for None."""
     return "-" if value is None else f"{value:.1f}"
 
 
-def config_table(records: list[CaseRecord]) -> list[str]:
-    """Frames as rows; peaks, times and outputs per variant; ratios against the baseline."""
+def format_loss(value: float | None) -> str:
+    """A loss to six significant digits; `-` for None."""
+    return "-" if value is None else f"{value:.6g}"
+
+
+def compared_variants(records: list[CaseRecord]) -> tuple[list[str], list[str]]:
+    """The variants in series order, and those compared with the baseline (none without it)."""
     variants = series_order(records)
     others = [name for name in variants if name != BASELINE] if BASELINE in variants else []
+    return variants, others
+
+
+def variant_values(
+    row: dict[str, CaseRecord | None], variants: list[str], name: str, text: Callable[[Any], str]
+) -> list[str]:
+    """Field `name` of each variant's record in `row` (by variant), as cells."""
+    return [describe(row[v], text, ok_value(row[v], name)) for v in variants]
+
+
+def variant_cells(
+    row: dict[str, CaseRecord | None],
+    variants: list[str],
+    others: list[str],
+    name: str,
+    text: Callable[[Any], str],
+) -> list[str]:
+    """Field `name` of each variant's record, then each other variant's ratio to the
+    baseline's."""
+    base = row.get(BASELINE)
+    ratios = [format_ratio(ok_value(row[v], name), ok_value(base, name)) for v in others]
+    return variant_values(row, variants, name, text) + ratios
+
+
+def table_head(header: list[str]) -> list[str]:
+    """A markdown table's header and its alignment row (right-aligned columns)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+
+
+def config_table(records: list[CaseRecord]) -> list[str]:
+    """Frames as rows; peaks, times and outputs per variant; ratios against the baseline."""
+    variants, others = compared_variants(records)
     by_cell = {(r.frames, r.variant): r for r in records}
     header = ["frames"]
     header += [f"{v} peak" for v in variants] + [f"{v}/{BASELINE} peak" for v in others]
     header += [f"{v} ms" for v in variants] + [f"{v}/{BASELINE} time" for v in others]
     header += [f"{v} outputs" for v in variants] + [f"{v} max abs diff" for v in others]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    lines = table_head(header)
     for frames in sorted({r.frames for r in records}):
         row = {v: by_cell.get((frames, v)) for v in variants}
-        base = row.get(BASELINE)
         cells = [str(frames)]
         for name, text in (("activation_peak_bytes", format_size), ("median_ms", format_ms)):
-            cells += [describe(row[v], text, ok_value(row[v], name)) for v in variants]
-            cells += [format_ratio(ok_value(row[v], name), ok_value(base, name)) for v in others]
-        cells += [describe(row[v], format_size, ok_value(row[v], "output_bytes")) for v in variants]
+            cells += variant_cells(row, variants, others, name, text)
+        cells += variant_values(row, variants, "output_bytes", format_size)
+        cells += [format_diff(ok_value(row[v], "max_abs_diff")) for v in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def training_parts(records: list[CaseRecord]) -> str:
+    """What a train-mode configuration's cases train and checkpoint, as one line."""
+    trained = sorted({(r.trainable, r.checkpoint) for r in records}, key=str)
+    return "; ".join(f"Trains `{parts}`, checkpoint `{policy}`." for parts, policy in trained)
+
+
+def phase_table(records: list[CaseRecord]) -> list[str]:
+    """A row per frame count and training phase: each variant's absolute peak and median
+    time in the phase, with ratios against the baseline."""
+    variants, others = compared_variants(records)
+    by_cell = {(r.frames, r.variant): r for r in records}
+    header = ["frames", "phase"]
+    header += [f"{v} peak" for v in variants] + [f"{v}/{BASELINE} peak" for v in others]
+    header += [f"{v} ms" for v in variants] + [f"{v}/{BASELINE} time" for v in others]
+    lines = table_head(header)
+    for frames in sorted({r.frames for r in records}):
+        row = {v: by_cell.get((frames, v)) for v in variants}
+        for phase in PHASES:
+            cells = [str(frames), phase]
+            for figure, text in (("peak_bytes", format_size), ("ms", format_ms)):
+                cells += variant_cells(row, variants, others, phase_field(phase, figure), text)
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def step_table(records: list[CaseRecord]) -> list[str]:
+    """A row per frame count: each variant's median step time, gradient bytes and loss, with
+    the time ratio and the loss difference against the baseline."""
+    variants, others = compared_variants(records)
+    by_cell = {(r.frames, r.variant): r for r in records}
+    header = ["frames"]
+    header += [f"{v} step ms" for v in variants] + [f"{v}/{BASELINE} time" for v in others]
+    header += [f"{v} gradients" for v in variants]
+    header += [f"{v} loss" for v in variants] + [f"{v} loss diff" for v in others]
+    lines = table_head(header)
+    for frames in sorted({r.frames for r in records}):
+        row = {v: by_cell.get((frames, v)) for v in variants}
+        cells = [str(frames), *variant_cells(row, variants, others, "median_ms", format_ms)]
+        cells += variant_values(row, variants, "gradient_bytes", format_size)
+        cells += variant_values(row, variants, "loss", format_loss)
         cells += [format_diff(ok_value(row[v], "max_abs_diff")) for v in others]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -230,22 +337,21 @@ def summary_markdown(records: list[CaseRecord], environment: dict[str, Any]) -> 
         "",
         f"{len(records)} cases ({status_text or 'none'}) on {environment.get('world_size')} "
         "rank(s).",
-        "",
-        "Peak: the activation peak, bytes allocated during the forward above those live "
-        "before it (weights and input excluded): `max_memory_allocated` minus the start on "
-        "GPUs, the profiler's tensor bytes on CPUs (kernel scratch apart; results.csv has "
-        "both, and the allocator's totals). Times are medians of the timed repeats "
-        f"(min, max and IQR in results.csv). Ratios are variant / {BASELINE}: below 1 is "
-        f"smaller or faster. Max abs diff compares outputs with {BASELINE}'s (same weights "
-        "and input).",
     ]
+    if not records or any(record.mode != "train" for record in records):
+        lines += ["", INFERENCE_NOTE]
     if any(record.parallel == "sequence" for record in records):
         lines += ["", SEQUENCE_NOTE]
+    if any(record.mode == "train" for record in records):
+        lines += ["", TRAIN_NOTE]
     for key, config_records in group_by_config(records).items():
         lines += ["", f"## {config_title(key)}", ""]
         by_case = [record for record in config_records if record.parallel != "sequence"]
         split = [record for record in config_records if record.parallel == "sequence"]
-        if by_case:
+        if by_case and key[-1] == "train":
+            lines += [training_parts(by_case), "", *phase_table(by_case), "", *step_table(by_case)]
+            lines += ["", *largest_fitting(by_case)]
+        elif by_case:
             lines += [*config_table(by_case), "", *largest_fitting(by_case)]
         if by_case and split:
             lines.append("")

@@ -1,6 +1,7 @@
 """The files one case leaves under timelines/: memory timelines as JSON, and CUDA allocator
 snapshots as pickles (for pytorch.org/memory_viz) and PNGs, each noted in the case's record."""
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,16 @@ def save_snapshot(
     snapshot: dict[str, Any],
     device: torch.device,
     base_bytes: int,
+    phases_ns: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
     """Pickle an allocator snapshot and plot its timeline as a PNG; the `memory` snapshot's
-    timeline is saved as JSON too. `base_bytes`: allocated when recording began."""
+    timeline is saved as JSON too. `base_bytes`: allocated when recording began; `phases_ns`:
+    stretches of the run (Unix-epoch ns) the timeline marks."""
     stem = f"{record.case_id}.{label}.snapshot"
     cuda.save_snapshot(snapshot, folder / f"{stem}.pickle")
     record.files[f"{label}_snapshot"] = f"{TIMELINE_DIR}/{stem}.pickle"
     index = device.index if device.index is not None else 0
-    timeline = from_cuda_snapshot(snapshot, index, base_bytes)
+    timeline = from_cuda_snapshot(snapshot, index, base_bytes, phases_ns)
     if label == "memory":
         save_timeline(folder, record, timeline)
     title = f"{record.case_id} ({label})"

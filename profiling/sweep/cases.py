@@ -1,9 +1,22 @@
-"""The case grid: which model, variants and input shapes a sweep measures, in what order."""
+"""The case grid: which model, variants and input shapes a sweep measures, in what order, and
+in train mode what each case trains."""
 
 from dataclasses import dataclass
 
 from vggt.models.architecture import Architecture
 from vggt.precision import Precision
+from vggt.training.checkpointing import check_policy
+from vggt.training.trainable import PARTS, PRESETS, parse_trainable
+
+MODES = ("inference", "train")
+# The parts a sweep can train: not the track head, since it passes no query points.
+SWEEP_PARTS = tuple(part for part in PARTS if part != "track")
+# What a train-mode case trains when --trainable is not given, per component.
+DEFAULT_TRAINABLE = {"aggregator": "aggregator", "model": "unfrozen-aggregator"}
+DEFAULT_CHECKPOINT = "blocks"
+# A training step's cost against a forward's: backward about twice the forward, plus the
+# recomputation of checkpointed blocks (only for ordering the groups).
+TRAINING_COST = 4.0
 
 
 @dataclass(frozen=True)
@@ -18,6 +31,48 @@ class SweepSettings:
     precisions: tuple[Precision, ...]
     warmup: int
     repeats: int
+    mode: str = "inference"
+    trainable: str | None = None
+    checkpoint: str = DEFAULT_CHECKPOINT
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a train-mode case trains (`vggt.training.trainable` parts) and what its forward
+    keeps for backward (a `vggt.training.checkpointing` policy)."""
+
+    parts: tuple[str, ...]
+    checkpoint: str
+
+    @property
+    def trainable(self) -> str:
+        """The parts as a preset's name when they are one, else joined by `+`."""
+        preset = next((name for name, parts in PRESETS.items() if parts == self.parts), None)
+        return preset or "+".join(self.parts)
+
+    @property
+    def suffix(self) -> str:
+        """`-train-aggregator-blocks`: what training adds to group and case ids."""
+        return f"-train-{self.trainable}-{self.checkpoint}"
+
+
+def training_for(settings: SweepSettings, component: str) -> Training | None:
+    """What `component`'s cases train in `settings` (None in inference mode): --trainable's
+    parts, else the component's default; ValueError for parts the sweep cannot train."""
+    if settings.mode != "train":
+        return None
+    spec = settings.trainable or DEFAULT_TRAINABLE[component]
+    parts = parse_trainable(spec)
+    if component == "aggregator" and parts != ("aggregator",):
+        raise ValueError(
+            f"--trainable {spec}: the component aggregator trains only 'aggregator' (the heads "
+            "are part of --component model)"
+        )
+    if not set(parts) <= set(SWEEP_PARTS):
+        raise ValueError(
+            f"--trainable {spec}: the sweep runs no track head (it passes no query points)"
+        )
+    return Training(parts, check_policy(settings.checkpoint))
 
 
 @dataclass(frozen=True)
@@ -32,14 +87,20 @@ class CaseGroup:
     precision: Precision
     variants: tuple[str, ...]
     architecture: Architecture
+    training: Training | None = None
 
     @property
     def group_id(self) -> str:
         """Like the case ids, without the variant."""
         return (
             f"{self.component}-{self.precision.label}-b{self.batch}-f{self.frames}"
-            f"-{self.height}x{self.width}-{self.architecture.tag()}"
+            f"-{self.height}x{self.width}-{self.architecture.tag()}{self.training_suffix}"
         )
+
+    @property
+    def training_suffix(self) -> str:
+        """What training adds to the ids; empty in inference mode."""
+        return self.training.suffix if self.training else ""
 
     def cases(self, split: "Split | None" = None) -> list["Case"]:
         """One case per variant, in the group's variant order; `split` for sequence parallel."""
@@ -51,6 +112,8 @@ class CaseGroup:
         flops = arch.aggregator_flops(self.frames, self.height, self.width, self.batch)
         if self.component == "model":
             flops += arch.heads_flops(self.frames, self.height, self.width, self.batch)
+        if self.training:
+            flops *= TRAINING_COST
         return flops * len(self.variants)
 
 
@@ -92,7 +155,7 @@ class Case:
         return (
             f"{group.component}-{self.variant}-{group.precision.label}-b{group.batch}"
             f"-f{group.frames}-{group.height}x{group.width}-{group.architecture.tag()}"
-            f"{self.split.suffix if self.split else ''}"
+            f"{group.training_suffix}{self.split.suffix if self.split else ''}"
         )
 
 
@@ -100,7 +163,15 @@ def build_groups(architecture: Architecture, settings: SweepSettings) -> list[Ca
     """Every configuration of the grid, most expensive first (ties broken by group id)."""
     groups = [
         CaseGroup(
-            component, frames, batch, height, width, precision, settings.variants, architecture
+            component,
+            frames,
+            batch,
+            height,
+            width,
+            precision,
+            settings.variants,
+            architecture,
+            training_for(settings, component),
         )
         for component in settings.components
         for precision in settings.precisions

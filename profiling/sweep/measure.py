@@ -47,6 +47,46 @@ def seeded_images(group: CaseGroup, device: torch.device, seed: int) -> torch.Te
     return torch.rand(shape, generator=generator).to(device)
 
 
+def run_guarded(
+    stage: Callable[[], Any],
+    record: CaseRecord,
+    device: torch.device,
+    timeline_dir: Path,
+    measured: bool,
+    history_entries: int | None = cuda.HISTORY_MAX_ENTRIES,
+) -> None:
+    """Run `stage()` of `record`'s case on `device`; an OOM or any other exception becomes the
+    record's status and the memory is freed. A measured stage starts from freed memory and, on
+    CUDA, records the allocator's last `history_entries` events (None: none), so an OOM there
+    also saves the snapshot at the failure."""
+    if measured:
+        free_memory(device)
+    history = measured and device.type == "cuda" and history_entries is not None
+    start_bytes = torch.cuda.memory_allocated(device) if history else 0
+    with cuda.recording_history(history, history_entries or 0):
+        try:
+            stage()
+        except torch.cuda.OutOfMemoryError as error:
+            record.fail("oom", error)
+            if history:
+                save_oom_snapshot(record, timeline_dir, device, start_bytes)
+        except Exception as error:
+            record.fail("error", error)
+    if record.status != "ok":
+        free_memory(device)
+
+
+def save_oom_snapshot(
+    record: CaseRecord, timeline_dir: Path, device: torch.device, start_bytes: int
+) -> None:
+    """Save the snapshot at an OOM; a failure to save becomes a note in the record."""
+    try:
+        snapshot = cuda.take_snapshot()
+        save_snapshot(timeline_dir, record, "oom", snapshot, device, start_bytes)
+    except Exception as error:
+        record.add_note(f"the OOM snapshot could not be saved: {one_line(error)}")
+
+
 class StageScheduler:
     """Runs the stages of one group on prepared modules and input, filling the records."""
 
@@ -111,26 +151,18 @@ class StageScheduler:
                 self.records[name].time_ms = TimeSummary.of(samples)
 
     def guarded(self, name: str, stage: Callable[[str], Any], measured: bool) -> None:
-        """Run `stage(name)`; an OOM or any other exception becomes the variant's status. A
-        measured stage starts from freed memory and, on CUDA, records the allocator history, so
-        an OOM there also saves the snapshot at the failure."""
+        """Run `stage(name)` as `run_guarded` does; a failed variant's outputs stop waiting."""
         record = self.records[name]
-        if measured:
-            free_memory(self.device)
-        history = measured and self.device.type == "cuda" and self.history_entries is not None
-        start_bytes = torch.cuda.memory_allocated(self.device) if history else 0
-        with cuda.recording_history(history, self.history_entries or 0):
-            try:
-                stage(name)
-            except torch.cuda.OutOfMemoryError as error:
-                record.fail("oom", error)
-                if history:
-                    self.save_oom_snapshot(record, start_bytes)
-            except Exception as error:
-                record.fail("error", error)
+        run_guarded(
+            functools.partial(stage, name),
+            record,
+            self.device,
+            self.timeline_dir,
+            measured,
+            self.history_entries,
+        )
         if record.status != "ok":
             self.waiting.pop(name, None)
-            free_memory(self.device)
 
     def snapshot_warmup_oom(self, name: str) -> None:
         """Repeat the forward of a variant that ran out of memory in warm-up (which records no
@@ -138,14 +170,6 @@ class StageScheduler:
         self.guarded(name, self.forward, measured=True)
         if "oom_snapshot" not in self.records[name].files:
             self.records[name].add_note("no OOM snapshot was saved when the forward was repeated")
-
-    def save_oom_snapshot(self, record: CaseRecord, start_bytes: int) -> None:
-        """Save the snapshot at an OOM; a failure to save becomes a note in the record."""
-        try:
-            snapshot = cuda.take_snapshot()
-            save_snapshot(self.timeline_dir, record, "oom", snapshot, self.device, start_bytes)
-        except Exception as error:
-            record.add_note(f"the OOM snapshot could not be saved: {one_line(error)}")
 
     def timed_run(self, name: str) -> None:
         """A timed forward, appended to the variant's samples."""

@@ -2,7 +2,9 @@
 
 Modules are created on the meta device (no allocation), the first variant is materialised
 and given deterministic weights, and every other variant loads that state dict with
-`assign=True`, so all variants hold the same tensors and the weights are resident once.
+`assign=True`, so all variants hold the same tensors and the weights are resident once. In
+train mode each variant updates its weights, so each is built alone with a copy of the same
+initial weights (`build_variant`).
 """
 
 import math
@@ -64,18 +66,33 @@ class ModelCache:
 
 def build_shared(group: CaseGroup, device: torch.device, seed: int) -> dict[str, nn.Module]:
     """Build every variant of `group` on `device`, all holding the first variant's weights."""
-    with torch.device("meta"):
-        modules = {
-            name: get_variant(name).build(group.component, group.architecture)
-            for name in group.variants
-        }
-    first = modules[group.variants[0]]
-    first.to_empty(device=device)
-    init_weights(first, seed)
-    group.precision.apply(first)
+    first = build_variant(group, group.variants[0], device, seed)
     state = first.state_dict()
+    modules = {group.variants[0]: first}
     for name in group.variants[1:]:
+        with torch.device("meta"):
+            modules[name] = get_variant(name).build(group.component, group.architecture)
         modules[name].load_state_dict(state, assign=True)
     for module in modules.values():
         module.eval()
     return modules
+
+
+def build_variant(
+    group: CaseGroup,
+    name: str,
+    device: torch.device,
+    seed: int,
+    state: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Variant `name` of `group` on `device` with weights of its own: a copy of `state`, or
+    without one the seeded weights `build_shared` gives the first variant."""
+    with torch.device("meta"):
+        module = get_variant(name).build(group.component, group.architecture)
+    module.to_empty(device=device)
+    if state is None:
+        init_weights(module, seed)
+        return group.precision.apply(module)
+    group.precision.apply(module)
+    module.load_state_dict(state)
+    return module

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from profiling.sweep.cases import SweepSettings
+from profiling.sweep.cases import (
+    DEFAULT_TRAINABLE,
+    MODES,
+    SWEEP_PARTS,
+    SweepSettings,
+    training_for,
+)
 from profiling.sweep.presets import load_preset
 from profiling.sweep.records import has_partial_results
 from profiling.sweep.variants import load_variant_module, splits_sequences
@@ -22,11 +28,14 @@ from vggt.models.variants import COMPONENTS, get_variant
 from vggt.parallel.launch import Launch, cuda_index
 from vggt.parallel.sequence import ATTENTIONS, choose_attention
 from vggt.precision import DTYPE_MODES, PRECISIONS, from_dtype, get_precision
+from vggt.training.checkpointing import CHECKPOINT_POLICIES
+from vggt.training.trainable import PRESETS
 
 GPU_PRESET = "vggt-1b"
 CPU_PRESET = "cpu-small"
 REPORTS_DIR = Path("reports")
 PARALLEL_MODES = ("cases", "sequence")
+SWEEP_PRESETS = tuple(name for name, parts in PRESETS.items() if set(parts) <= set(SWEEP_PARTS))
 
 
 class UsageError(Exception):
@@ -76,7 +85,17 @@ class SweepConfig:
             "seed": self.seed,
             "parallel": self.parallel,
             "attention": self.attention if self.parallel == "sequence" else None,
+            "mode": settings.mode,
+            "trainable": self.trainables(),
+            "checkpoint": settings.checkpoint if settings.mode == "train" else None,
         }
+
+    def trainables(self) -> str | None:
+        """What each component trains in train mode (`model: aggregator,camera,...`)."""
+        if self.settings.mode != "train":
+            return None
+        parts = {c: training_for(self.settings, c).parts for c in self.settings.components}
+        return "; ".join(f"{c}: {','.join(p)}" for c, p in parts.items())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The options; parse errors raise UsageError instead of exiting."""
     parser = _Parser(
         prog="profiling/run.py",
-        description="Profile the full and VRAM-optimized VGGT aggregators over a case grid. "
-        "Launch with `torchrun --nproc_per_node=N profiling/run.py` to spread the cases "
-        "over N ranks; plain `python profiling/run.py` runs one rank. Lists take commas.",
+        description="Profile the full and VRAM-optimized VGGT aggregators over a case grid: "
+        "inference forwards or, with --mode train, training steps. Launch with `torchrun "
+        "--nproc_per_node=N profiling/run.py` to spread the cases over N ranks; plain "
+        "`python profiling/run.py` runs one rank. Lists take commas.",
     )
     parser.add_argument(
         "--preset",
@@ -155,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(ATTENTIONS),
         help="global attention across ranks with --parallel sequence (default: ulysses, ring "
         "when there are more ranks than heads; hybrid over several nodes of several ranks)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="inference",
+        help="inference: time and meter forwards; train: time and meter training steps "
+        "(forward with the loss, backward, AdamW), each phase's peak memory and time apart, "
+        "one variant's model at a time",
+    )
+    parser.add_argument(
+        "--trainable",
+        metavar="SPEC",
+        help=f"with --mode train: what trains, a preset ({', '.join(SWEEP_PRESETS)}) or parts "
+        f"from {', '.join(SWEEP_PARTS)} joined by commas (default: "
+        + ", ".join(f"{spec} for --component {c}" for c, spec in DEFAULT_TRAINABLE.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINT_POLICIES,
+        help="with --mode train: what a forward keeps for backward: none (every activation), "
+        "blocks (each block's input, the rest recomputed), selective (inputs and attention "
+        "outputs) (default: blocks)",
     )
     return parser
 
@@ -286,6 +329,22 @@ def axis_changes(args: argparse.Namespace, settings: SweepSettings) -> dict:
         if args.repeats < 1:
             raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
         changes["repeats"] = args.repeats
+    return {**changes, **training_changes(args)}
+
+
+def training_changes(args: argparse.Namespace) -> dict:
+    """--mode, --trainable and --checkpoint; UsageError for the last two without --mode train,
+    or for training split over ranks."""
+    if args.mode != "train":
+        given = [name for name in ("trainable", "checkpoint") if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} needs --mode train")
+        return {}
+    if args.parallel == "sequence":
+        raise UsageError("sequence-parallel training is not supported by the sweep yet")
+    changes = {"mode": "train", "trainable": args.trainable}
+    if args.checkpoint is not None:
+        changes["checkpoint"] = args.checkpoint
     return changes
 
 
@@ -306,6 +365,9 @@ def check_settings(settings: SweepSettings, patch_size: int) -> None:
     if not settings.components or not settings.precisions:
         raise UsageError("--component and --precision must name at least one value")
     check_sizes(settings.image_sizes, patch_size)
+    with usage_errors():
+        for component in settings.components:
+            training_for(settings, component)
 
 
 def check_memory_budget(budget: float | None, device_type: str) -> None:

@@ -21,6 +21,12 @@ EARLIER_FIELDS = ("peak_bytes", "cpu_peak_live_bytes")
 MAX_MESSAGE = 500
 
 
+def phase_field(phase: str, figure: str) -> str:
+    """The record field of a training phase's figure (`peak_bytes` or `ms`): e.g.
+    `backward_peak_bytes`."""
+    return f"{phase}_{figure}"
+
+
 def one_line(error: BaseException) -> str:
     """`Type: message` on one line, cut to MAX_MESSAGE characters."""
     text = " ".join(f"{type(error).__name__}: {error}".split())
@@ -62,7 +68,18 @@ class CaseRecord:
     live before it (weights and input excluded), on either device: on CUDA
     max_memory_allocated minus the start, on the CPU the profiler's tensor bytes, with kernel
     scratch apart in `cpu_scratch_peak_bytes`. `cuda_max_allocated_bytes` and
-    `cuda_max_reserved_bytes` are the allocator's totals, weights included."""
+    `cuda_max_reserved_bytes` are the allocator's totals, weights included.
+
+    `mode` is `inference` (the figures are of forwards; the training fields stay None) or
+    `train` (of training steps: `trainable` parts, `checkpoint` policy). In train mode each
+    phase of the measured step (`forward`, `backward`, `optimizer`) has its absolute peak,
+    `<phase>_peak_bytes`, everything allocated at its highest (weights, gradients and AdamW
+    state included; on CPUs the tensors live when the step began plus the profiler's tensor
+    bytes), and `<phase>_ms`, its median over the timed steps; `time_ms` times whole steps,
+    `activation_peak_bytes` is the step's peak above what was live before it, `input_bytes`
+    holds the targets too, `gradient_bytes` the trainable parameters' gradients, `loss` the
+    measured step's loss, and `max_abs_diff`/`max_rel_diff` compare that loss with the
+    baseline's (same initial weights, input and warm-up steps)."""
 
     case_id: str
     group_id: str
@@ -107,11 +124,22 @@ class CaseRecord:
     comm_bytes: int | None = None
     cpu_scratch_peak_bytes: int | None = None
     comm_serial_seconds: float | None = None
+    mode: str = "inference"
+    trainable: str | None = None
+    checkpoint: str | None = None
+    forward_peak_bytes: int | None = None
+    backward_peak_bytes: int | None = None
+    optimizer_peak_bytes: int | None = None
+    forward_ms: float | None = None
+    backward_ms: float | None = None
+    optimizer_ms: float | None = None
+    gradient_bytes: int | None = None
+    loss: float | None = None
 
     @classmethod
     def start(cls, case: Case, rank: RankInfo, warmup: int, repeats: int) -> "CaseRecord":
         """The record of `case` before any figure is in: what, where and how often it runs."""
-        group, split = case.group, case.split
+        group, split, training = case.group, case.split, case.group.training
         return cls(
             case_id=case.case_id,
             group_id=group.group_id,
@@ -135,6 +163,9 @@ class CaseRecord:
             attention=None if split is None else split.attention,
             warmup=warmup,
             repeats=repeats,
+            mode="inference" if training is None else "train",
+            trainable=None if training is None else ",".join(training.parts),
+            checkpoint=None if training is None else training.checkpoint,
         )
 
     @property

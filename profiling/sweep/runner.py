@@ -1,8 +1,8 @@
 """Runs a sweep on this rank: skip finished cases, take groups from the shared queue (or, with
-`--parallel sequence`, every group in turn, together with the other ranks), measure them, log
-each group's records at once, and hand everything to rank 0 at the end. The console shows
-progress only: native messages printed while a group is measured (the CPU profiler's among
-them) go to OUT/logs/rank<k>.log."""
+`--parallel sequence`, every group in turn, together with the other ranks), measure them
+(forwards, or training steps with `--mode train`), log each group's records at once, and hand
+everything to rank 0 at the end. The console shows progress only: native messages printed while
+a group is measured (the CPU profiler's among them) go to OUT/logs/rank<k>.log."""
 
 import dataclasses
 import functools
@@ -24,6 +24,7 @@ from profiling.sweep.models import ModelCache
 from profiling.sweep.options import SweepConfig
 from profiling.sweep.records import CaseRecord, PartialLog, deduplicate, read_partial_records
 from profiling.sweep.sequence import measure_split_group
+from profiling.sweep.training_run import measure_training_group
 from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
 from vggt.parallel.group import SequenceGroup
 from vggt.parallel.launch import Launch, agreed_ranks_per_node
@@ -126,7 +127,8 @@ def run_sweep(
         produced = measure_pending(config, context, out_dir, pending, range(len(pending)), split)
     else:
         queue = WorkQueue(context.store, f"{namespace}/queue", len(pending))
-        produced = measure_pending(config, context, out_dir, pending, queue, measure_group)
+        measure = measure_training_group if config.settings.mode == "train" else measure_group
+        produced = measure_pending(config, context, out_dir, pending, queue, measure)
     done = {"records": [r.to_json() for r in produced], "rank": dataclasses.asdict(rank)}
     publish(context.store, f"{namespace}/done", rank.rank, done)
     if rank.rank != 0:

@@ -65,6 +65,17 @@ CASE_KEYS = [
     "comm_bytes",
     "cpu_scratch_peak_bytes",
     "comm_serial_seconds",
+    "mode",
+    "trainable",
+    "checkpoint",
+    "forward_peak_bytes",
+    "backward_peak_bytes",
+    "optimizer_peak_bytes",
+    "forward_ms",
+    "backward_ms",
+    "optimizer_ms",
+    "gradient_bytes",
+    "loss",
 ]
 CSV_HEADER = (
     "case_id,group_id,variant,component,frames,batch,height,width,dtype,dtype_mode,precision,"
@@ -73,7 +84,8 @@ CSV_HEADER = (
     "cated_bytes,cuda_max_reserved_bytes,nvml_peak_used_bytes,nvml_sample_rate_hz,cpu_max_rss"
     "_bytes,output_bytes,weight_bytes,input_bytes,max_abs_diff,max_rel_diff,compared_to,warmu"
     "p,repeats,files_cpu-profiler,finished_at,parallel,attention,comm_seconds,comm_bytes,cpu_"
-    "scratch_peak_bytes,comm_serial_seconds"
+    "scratch_peak_bytes,comm_serial_seconds,mode,trainable,checkpoint,forward_peak_bytes,backwar"
+    "d_peak_bytes,optimizer_peak_bytes,forward_ms,backward_ms,optimizer_ms,gradient_bytes,loss"
 )
 ENVIRONMENT_KEYS = [
     "torch",
