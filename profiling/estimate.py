@@ -1,10 +1,13 @@
 """`python -m profiling.estimate`: how many frames fit, without a GPU. Estimates per variant
 and frame count (`vggt.memory`), and the largest frame count that fits each device memory
-size, as a table or as JSON.
+size, as a table or as JSON: of a forward (`--mode inference`) or of one training step
+(`--mode train`: forward with the loss, backward and AdamW, `vggt.memory.training`).
 
     python -m profiling.estimate --preset vggt-1b --frames 1,200,1000 --precision autocast \\
         --device-memory 24GiB,80GiB [--height H --width W] [--offload] [--world-size N] \\
         [--cublas-workspace 32MiB] [--cuda-context 600MiB] [--nccl 1GiB] [--gpu H100] [--json]
+    python -m profiling.estimate --mode train --component model \\
+        [--trainable unfrozen-aggregator] [--checkpoint blocks] ...
 """
 
 import argparse
@@ -27,6 +30,7 @@ from vggt.memory.estimate import (
 )
 from vggt.memory.fit import max_frames_by_budget
 from vggt.memory.timing import forward_time
+from vggt.memory.training import FakeTrainingModel
 from vggt.memory.units import bytes_in, format_bytes, parse_bytes
 from vggt.models.variants import COMPONENTS, variant_names
 from vggt.parallel.sequence import ATTENTIONS, choose_attention
@@ -37,12 +41,27 @@ from vggt.precision import (
     choose_precision,
     get_precision,
 )
+from vggt.training.checkpointing import CHECKPOINT_POLICIES
+from vggt.training.step import PHASES
+from vggt.training.trainable import PRESETS, parse_trainable
 
 FITS_RULE = (
     "a frame count fits M when reserved bound + CUDA context (+ NCCL buffers over several "
     "GPUs) <= M"
 )
 CONTEXT_NOTE = "assumptions until python -m profiling.gpu_check measures them on a GPU"
+MODES = ("inference", "train")
+# Frame counts of the table rows when --frames is not given, per mode: a training step keeps
+# far more per frame, and these are the line's passes of the fit (reused).
+DEFAULT_FRAMES = {"inference": "1,200,1000", "train": "1,8,32"}
+# What --trainable means when not given, per component.
+DEFAULT_TRAINABLE = {"model": "unfrozen-aggregator", "aggregator": "aggregator"}
+# Inference options that a training step has no use for.
+INFERENCE_ONLY = {
+    "offload": "--offload",
+    "predictions_on_device": "--predictions-on-device",
+    "gpu": "--gpu",
+}
 
 
 def gib(value: int) -> str:
@@ -104,22 +123,97 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
         f"forward on the busiest rank at {args.rates.tflops:g} TFLOP/s and "
         f"{args.rates.link_gbs:g} GB/s per rank, {args.rates.describe()}.",
     ]
+    lines += fit_lines(results, elapsed_s)
+    return "\n".join(lines)
+
+
+def format_training_table(results: list[dict], args: argparse.Namespace, elapsed_s: float) -> str:
+    """The human-readable report of training steps: per variant and frame count each phase's
+    peak, what stays resident, the allocator's figures and the fits."""
+    budgets = args.budgets
+    lines = [
+        f"Estimated device memory of one training step (fake tensors, no GPU): preset "
+        f"{args.preset}, {args.component}, {args.height}x{args.width}, {precision_text(args)}, "
+        f"batch {args.batch}; trains {', '.join(args.parts)} ({args.trainable}), checkpoint "
+        f"{args.checkpoint}, AdamW",
+        "",
+        "| variant | frames | forward peak GiB | backward peak | optimizer peak | weights | "
+        "gradients | AdamW states | inputs | allocated | reserved bound | required | "
+        + " | ".join(f"fits {gib(budget)} GiB" for budget in budgets)
+        + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ":---:|" * len(budgets),
+    ]
+    for result in results:
+        for row in result["estimates"]:
+            peaks = [gib(row["phase_peak_bytes"][phase]) for phase in PHASES]
+            inputs = row["input_bytes"] + row["target_bytes"]
+            fits = ["yes" if row["required_bytes"] <= budget else "no" for budget in budgets]
+            lines.append(
+                f"| {row['variant']} | {row['frames']} | {' | '.join(peaks)} | "
+                f"{gib(row['weights_bytes'])} | {gib(row['gradient_bytes'])} | "
+                f"{gib(row['optimizer_state_bytes'])} | {gib(inputs)} | "
+                f"{gib(row['allocated_bytes'])} | {gib(row['reserved_bound_bytes'])} | "
+                f"{gib(row['required_bytes'])} | " + " | ".join(fits) + " |"
+            )
+    lines += [
+        "",
+        "Peaks: live tensor bytes within each phase, everything alive counted (weights, images "
+        "and targets, AdamW states, gradients, activations), of a step after the first (AdamW's "
+        "states resident). "
+        f"CUDA context: {format_bytes(args.cuda_context_bytes, gib_digits=2)} ({CONTEXT_NOTE}); "
+        f"allocated includes a cuBLAS workspace of {format_bytes(args.cublas_workspace_bytes)}; "
+        f"{FITS_RULE}.",
+    ]
+    lines += fit_lines(results, elapsed_s)
+    return "\n".join(lines)
+
+
+def fit_lines(results: list[dict], elapsed_s: float) -> list[str]:
+    """The largest frame counts that fit each size, and the fake passes it took."""
+    lines = []
     for result in results:
         for size, frames in result["max_frames_by_budget"].items():
             lines.append(f"{result['variant']}: at most {frames} frames fit {gib(int(size))} GiB")
     passes = sum(result["fake_passes"] for result in results)
-    lines.append(f"{passes} fake passes in {elapsed_s:.0f} s")
-    return "\n".join(lines)
+    return [*lines, f"{passes} fake passes in {elapsed_s:.0f} s"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The estimator's options."""
     parser = argparse.ArgumentParser(
         prog="python -m profiling.estimate",
-        description="Estimate device memory per frame count without a GPU.",
+        description="Estimate device memory per frame count without a GPU, of a forward or of "
+        "one training step.",
     )
     parser.add_argument("--preset", default="vggt-1b", help="architecture preset")
-    parser.add_argument("--frames", default="1,200,1000", help="comma-separated frame counts")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="inference",
+        help="inference: one forward without autograd (default); train: one training step "
+        "(forward with the loss, backward, AdamW), weights, gradients and AdamW's states "
+        "included",
+    )
+    parser.add_argument(
+        "--trainable",
+        metavar="SPEC",
+        help="with --mode train: what trains, a preset (" + ", ".join(PRESETS) + ") or "
+        "comma-separated parts (aggregator, camera, depth, point, track); default "
+        "unfrozen-aggregator for --component model, aggregator for --component aggregator",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINT_POLICIES,
+        help="with --mode train: what autograd keeps for backward; none: every activation, "
+        "blocks: each block's (and DPT head chunk's) inputs (default), selective: their "
+        "inputs and attention outputs",
+    )
+    parser.add_argument(
+        "--frames",
+        help="comma-separated frame counts (default: "
+        + "; ".join(f"{frames} in {mode}" for mode, frames in DEFAULT_FRAMES.items())
+        + ")",
+    )
     parser.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -222,7 +316,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        args.frames = args.frames or DEFAULT_FRAMES[args.mode]
         args.frames_list = list(parse_counts(args.frames, "--frames"))
+        training_options(args)
         args.budgets = [parse_bytes(text) for text in args.device_memory.split(",")]
         args.cublas_workspace_bytes = parse_bytes(args.cublas_workspace)
         args.cuda_context_bytes = parse_bytes(args.cuda_context)
@@ -266,11 +362,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
-    """One variant's estimates per frame count and its largest fitting frame counts."""
+def verb(options: list[str]) -> str:
+    """The verb for `options`: "applies" to one, "apply" to several."""
+    return "applies" if len(options) == 1 else "apply"
+
+
+def training_options(args: argparse.Namespace) -> None:
+    """Check the options of --mode train against the mode and fill in their defaults (the
+    trained parts in `args.parts`); ValueError for a combination that does not apply."""
+    if args.mode != "train":
+        options = {"--trainable": args.trainable, "--checkpoint": args.checkpoint}
+        given = [option for option, value in options.items() if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} {verb(given)} to --mode train only")
+        return
+    if args.world_size > 1:
+        raise ValueError("--world-size with --mode train is not supported yet")
+    given = [option for name, option in INFERENCE_ONLY.items() if getattr(args, name)]
+    if given:
+        raise ValueError(f"{' and '.join(given)} {verb(given)} to --mode inference only")
+    args.trainable = args.trainable or DEFAULT_TRAINABLE[args.component]
+    args.checkpoint = args.checkpoint or "blocks"
+    args.parts = parse_trainable(args.trainable)
+    if args.component == "aggregator" and args.parts != ("aggregator",):
+        raise ValueError(
+            "--component aggregator trains the aggregator only (--trainable aggregator)"
+        )
+    if "track" in args.parts and not args.query_points:
+        raise ValueError("training the track head needs query points (--query-points N)")
+
+
+def fake_model(args: argparse.Namespace, variant: str) -> FakeModel:
+    """The variant on fake storage as the mode runs it: a forward's, or a training step's."""
     architecture = load_preset(args.preset).architecture
-    size = (args.batch, args.height, args.width)
-    model = FakeModel(
+    if args.mode == "train":
+        return FakeTrainingModel(
+            variant,
+            args.component,
+            architecture,
+            args.precision,
+            args.parts,
+            args.checkpoint,
+            cublas_workspace_bytes=args.cublas_workspace_bytes,
+            cuda_context_bytes=args.cuda_context_bytes,
+            query_points=args.query_points,
+        )
+    return FakeModel(
         variant,
         args.component,
         architecture,
@@ -285,23 +422,32 @@ def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
         host_predictions=not args.predictions_on_device,
         query_points=args.query_points,
     )
+
+
+def estimate_variant(args: argparse.Namespace, variant: str) -> dict:
+    """One variant's estimates per frame count and its largest fitting frame counts; in
+    inference, each with its predicted forward seconds."""
+    size = (args.batch, args.height, args.width)
+    model = fake_model(args, variant)
     estimates = [model.estimate(frames, *size) for frames in args.frames_list]
     fits = max_frames_by_budget(model, args.budgets, *size)
-    rows = []
-    for estimate in estimates:
-        forward = forward_time(
-            architecture,
-            estimate.frames,
-            args.height,
-            args.width,
-            args.precision,
-            args.world_size,
-            model.attention,
-            heads=args.component == "model",
-            ranks_per_node=args.ranks_per_node,
-            rates=args.rates,
-        )
-        rows.append({**asdict(estimate), "predicted_seconds": forward.seconds})
+    rows = [asdict(estimate) for estimate in estimates]
+    if args.mode == "inference":
+        architecture = load_preset(args.preset).architecture
+        for row in rows:
+            forward = forward_time(
+                architecture,
+                row["frames"],
+                args.height,
+                args.width,
+                args.precision,
+                args.world_size,
+                model.attention,
+                heads=args.component == "model",
+                ranks_per_node=args.ranks_per_node,
+                rates=args.rates,
+            )
+            row["predicted_seconds"] = forward.seconds
     return {
         "variant": variant,
         "live_peaks": {str(e.frames): e.live_peak_bytes for e in estimates},
@@ -324,6 +470,19 @@ def run(args: argparse.Namespace) -> list[dict]:
         return list(pool.map(estimate_variant, [args] * len(args.variant_list), args.variant_list))
 
 
+def mode_fields(args: argparse.Namespace) -> dict:
+    """The JSON fields of the mode: the rates of the predicted seconds in inference; what
+    trains, and how, in train."""
+    if args.mode == "inference":
+        return {"rates": args.rates.to_json()}
+    return {
+        "trainable": args.trainable,
+        "trained_parts": list(args.parts),
+        "checkpoint": args.checkpoint,
+        "optimizer": "AdamW",
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the estimates as a table (or JSON with --json); argparse's exit 2 for bad usage."""
     args = parse_args(argv)
@@ -332,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed_s = time.perf_counter() - started
     if args.json:
         document = {
+            "mode": args.mode,
             "preset": args.preset,
             "component": args.component,
             "precision": args.precision.label,
@@ -347,13 +507,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cuda_context_bytes": args.cuda_context_bytes,
             "nccl_bytes": args.nccl_bytes if args.world_size > 1 else 0,
             "fits_rule": FITS_RULE,
-            "rates": args.rates.to_json(),
+            **mode_fields(args),
             "device_memory_bytes": args.budgets[0],
             "device_memory_list": args.budgets,
             "elapsed_s": round(elapsed_s, 1),
             "variants": results,
         }
         print(json.dumps(document, indent=2))
+    elif args.mode == "train":
+        print(format_training_table(results, args, elapsed_s))
     else:
         print(format_table(results, args, elapsed_s))
     return 0

@@ -13,7 +13,7 @@ scratchpads) are not seen; the cuBLAS workspace is added.
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -163,10 +163,7 @@ class FakeModel:
         self.mode = LiveBytesTracker("cpu")
         with self.mode:
             self.module: nn.Module = module.to_empty(device="cpu").eval()
-        storages = {
-            StorageWeakRef(t.untyped_storage()): t.untyped_storage() for t in self.weights()
-        }
-        self.weight_storage_bytes = [storage.nbytes() for storage in storages.values()]
+        self.weight_storage_bytes = storage_sizes(self.weights())
         self.weights_bytes = sum(self.weight_storage_bytes)
 
     def affine_from(self, batch: int, height: int, width: int) -> int:
@@ -205,6 +202,10 @@ class FakeModel:
             self._estimates[key] = self._trace(frames, batch, height, width)
         return self._estimates[key]
 
+    def autocast_rules(self) -> contextlib.AbstractContextManager:
+        """CUDA autocast's dtype rules on top of CPU autocast for a CUDA target, else nothing."""
+        return CudaAutocastRules() if self.target_device == "cuda" else contextlib.nullcontext()
+
     def _trace(self, frames: int, batch: int, height: int, width: int) -> Estimate:
         """Run one fake forward pass."""
         counts = split_evenly(frames, self.world_size)
@@ -218,19 +219,16 @@ class FakeModel:
             existing = [*self.weights(), images]
             tracking = self.mode.track(existing, record_events=True)
             autocast = self.precision.autocast("cpu")
-            rules = (
-                CudaAutocastRules() if self.target_device == "cuda" else contextlib.nullcontext()
-            )
             points = None
             if self.query_points:
                 points = torch.rand(batch, self.query_points, 2) * torch.tensor([width, height])
-            with tracking as live, torch.no_grad(), autocast, rules:
+            with tracking as live, torch.no_grad(), autocast, self.autocast_rules():
                 outputs = self.module(images) if points is None else self.module(images, points)
             kept = output_bytes(named_outputs(outputs).values())
         input_bytes = images.numel() * images.element_size()
         resident = [*self.weight_storage_bytes, input_bytes, self.cublas_workspace_bytes]
-        never = never_release_bytes(live.events, resident)
-        reserved = reserved_bound(live.events, resident, never)
+        replayed = replay_allocator(live.events, resident)
+        required = replayed.reserved_bound_bytes + self.cuda_context_bytes + self.nccl_bytes
         return Estimate(
             variant=self.variant,
             frames=frames,
@@ -243,14 +241,44 @@ class FakeModel:
             output_bytes=kept.device,
             transient_bytes=live.peak_bytes - kept.device,
             host_bytes=kept.host,
-            allocated_bytes=sum(map(round_request, resident)) + peak_rounded_bytes(live.events),
-            reserved_bound_bytes=reserved,
-            reserved_peak_bytes=never,
-            allocations=sum(1 for _, delta in live.events if delta > 0),
+            allocated_bytes=replayed.allocated_bytes,
+            reserved_bound_bytes=replayed.reserved_bound_bytes,
+            reserved_peak_bytes=replayed.reserved_peak_bytes,
+            allocations=replayed.allocations,
             cuda_context_bytes=self.cuda_context_bytes,
             nccl_bytes=self.nccl_bytes,
-            required_bytes=reserved + self.cuda_context_bytes + self.nccl_bytes,
+            required_bytes=required,
         )
+
+
+def storage_sizes(tensors: Iterable[torch.Tensor]) -> list[int]:
+    """Bytes of each distinct storage behind `tensors` (views of one storage count once)."""
+    storages = {StorageWeakRef(t.untyped_storage()): t.untyped_storage() for t in tensors}
+    return [storage.nbytes() for storage in storages.values()]
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The caching allocator model's figures for a pass's events after its resident tensors:
+    the peak of rounded requests (`allocated_bytes`), the reserved bound, the reserve of a
+    replay that never releases, and the pass's allocation count."""
+
+    allocated_bytes: int
+    reserved_bound_bytes: int
+    reserved_peak_bytes: int
+    allocations: int
+
+
+def replay_allocator(events: list[tuple[int, int]], resident: list[int]) -> Replayed:
+    """Replay a tracker's events after `resident` sizes (allocated first, never freed) through
+    the caching allocator model."""
+    never = never_release_bytes(events, resident)
+    return Replayed(
+        allocated_bytes=sum(map(round_request, resident)) + peak_rounded_bytes(events),
+        reserved_bound_bytes=reserved_bound(events, resident, never),
+        reserved_peak_bytes=never,
+        allocations=sum(1 for _, delta in events if delta > 0),
+    )
 
 
 # Operators CUDA autocast runs in fp32 whatever their input's dtype, and that a VGGT forward
@@ -267,16 +295,31 @@ CUDA_AUTOCAST_FP32 = frozenset(
     }
 )
 
+# Backward recomputes checkpointed blocks under the autocast state of their forward: it runs
+# inside the rules too (a mode is off while its own handler runs, unless re-entered, which
+# needs a torch that can skip the handler: 2.13 has `redispatch_function`).
+BACKWARD = frozenset({torch.Tensor.backward, torch.autograd.backward})
+REDISPATCH = getattr(torch.overrides, "redispatch_function", None)
+
 
 class CudaAutocastRules(TorchFunctionMode):
     """While CPU autocast is on, run CUDA autocast's fp32 operators in fp32: their lower-precision
     floating inputs are cast up first, as CUDA autocast casts them, so a fake pass allocates the
-    fp32 outputs (and input copies) that a CUDA pass does."""
+    fp32 outputs (and input copies) that a CUDA pass does; also in the blocks a training
+    backward recomputes."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in CUDA_AUTOCAST_FP32 and torch.is_autocast_enabled("cpu"):
             args, kwargs = tree_map(to_fp32, (args, kwargs))
+        if func in BACKWARD:
+            if REDISPATCH is None:
+                raise RuntimeError(
+                    f"estimating a training step for CUDA needs torch.overrides."
+                    f"redispatch_function, which torch {torch.__version__} lacks"
+                )
+            with self:
+                return REDISPATCH(func, types, args, kwargs)
         return func(*args, **kwargs)
 
 

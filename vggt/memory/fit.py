@@ -1,6 +1,7 @@
 """The largest frame count that fits a device memory size: a frame count fits M bytes when its
 estimate's requirement is at most M (`Estimate.required_bytes`: reserved bound, CUDA context
-and, split over ranks, NCCL's buffers).
+and, split over ranks, NCCL's buffers; a training step's `TrainingEstimate.required_bytes`
+alike, from a `FakeTrainingModel`).
 
 `max_frames` searches exactly: a gallop from a guess, then interpolation between the traced
 frame counts on either side of the budget (bisection where that does not shrink them fast).
@@ -16,8 +17,9 @@ shares.
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Protocol
 
-from vggt.memory.estimate import Estimate, FakeModel
+from vggt.memory.estimate import FakeModel
 
 SEARCH_LIMIT = 1 << 20
 # Frame counts of the line, as multiples of the first frame count of the affine regime. The
@@ -39,7 +41,16 @@ WIGGLE_BYTES = 4 << 20
 # this close to their line, relative to its rise, still count as collinear.
 COLLINEAR_FRACTION = Fraction(1, 400)
 
-Cache = dict[int, Estimate]
+
+class Requirement(Protocol):
+    """What the search reads of an estimate (`Estimate`, `TrainingEstimate`)."""
+
+    @property
+    def required_bytes(self) -> int:
+        """Bytes that must be free on the device."""
+
+
+Cache = dict[int, Requirement]
 
 
 def required_bytes(
@@ -70,7 +81,7 @@ def max_frames(
     count next to it on the far side: a smooth requirement is settled in about two passes; a
     bracket that does not shrink by half is bisected. Where the requirement is not monotonic
     in frames it returns a frame count that fits whose successor does not. Pass one `cache`
-    (frames -> Estimate) per model and size to share passes between budgets.
+    (frames -> estimate) per model and size to share passes between budgets.
     """
     cache = {} if cache is None else cache
 
