@@ -135,7 +135,13 @@ def format_training_table(results: list[dict], args: argparse.Namespace, elapsed
         f"Estimated device memory of one training step (fake tensors, no GPU): preset "
         f"{args.preset}, {args.component}, {args.height}x{args.width}, {precision_text(args)}, "
         f"batch {args.batch}; trains {', '.join(args.parts)} ({args.trainable}), checkpoint "
-        f"{args.checkpoint}, AdamW",
+        f"{args.checkpoint}, AdamW"
+        + (
+            f"; frames split over {args.world_size} GPUs (ulysses), gradients summed; per-GPU "
+            "figures are the busiest rank's (the last, which holds the extra frames)"
+            if args.world_size > 1
+            else ""
+        ),
         "",
         "| variant | frames | forward peak GiB | backward peak | optimizer peak | weights | "
         "gradients | AdamW states | inputs | allocated | reserved bound | required | "
@@ -357,6 +363,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     except ValueError as error:
         parser.error(f"{error} (--attention ring)")
+    if args.mode == "train" and args.world_size > 1 and args.attention != "ulysses":
+        parser.error(
+            f"training split over {args.world_size} GPUs runs ulysses attention, not "
+            f"{args.attention} (at most as many GPUs as heads)"
+        )
     if min(args.frames_list) < args.world_size:
         parser.error("--frames must each be at least --world-size (a frame per rank)")
     return args
@@ -376,8 +387,10 @@ def training_options(args: argparse.Namespace) -> None:
         if given:
             raise ValueError(f"{' and '.join(given)} {verb(given)} to --mode train only")
         return
-    if args.world_size > 1:
-        raise ValueError("--world-size with --mode train is not supported yet")
+    if args.world_size > 1 and args.query_points:
+        raise ValueError(
+            "tracks of a sequence split over GPUs are not trained: drop --query-points"
+        )
     given = [option for name, option in INFERENCE_ONLY.items() if getattr(args, name)]
     if given:
         raise ValueError(f"{' and '.join(given)} {verb(given)} to --mode inference only")
@@ -406,6 +419,8 @@ def fake_model(args: argparse.Namespace, variant: str) -> FakeModel:
             cublas_workspace_bytes=args.cublas_workspace_bytes,
             cuda_context_bytes=args.cuda_context_bytes,
             query_points=args.query_points,
+            nccl_bytes=args.nccl_bytes,
+            world_size=args.world_size,
         )
     return FakeModel(
         variant,

@@ -10,6 +10,7 @@ import torch
 
 from profiling.estimate import format_training_table, main, parse_args
 from profiling.meters.cpu import peak_live_bytes, trace_cpu_memory
+from profiling.sweep.presets import load_preset
 from tests.support.images import seeded_images
 from vggt.heads.dpt_head import FRAMES_CHUNK_SIZE
 from vggt.memory.estimate import CUDA_CONTEXT_BYTES
@@ -170,7 +171,21 @@ def test_cli_inference_json_says_its_mode(capsys: pytest.CaptureFixture) -> None
     [
         (["--trainable", "aggregator"], "--trainable applies to --mode train only"),
         (["--checkpoint", "none"], "--checkpoint applies to --mode train only"),
-        (["--mode", "train", "--world-size", "2"], "--world-size with --mode train is not"),
+        (
+            [
+                "--mode",
+                "train",
+                "--world-size",
+                "2",
+                "--attention",
+                "ring",
+                "--frames",
+                "2",
+                "--variants",
+                "optimized",
+            ],
+            "training split over 2 GPUs runs ulysses attention, not ring",
+        ),
         (["--mode", "train", "--offload"], "--offload applies to --mode inference only"),
         (["--mode", "train", "--gpu", "H100"], "--gpu applies to --mode inference only"),
         (["--mode", "train", "--trainable", "heads"], "unknown trainable part(s) ['heads']"),
@@ -200,3 +215,21 @@ def test_help_documents_the_training_options(capsys: pytest.CaptureFixture) -> N
     out = capsys.readouterr().out
     for text in ("--mode {inference,train}", "--trainable SPEC", "--checkpoint {none,blocks,"):
         assert text in out
+
+
+def test_training_split_over_ranks_needs_less_per_rank() -> None:
+    """The busiest rank of 2 holds half the frames: its frame-dependent bytes are about half of
+    one device's, plus the exchanges and the gradients' all-reduce buckets."""
+    architecture = load_preset("tiny").architecture
+    precision = get_precision("fp32")
+    parts = ("aggregator",)
+    alone = FakeTrainingModel("optimized", "aggregator", architecture, precision, parts)
+    split = FakeTrainingModel(
+        "optimized", "aggregator", architecture, precision, parts, world_size=2
+    )
+    size = architecture.img_size
+    one, two = (model.estimate(frames, 1, size, size) for model, frames in ((alone, 8), (split, 8)))
+    assert two.world_size == 2 and two.rank_frames == 4 and two.nccl_bytes > 0
+    held = one.weights_bytes + one.gradient_bytes + one.optimizer_state_bytes
+    assert two.live_peak_bytes - held < 0.75 * (one.live_peak_bytes - held)
+    assert two.reserved_bound_bytes <= one.reserved_bound_bytes

@@ -6,7 +6,9 @@ tensors (weights, images, targets and AdamW's states).
 The model is built as the inference estimate builds it (`FakeModel`: the precision's weights,
 the target device's minimum chunk for a frozen aggregator's streamed blocks) and the step runs
 under CPU autocast with CUDA autocast's dtype rules (`CudaAutocastRules`), in the blocks that
-backward recomputes too. One device only: a sequence split over ranks is not estimated yet.
+backward recomputes too. With `world_size` > 1 the sequence is split over ranks as
+`TrainingStep` trains it (Ulysses attention; the ranks' gradients summed): the trace is the
+busiest rank's, its frames and targets, through a simulated group.
 """
 
 import contextlib
@@ -21,6 +23,7 @@ from vggt.heads.dpt_head import FRAMES_CHUNK_SIZE
 from vggt.memory.estimate import (
     CUBLAS_WORKSPACE_BYTES,
     CUDA_CONTEXT_BYTES,
+    NCCL_BYTES,
     FakeModel,
     frozen_garbage,
     replay_allocator,
@@ -28,6 +31,7 @@ from vggt.memory.estimate import (
 )
 from vggt.memory.tracker import LiveBytes
 from vggt.models.architecture import Architecture
+from vggt.parallel.group import split_evenly
 from vggt.precision import Precision
 from vggt.training.loss import seeded_targets
 from vggt.training.step import PHASES, TrainingStep
@@ -65,6 +69,9 @@ class TrainingEstimate:
     allocations: int
     cuda_context_bytes: int
     required_bytes: int
+    world_size: int = 1
+    rank_frames: int = 0
+    nccl_bytes: int = 0
 
 
 class FakeTrainingModel(FakeModel):
@@ -93,6 +100,8 @@ class FakeTrainingModel(FakeModel):
         cublas_workspace_bytes: int = CUBLAS_WORKSPACE_BYTES,
         cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
         query_points: int = 0,
+        nccl_bytes: int = NCCL_BYTES,
+        world_size: int = 1,
     ) -> None:
         super().__init__(
             variant,
@@ -102,6 +111,9 @@ class FakeTrainingModel(FakeModel):
             target_device=target_device,
             cublas_workspace_bytes=cublas_workspace_bytes,
             cuda_context_bytes=cuda_context_bytes,
+            nccl_bytes=nccl_bytes,
+            world_size=world_size,
+            attention="ulysses" if world_size > 1 else None,
             host_predictions=False,
             query_points=query_points,
         )
@@ -127,20 +139,25 @@ class FakeTrainingModel(FakeModel):
         return max(start, FRAMES_CHUNK_SIZE) if heads else start
 
     def _trace(self, frames: int, batch: int, height: int, width: int) -> TrainingEstimate:
-        """Trace one training step on `batch` x `frames` fp32 images and seeded targets."""
+        """Trace one training step on `batch` x `frames` fp32 images and seeded targets (the
+        busiest rank's share of them, split over ranks)."""
         self.passes += 1
+        counts = split_evenly(frames, self.world_size)
+        if self.group is not None:
+            self.group.counts = tuple(counts)
         with self.mode, frozen_garbage():
-            images = torch.rand(batch, frames, 3, height, width)
+            images = torch.rand(batch, counts[-1], 3, height, width)
             points = None
             if self.query_points:
                 points = torch.rand(batch, self.query_points, 2) * torch.tensor([width, height])
-            targets = seeded_targets(batch, frames, height, width, self.query_points)
+            targets = seeded_targets(batch, counts[-1], height, width, self.query_points)
             inputs = [t for t in (images, points) if t is not None]
             truths = [t for t in vars(targets).values() if t is not None]
             existing = [*self.weights(), *inputs, *truths, *self.states]
             starts: dict[str, int] = {}
             with self.mode.track(existing, record_events=True) as live, self.autocast_rules():
-                self.step(images, targets, points, phase=partial(mark_phase, live, starts))
+                phase = partial(mark_phase, live, starts)
+                self.step(images, targets, points, phase=phase, total_frames=batch * frames)
         input_sizes, target_sizes = storage_sizes(inputs), storage_sizes(truths)
         input_bytes, target_bytes = sum(input_sizes), sum(target_sizes)
         held = self.weights_bytes + input_bytes + target_bytes + self.optimizer_state_bytes
@@ -171,7 +188,12 @@ class FakeTrainingModel(FakeModel):
             reserved_peak_bytes=replayed.reserved_peak_bytes,
             allocations=replayed.allocations,
             cuda_context_bytes=self.cuda_context_bytes,
-            required_bytes=replayed.reserved_bound_bytes + self.cuda_context_bytes,
+            required_bytes=replayed.reserved_bound_bytes
+            + self.cuda_context_bytes
+            + self.nccl_bytes,
+            world_size=self.world_size,
+            rank_frames=counts[-1],
+            nccl_bytes=self.nccl_bytes,
         )
 
 
