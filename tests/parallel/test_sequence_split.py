@@ -84,14 +84,6 @@ TWO_RANK_CASES = {
             "checkpoint": "none",
             "size": 42,
         },
-        {
-            "name": "train-ring",
-            "kind": "train",
-            "attention": "ring",
-            "frames": 3,
-            "trainable": "unfrozen-aggregator",
-            "checkpoint": "none",
-        },
     ],
     "test_golden_recipe_on_two_ranks": [
         {"name": "golden", "kind": "golden", "attention": "ulysses"},
@@ -157,8 +149,6 @@ def assert_trains_as_one_device(findings: list[dict], name: str) -> None:
 def test_training_split_over_two_ranks(two_rank_findings: list[dict]) -> None:
     assert_trains_as_one_device(two_rank_findings, "train-unfrozen")
     assert_trains_as_one_device(two_rank_findings, "train-frozen")
-    for found in two_rank_findings:
-        assert "runs ulysses attention, not ring" in found["train-ring"]["error"]
 
 
 @pytest.mark.slow
@@ -186,16 +176,16 @@ def test_three_ranks(tmp_path: Path) -> None:
          "tracks": False, "precision": "autocast"},
         {"name": "ulysses-7-bf16", "attention": "ulysses", "frames": 7, "batch": 1,
          "architecture": FOUR_HEADS, "precision": "bf16"},
-        {"name": "train-7", "kind": "train", "attention": "ulysses", "frames": 7,
+        {"name": "train-5", "kind": "train", "attention": "ulysses", "frames": 5,
          "architecture": FOUR_HEADS, "trainable": "unfrozen-aggregator",
-         "checkpoint": "selective", "counts": [1, 3, 3]},
+         "checkpoint": "selective", "counts": [1, 2, 2], "size": 42},
     ]  # fmt: skip
     findings = run_cases(tmp_path, 3, cases)
     assert_exact(findings, "ulysses-7-chunked")
     assert_exact(findings, "ring-5-b2")
     assert_exact(findings, "ring-7-autocast", "autocast")
     assert_exact(findings, "ulysses-7-bf16", "bf16")
-    assert_trains_as_one_device(findings, "train-7")
+    assert_trains_as_one_device(findings, "train-5")
     for found in findings:
         assert "at most 2 ranks, not 3: use ring attention" in found["too-many-ranks"]["error"]
 

@@ -3,7 +3,7 @@ model's, whatever is checkpointed and whatever trains (fp32 on the CPU)."""
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.images import seeded_images
@@ -34,6 +34,7 @@ def small_models(draw: st.DrawFn) -> dict:
     }
 
 
+@settings(max_examples=6)
 @given(
     config=small_models(),
     policy=st.sampled_from(CHECKPOINT_POLICIES),

@@ -111,3 +111,16 @@ def test_step_runs_each_phase_and_updates_only_trainable_weights() -> None:
         "point_head",
     }
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_training_over_ranks_refuses_ring_attention() -> None:
+    from vggt.layers.block import Block
+    from vggt.parallel.group import SimulatedGroup
+    from vggt.parallel.sequence import SequenceParallelBlocks
+    from vggt.streaming.chunks import ChunkPolicy
+
+    runner = SequenceParallelBlocks(ChunkPolicy(), SimulatedGroup(0, 3), "ring", heads=2)
+    block = Block(dim=32, num_heads=2)
+    assert runner.with_autograd(block, across_frames=False) is block
+    with pytest.raises(RuntimeError, match="runs ulysses attention, not ring"):
+        runner.with_autograd(block, across_frames=True)
