@@ -45,7 +45,7 @@ from vggt.training.step import PHASES, PhaseContext, TrainingStep, no_phase
 
 def target_tensors(targets: Targets | None) -> list[torch.Tensor]:
     """The tensors of `targets` (none for an aggregator trained alone)."""
-    return [] if targets is None else [t for t in vars(targets).values() if t is not None]
+    return [] if targets is None else targets.tensors()
 
 
 class TrainingStages:

@@ -8,8 +8,12 @@ from hypothesis import strategies as st
 from tests.support.configs import SMALL_VGGT
 from tests.support.images import seeded_images
 from tests.support.training import with_small_heads
+from vggt.layers.block import Block
 from vggt.models.vggt_vram_optimized import VGGTOptimized
+from vggt.parallel.group import SimulatedGroup
+from vggt.parallel.sequence import SequenceParallelBlocks
 from vggt.precision import get_precision
+from vggt.streaming.chunks import ChunkPolicy
 from vggt.training.checkpointing import check_policy
 from vggt.training.loss import seeded_targets, training_loss
 from vggt.training.step import PHASES, TrainingStep
@@ -114,11 +118,6 @@ def test_step_runs_each_phase_and_updates_only_trainable_weights() -> None:
 
 
 def test_training_over_ranks_refuses_ring_attention() -> None:
-    from vggt.layers.block import Block
-    from vggt.parallel.group import SimulatedGroup
-    from vggt.parallel.sequence import SequenceParallelBlocks
-    from vggt.streaming.chunks import ChunkPolicy
-
     runner = SequenceParallelBlocks(ChunkPolicy(), SimulatedGroup(0, 3), "ring", heads=2)
     block = Block(dim=32, num_heads=2)
     assert runner.with_autograd(block, across_frames=False) is block

@@ -152,7 +152,7 @@ class FakeTrainingModel(FakeModel):
                 points = torch.rand(batch, self.query_points, 2) * torch.tensor([width, height])
             targets = seeded_targets(batch, counts[-1], height, width, self.query_points)
             inputs = [t for t in (images, points) if t is not None]
-            truths = [t for t in vars(targets).values() if t is not None]
+            truths = targets.tensors()
             existing = [*self.weights(), *inputs, *truths, *self.states]
             starts: dict[str, int] = {}
             with self.mode.track(existing, record_events=True) as live, self.autocast_rules():

@@ -34,6 +34,10 @@ class Targets:
         """The targets of frames [start, end) (a rank's share of a split sequence)."""
         return Targets(*(None if t is None else t[:, start:end] for t in self.__dict__.values()))
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The targets that are set (tracks only when points are tracked)."""
+        return [t for t in self.__dict__.values() if t is not None]
+
     def to(self, device: torch.device | str) -> "Targets":
         """The targets on `device`."""
         return Targets(*(None if t is None else t.to(device) for t in self.__dict__.values()))
