@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from profiling.estimate import main
 from profiling.meters.cpu import peak_live_bytes
@@ -360,6 +361,29 @@ def test_cuda_autocast_rules_cast_up_only_under_autocast() -> None:
             assert (half @ half.T).dtype == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert norm(half).dtype == torch.bfloat16
+
+
+def test_cuda_autocast_rules_hold_in_the_blocks_backward_recomputes() -> None:
+    """A checkpointed block recomputed by `loss.backward()` runs under the rules as its forward
+    did (on any torch: the engine is started inside the mode); a backward with a gradient
+    argument is refused."""
+    norm = torch.nn.LayerNorm(8)
+    seen = []
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        out = norm(x)
+        seen.append(out.dtype)
+        return out
+
+    half = torch.randn(3, 8).bfloat16().requires_grad_()
+    rules = CudaAutocastRules()
+    with set_checkpoint_early_stop(False), rules, torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = checkpoint(block, half, use_reentrant=False).float().square().sum()
+        loss.backward()
+        with pytest.raises(NotImplementedError, match="one scalar loss"):
+            norm(half).sum().backward(torch.tensor(2.0))
+    assert seen == [torch.float32, torch.float32]
+    assert half.grad is not None
 
 
 def test_unconstrained_reserve_is_at_least_the_bound() -> None:

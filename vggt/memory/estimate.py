@@ -296,10 +296,9 @@ CUDA_AUTOCAST_FP32 = frozenset(
 )
 
 # Backward recomputes checkpointed blocks under the autocast state of their forward: it runs
-# inside the rules too (a mode is off while its own handler runs, unless re-entered, which
-# needs a torch that can skip the handler: 2.13 has `redispatch_function`).
+# inside the rules too. A mode is off while its own handler runs, so the handler re-enters it
+# and starts the autograd engine itself (`backward_inside`), which no mode intercepts.
 BACKWARD = frozenset({torch.Tensor.backward, torch.autograd.backward})
-REDISPATCH = getattr(torch.overrides, "redispatch_function", None)
 
 
 class CudaAutocastRules(TorchFunctionMode):
@@ -313,14 +312,24 @@ class CudaAutocastRules(TorchFunctionMode):
         if func in CUDA_AUTOCAST_FP32 and torch.is_autocast_enabled("cpu"):
             args, kwargs = tree_map(to_fp32, (args, kwargs))
         if func in BACKWARD:
-            if REDISPATCH is None:
-                raise RuntimeError(
-                    f"estimating a training step for CUDA needs torch.overrides."
-                    f"redispatch_function, which torch {torch.__version__} lacks"
-                )
             with self:
-                return REDISPATCH(func, types, args, kwargs)
+                return backward_inside(args, kwargs)
         return func(*args, **kwargs)
+
+
+def backward_inside(args: tuple, kwargs: dict) -> None:
+    """The backward of one scalar loss (`loss.backward()`, `torch.autograd.backward(loss)`),
+    run by the autograd engine directly so that the active modes stay on in it; a backward with
+    other arguments is refused."""
+    loss = args[0] if len(args) == 1 else None
+    plain = isinstance(loss, torch.Tensor) and loss.numel() == 1
+    if not plain or any(value not in (None, False) for value in kwargs.values()):
+        raise NotImplementedError(
+            "a training estimate runs the backward of one scalar loss, without arguments"
+        )
+    torch.autograd.graph._engine_run_backward(
+        (loss,), (torch.ones_like(loss),), False, False, (), True, True
+    )
 
 
 def to_fp32(value: object) -> object:
