@@ -102,7 +102,10 @@ SEQUENCE_NOTE = (
     "each holding its own frames, against the whole sequence on one rank. Peaks and times "
     "are the largest over the ranks (per rank, not summed); speed-up is 1-rank time / time; "
     "comm is a rank's median time waiting for its collectives and the bytes it sends per "
-    "forward; diffs compare each rank's outputs with its frames at world size 1."
+    "forward; diffs compare each rank's outputs with its frames at world size 1. Training "
+    "split over ranks (`--mode train`): the peak is the step's highest phase peak, comm is "
+    "per step, and the loss diffs compare the step's loss summed over the ranks with the "
+    "same step's on one rank (same initial weights, input and warm-up steps)."
 )
 
 
@@ -236,6 +239,9 @@ def step_table(records: list[CaseRecord]) -> list[str]:
     return lines
 
 
+PEAK_FIELD = "activation_peak_bytes"
+
+
 def largest_over_ranks(records: list[CaseRecord], name: str) -> float | None:
     """The largest value of field `name` over the ranks' records; None when there are none,
     one failed or one lacks the value."""
@@ -265,22 +271,25 @@ def hidden_cell(records: list[CaseRecord]) -> str:
 
 def sequence_table(records: list[CaseRecord]) -> list[str]:
     """A row per variant, frames and world size above 1: the largest per-rank peak and time
-    over the ranks, against the same frames on one rank, with communication and differences."""
+    over the ranks, against the same frames on one rank, with communication and differences
+    (in train mode the peak is the step's highest phase peak and the differences the loss's)."""
     cells: dict[tuple, list[CaseRecord]] = defaultdict(list)
     for record in records:
         cells[(record.variant, record.frames, record.world_size)].append(record)
-    header = ["variant", "frames", "ranks", "1-rank peak", "peak per rank", "peak ratio"]
+    training = all(record.mode == "train" for record in records)
+    peak, peak_name = ("step peak", "step_peak_bytes") if training else ("peak", PEAK_FIELD)
+    header = ["variant", "frames", "ranks", f"1-rank {peak}", f"{peak} per rank", "peak ratio"]
     header += ["1-rank ms", "ms", "speed-up", "comm ms", "comm hidden", "comm per rank"]
-    header += ["max abs diff", "max rel diff"]
+    header += ["loss abs diff", "loss rel diff"] if training else ["max abs diff", "max rel diff"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for variant, frames, world_size in sorted(key for key in cells if key[2] > 1):
         alone = cells.get((variant, frames, 1), [])
         split = cells[(variant, frames, world_size)]
         row = [variant, str(frames), str(world_size)]
-        for name, text in (("activation_peak_bytes", format_size), ("median_ms", format_ms)):
+        for name, text in ((peak_name, format_size), ("median_ms", format_ms)):
             row += [ranks_cell(alone, name, text), ranks_cell(split, name, text)]
             # The peak ratio is split / alone (below 1 is smaller); the speed-up alone / split.
-            ratio = (split, alone) if name == "activation_peak_bytes" else (alone, split)
+            ratio = (split, alone) if name == peak_name else (alone, split)
             row.append(format_ratio(*(largest_over_ranks(r, name) for r in ratio)))
         row.append(ranks_cell(split, "comm_seconds", lambda seconds: format_ms(seconds * 1e3)))
         row.append(hidden_cell(split))
@@ -355,6 +364,8 @@ def summary_markdown(records: list[CaseRecord], environment: dict[str, Any]) -> 
             lines += [*config_table(by_case), "", *largest_fitting(by_case)]
         if by_case and split:
             lines.append("")
+        if split and key[-1] == "train" and not by_case:
+            lines += [training_parts(split), ""]
         if split:
             lines += sequence_table(split)
     lines += ["", "## Environment", "", *environment_table(environment)]

@@ -333,15 +333,12 @@ def axis_changes(args: argparse.Namespace, settings: SweepSettings) -> dict:
 
 
 def training_changes(args: argparse.Namespace) -> dict:
-    """--mode, --trainable and --checkpoint; UsageError for the last two without --mode train,
-    or for training split over ranks."""
+    """--mode, --trainable and --checkpoint; UsageError for the last two without --mode train."""
     if args.mode != "train":
         given = [name for name in ("trainable", "checkpoint") if getattr(args, name) is not None]
         if given:
             raise UsageError(f"--{given[0]} needs --mode train")
         return {}
-    if args.parallel == "sequence":
-        raise UsageError("sequence-parallel training is not supported by the sweep yet")
     changes = {"mode": "train", "trainable": args.trainable}
     if args.checkpoint is not None:
         changes["checkpoint"] = args.checkpoint
@@ -433,6 +430,12 @@ def parse_config(argv: Sequence[str] | None, attempt: int) -> SweepConfig:
     with usage_errors():
         attention = choose_attention(
             args.attention, world_size, preset.architecture.num_heads, launch.local_world_size
+        )
+    if args.parallel == "sequence" and settings.mode == "train" and attention != "ulysses":
+        raise UsageError(
+            f"training split over ranks runs Ulysses attention (its exchanges have a backward), "
+            f"not {attention}: pass --sp-attention ulysses with at most "
+            f"{preset.architecture.num_heads} ranks"
         )
     out_dir, resume = choose_out_dir(args, attempt)
     return SweepConfig(

@@ -12,6 +12,7 @@ from typing import Any
 
 from profiling.sweep.cases import Case
 from profiling.sweep.environment import RankInfo
+from vggt.training.step import PHASES
 
 PARTIAL_DIR = "partial"
 # Fields of earlier runs' records, read and dropped: `peak_bytes` meant max_memory_allocated
@@ -172,6 +173,12 @@ class CaseRecord:
     def median_ms(self) -> float | None:
         """The median time, None when no timed run finished."""
         return self.time_ms.median if self.time_ms else None
+
+    @property
+    def step_peak_bytes(self) -> int | None:
+        """A training step's highest phase peak, None unless every phase has one."""
+        peaks = [getattr(self, phase_field(phase, "peak_bytes")) for phase in PHASES]
+        return None if None in peaks else max(peaks)
 
     def fail(self, status: str, error: BaseException) -> None:
         """Mark the case `oom` or `error` with the exception's one-line message."""

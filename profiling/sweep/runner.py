@@ -24,7 +24,7 @@ from profiling.sweep.models import ModelCache
 from profiling.sweep.options import SweepConfig
 from profiling.sweep.records import CaseRecord, PartialLog, deduplicate, read_partial_records
 from profiling.sweep.sequence import measure_split_group
-from profiling.sweep.training_run import measure_training_group
+from profiling.sweep.training_run import measure_split_training_group, measure_training_group
 from profiling.sweep.work_queue import WorkQueue, collect, exchange, publish
 from vggt.parallel.group import SequenceGroup
 from vggt.parallel.launch import Launch, agreed_ranks_per_node
@@ -121,8 +121,11 @@ def run_sweep(
     if config.parallel == "sequence":
         nodes = agreed_ranks_per_node(Launch.from_environment())
         sequence = SequenceGroup(ranks_per_node=nodes)
+        training = config.settings.mode == "train"
         split = functools.partial(
-            measure_split_group, sequence=sequence, attention=config.attention
+            measure_split_training_group if training else measure_split_group,
+            sequence=sequence,
+            attention=config.attention,
         )
         produced = measure_pending(config, context, out_dir, pending, range(len(pending)), split)
     else:

@@ -1,4 +1,5 @@
-"""Measures one configuration in train mode (`--mode train`): training steps of each variant.
+"""Measures one configuration in train mode (`--mode train`): training steps of each variant,
+on one rank or, with `--parallel sequence`, split over every rank (`measure_split_training_group`).
 
 Each variant trains a model of its own holding a copy of the same initial weights (the first
 variant's seeded ones), one variant after the other, so a step's memory is one model's: its
@@ -10,6 +11,10 @@ timed steps, each phase timed. Every step is a whole `vggt.training.step.Trainin
 weights change from step to step alike for every variant and the measured steps' losses are
 compared with the baseline's. A failure is recorded as in inference (`measure.run_guarded`):
 `oom` or `error`, the variant's memory freed, and the next variant runs.
+
+Split over ranks, every rank first trains the whole sequence alone, then each variant again from
+the same initial weights on its own frames (Ulysses attention, gradients summed over the ranks);
+the measured split step's loss, summed over the ranks, is compared with the same step's alone.
 """
 
 import contextlib
@@ -26,7 +31,7 @@ from profiling.meters import cuda
 from profiling.meters.cpu import max_rss_bytes, trace_cpu_memory
 from profiling.meters.phases import PHASE_PREFIX, PhaseMeter
 from profiling.meters.timing import time_call_ms
-from profiling.sweep.cases import CaseGroup
+from profiling.sweep.cases import CaseGroup, Split
 from profiling.sweep.environment import RankInfo
 from profiling.sweep.measure import fail_all, free_memory, run_guarded, seeded_images
 from profiling.sweep.memory_run import (
@@ -37,8 +42,10 @@ from profiling.sweep.memory_run import (
 )
 from profiling.sweep.models import ModelCache, build_variant
 from profiling.sweep.records import CaseRecord, TimeSummary, phase_field
+from profiling.sweep.sequence import own_frames
 from vggt.memory.outputs import output_bytes
 from vggt.models.variants import BASELINE
+from vggt.parallel.group import CommunicationLog, SequenceGroup
 from vggt.training.loss import Targets, seeded_targets
 from vggt.training.step import PHASES, PhaseContext, TrainingStep, no_phase
 
@@ -74,6 +81,8 @@ class TrainingStages:
         # The first variant's initial weights, on the CPU, for the variants after it.
         self.initial: dict[str, torch.Tensor] | None = None
         self.trainer: TrainingStep | None = None
+        # The frames of the whole sequence the loss divides by (None: the input's own).
+        self.total_frames: int | None = None
         for record in records.values():
             record.input_bytes = output_bytes([images, *target_tensors(targets)]).device
 
@@ -110,7 +119,7 @@ class TrainingStages:
 
     def build(self, name: str) -> None:
         """Variant `name` with the group's initial weights, and its training step."""
-        module = build_variant(self.group, name, self.device, self.seed, self.initial)
+        module = self.prepare(build_variant(self.group, name, self.device, self.seed, self.initial))
         if self.initial is None:
             self.initial = {k: v.to("cpu", copy=True) for k, v in module.state_dict().items()}
         self.records[name].weight_bytes = output_bytes(module.state_dict().values()).device
@@ -120,9 +129,13 @@ class TrainingStages:
             module, training.parts, training.checkpoint, self.group.precision, layers=layers
         )
 
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A variant's module as built, before its training step is set up."""
+        return module
+
     def step(self, phase: PhaseContext = no_phase) -> dict[str, torch.Tensor]:
         """One training step on the group's input; its loss terms."""
-        return self.trainer(self.images, self.targets, phase=phase)
+        return self.trainer(self.images, self.targets, phase=phase, total_frames=self.total_frames)
 
     def steps(self, count: int) -> None:
         """`count` steps, unmeasured (the warm-up)."""
@@ -136,8 +149,12 @@ class TrainingStages:
             losses = self.cuda_memory_step(record)
         else:
             losses = self.cpu_memory_step(record)
-        record.loss = losses["total"].item()
+        record.loss = self.sequence_loss(losses["total"])
         record.gradient_bytes = self.trainer.gradient_bytes
+
+    def sequence_loss(self, loss: torch.Tensor) -> float:
+        """The whole sequence's loss of a step, from its total term."""
+        return loss.item()
 
     def resident_bytes(self) -> int:
         """Bytes of the tensors alive as a step starts: the model's weights and buffers, any
@@ -200,14 +217,99 @@ class TrainingStages:
     def compare_losses(self) -> None:
         """Each measured loss's difference from the baseline's, when the baseline has one."""
         base = self.records.get(self.baseline)
-        if base is None or base.status != "ok" or base.loss is None:
-            return
         for record in self.records.values():
-            if record.status == "ok" and record.loss is not None:
-                difference = abs(record.loss - base.loss)
-                record.max_abs_diff = difference
-                record.max_rel_diff = difference / abs(base.loss) if base.loss else 0.0
-                record.compared_to = self.baseline
+            compare_loss(record, base, self.baseline)
+
+
+def compare_loss(record: CaseRecord, base: CaseRecord | None, base_name: str) -> None:
+    """`record`'s measured loss against `base`'s (named `base_name`), when both have one."""
+    if base is None or base.status != "ok" or base.loss is None:
+        return
+    if record.status == "ok" and record.loss is not None:
+        difference = abs(record.loss - base.loss)
+        record.max_abs_diff = difference
+        record.max_rel_diff = difference / abs(base.loss) if base.loss else 0.0
+        record.compared_to = base_name
+
+
+class SplitTrainingStages(TrainingStages):
+    """Each variant trained on this rank's frames of the sequence split over `sequence`'s
+    ranks by `attention`, from the initial weights `initial`: its loss summed over the ranks
+    and compared with the same variant's alone (`references`), its collectives logged."""
+
+    def __init__(
+        self,
+        group: CaseGroup,
+        images: torch.Tensor,
+        targets: Targets | None,
+        records: dict[str, CaseRecord],
+        timeline_dir: Path,
+        seed: int,
+        sequence: SequenceGroup,
+        attention: str,
+        initial: dict[str, torch.Tensor] | None,
+        references: dict[str, CaseRecord],
+    ) -> None:
+        super().__init__(group, images, targets, records, timeline_dir, seed)
+        self.sequence = sequence
+        self.attention = attention
+        self.initial = initial
+        self.references = references
+        self.total_frames = group.batch * group.frames
+        self.comm_seconds: list[float] = []
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module split over the ranks."""
+        module.parallelize(self.sequence, self.attention)
+        return module
+
+    def train_variant(self, name: str, warmup: int, repeats: int) -> None:
+        """As alone, the exchange buffers released after the variant."""
+        try:
+            super().train_variant(name, warmup, repeats)
+        finally:
+            self.sequence.release()
+
+    def step(self, phase: PhaseContext = no_phase) -> dict[str, torch.Tensor]:
+        """One step, its collectives logged afresh (`sequence.log`) and their seconds kept."""
+        self.sequence.log = CommunicationLog()
+        losses = super().step(phase)
+        self.comm_seconds.append(self.sequence.log.seconds)
+        return losses
+
+    def memory_step(self, record: CaseRecord) -> None:
+        """As alone, with the bytes this rank's collectives sent in the step."""
+        super().memory_step(record)
+        record.comm_bytes = self.sequence.log.bytes_sent
+
+    def sequence_loss(self, loss: torch.Tensor) -> float:
+        """The ranks' losses summed: each divides by the whole sequence's frames."""
+        summed = loss.detach().clone().reshape(1)
+        self.sequence.all_reduce_sum_([summed])
+        return summed.item()
+
+    def timed_steps(self, record: CaseRecord, repeats: int) -> None:
+        """As alone, with the median seconds the timed steps' collectives took."""
+        self.comm_seconds.clear()
+        super().timed_steps(record, repeats)
+        record.comm_seconds = statistics.median(self.comm_seconds)
+
+    def compare_losses(self) -> None:
+        """Each variant's split loss against its loss alone."""
+        for name, record in self.records.items():
+            reference = self.references.get(name)
+            compare_loss(record, reference, reference.case_id if reference else "")
+
+
+def training_input(
+    group: CaseGroup, device: torch.device, seed: int
+) -> tuple[torch.Tensor, Targets | None]:
+    """The group's seeded images and, for a whole model, its seeded targets, on `device`."""
+    images = seeded_images(group, device, seed)
+    if group.component != "model":
+        return images, None
+    shape = (group.batch, group.frames, group.height, group.width)
+    return images, seeded_targets(*shape, seed=seed).to(device)
 
 
 def measure_training_group(
@@ -229,11 +331,7 @@ def measure_training_group(
     }
     device = cache.device
     try:
-        images = seeded_images(group, device, seed)
-        targets = None
-        if group.component == "model":
-            shape = (group.batch, group.frames, group.height, group.width)
-            targets = seeded_targets(*shape, seed=seed).to(device)
+        images, targets = training_input(group, device, seed)
     except Exception as error:
         fail_all(records.values(), error)
     else:
@@ -247,3 +345,60 @@ def measure_training_group(
     for record in records.values():
         record.finished_at = finished_at
     return list(records.values())
+
+
+def measure_split_training_group(
+    group: CaseGroup,
+    cache: ModelCache,
+    rank: RankInfo,
+    warmup: int,
+    repeats: int,
+    timeline_dir: Path,
+    seed: int,
+    *,
+    sequence: SequenceGroup,
+    attention: str,
+) -> list[CaseRecord]:
+    """This rank's train-mode records of `group` at world size 1 and split over `sequence` by
+    `attention` (`measure_split_group`'s arguments); a failure to make the input fails them."""
+    world_size = sequence.world_size
+    alone, together = Split(1, rank.rank, None), Split(world_size, rank.rank, attention)
+    reference = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(alone)}
+    split = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(together)}
+    for record in reference.values():
+        record.comm_seconds, record.comm_bytes = 0.0, 0
+    device = cache.device
+    frames = own_frames(group.frames, world_size, rank.rank)
+    try:
+        images, targets = training_input(group, device, seed)
+    except Exception as error:
+        fail_all([*reference.values(), *split.values()], error)
+    else:
+        stages = TrainingStages(group, images, targets, reference, timeline_dir, seed)
+        stages.run(warmup, repeats)
+        for record in reference.values():
+            if record.status == "ok":
+                compare_loss(record, record, record.case_id)
+        initial = stages.initial
+        local_images = images[:, frames].clone()
+        local_targets = None if targets is None else targets.frames(frames.start, frames.stop)
+        del images, targets, stages
+        SplitTrainingStages(
+            group,
+            local_images,
+            local_targets,
+            split,
+            timeline_dir,
+            seed,
+            sequence,
+            attention,
+            initial,
+            reference,
+        ).run(warmup, repeats)
+        del local_images, local_targets
+    free_memory(device)
+    finished_at = datetime.now(UTC).isoformat()
+    records = [*reference.values(), *split.values()]
+    for record in records:
+        record.finished_at = finished_at
+    return records

@@ -84,6 +84,22 @@ def test_sequence_mode_keeps_the_variants_that_split(
         parse_config([*arguments, "--out", str(tmp_path / "b"), "--variants", "full,optimized"], 0)
 
 
+def test_training_split_over_ranks_runs_ulysses_attention(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The tiny preset has 2 heads: 2 ranks train with Ulysses; ring, and 3 ranks (whose
+    default would be ring), are refused with what to pass instead."""
+    arguments = ["--preset", "tiny", "--device", "cpu", "--parallel", "sequence"]
+    arguments += ["--mode", "train", "--out", str(tmp_path)]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert parse_config(arguments, 0).attention == "ulysses"
+    with pytest.raises(UsageError, match=r"runs Ulysses attention .* not ring"):
+        parse_config([*arguments, "--sp-attention", "ring"], 0)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(UsageError, match="not ring: pass --sp-attention ulysses with at most 2"):
+        parse_config(arguments, 0)
+
+
 def test_a_resumed_sequence_sweep_expects_every_rank_at_both_world_sizes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -167,15 +183,21 @@ def test_the_summary_puts_the_sequence_table_under_its_configuration() -> None:
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    ("attention", "frames", "component"),
-    [("ulysses", "2,4", "aggregator"), ("ring", "3", "model")],
+    ("attention", "frames", "component", "mode"),
+    [
+        ("ulysses", "2,4", "aggregator", "inference"),
+        ("ring", "3", "model", "inference"),
+        ("ulysses", "4", "model", "train"),
+    ],
 )
 def test_two_gloo_ranks_split_each_configuration(
-    attention: str, frames: str, component: str, tmp_path: Path
+    attention: str, frames: str, component: str, mode: str, tmp_path: Path
 ) -> None:
+    """Inference: each rank's outputs equal its frames alone. Train mode: the step's loss
+    summed over the ranks equals the same step's alone, and each rank's step peaks lower."""
     out = tmp_path / "report"
     options = ["--preset", "tiny", "--device", "cpu", "--quiet", "--frames", frames]
-    options += ["--component", component]
+    options += ["--component", component, "--mode", mode, "--warmup", "0", "--repeats", "1"]
     options += ["--parallel", "sequence", "--sp-attention", attention, "--out", str(out)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = torchrun(2, SWEEP, options, timeout_s=TIMEOUT_S, env=environment, cwd=tmp_path)
@@ -185,9 +207,11 @@ def test_two_gloo_ranks_split_each_configuration(
     assert len(cases) == len(counts) * 2 * 2
     cells = {(c["frames"], c["world_size"], c["rank"]): c for c in cases}
     assert set(cells) == {(f, w, r) for f in counts for w in (1, 2) for r in (0, 1)}
+    peak = "activation_peak_bytes" if mode == "inference" else "step_peak_bytes"
     for case in cases:
         assert case["status"] == "ok", case["error"]
         assert case["parallel"] == "sequence" and case["variant"] == "optimized"
+        assert case["mode"] == mode
         alone = cells[(case["frames"], 1, case["rank"])]
         assert case["compared_to"] == alone["case_id"]
         assert case["max_rel_diff"] <= BOUND
@@ -197,9 +221,20 @@ def test_two_gloo_ranks_split_each_configuration(
         else:
             assert case["attention"] == attention
             assert case["comm_bytes"] > 0 and case["comm_seconds"] > 0
-            assert case["comm_serial_seconds"] > 0
-            assert case["activation_peak_bytes"] < alone["activation_peak_bytes"]
+            assert step_figure(case, peak) < step_figure(alone, peak)
+    if mode == "train":
+        assert all(case["loss"] > 0 and case["gradient_bytes"] > 0 for case in cases)
+        assert all(case["comm_serial_seconds"] is None for case in cases)
+    else:
+        assert all(c["comm_serial_seconds"] > 0 for c in cases if c["world_size"] == 2)
     summary = (out / "summary.md").read_text()
-    assert "| variant | frames | ranks | 1-rank peak | peak per rank |" in summary
+    assert "| variant | frames | ranks | 1-rank" in summary
     for count in counts:
         assert f"| optimized | {count} | 2 |" in summary
+
+
+def step_figure(case: dict, name: str) -> int:
+    """A result's peak field; a training step's highest phase peak for `step_peak_bytes`."""
+    if name == "step_peak_bytes":
+        return max(case[f"{phase}_peak_bytes"] for phase in ("forward", "backward", "optimizer"))
+    return case[name]

@@ -77,10 +77,6 @@ def trainable_fp32_bytes(component: str, parts: tuple[str, ...]) -> int:
     [
         (["--trainable", "aggregator"], "--trainable needs --mode train"),
         (["--checkpoint", "none"], "--checkpoint needs --mode train"),
-        (
-            ["--mode", "train", "--parallel", "sequence"],
-            "sequence-parallel training is not supported by the sweep yet",
-        ),
         (["--mode", "train", "--trainable", "heads"], "unknown trainable part(s) ['heads']"),
         (
             ["--mode", "train", "--trainable", "frozen-aggregator"],
