@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the GPU evidence on one CUDA device, within --budget-s seconds: the "
         "CUDA context and NCCL's buffers, the gpu tests, full against optimized VGGT-1B "
         "aggregators at VGGT's README frame counts and size (350x518), the memory estimator "
-        "against them, a memory cap around the estimate, token chunks, offload, then 518x518 "
-        "points as time allows. Writes DIR/summary.md, DIR/results.json and plots.",
+        "against them, a memory cap around the estimate, token chunks, offload, a training "
+        "step of the whole full and optimized models (8 images of 518x518; each phase's peak "
+        "against the estimator's), then 518x518 points as time allows. Writes "
+        "DIR/summary.md, DIR/results.json and plots.",
     )
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder")
     parser.add_argument(

@@ -45,8 +45,11 @@ from profiling.evidence.results import (
     PreflightData,
     Run,
     StepResult,
+    TrainingData,
+    TrainingRow,
     allocated_bytes,
     data_of,
+    phase_peak_bytes,
 )
 from profiling.meters import cuda, sdpa
 from profiling.meters.cap import memory_cap
@@ -57,9 +60,11 @@ from profiling.sweep.environment import RankInfo, collect_environment
 from profiling.sweep.measure import free_memory, measure_group
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord, one_line
+from profiling.sweep.training_run import measure_training_group
 from vggt.layers import attention_backends
 from vggt.memory.allocator import unmodelled_setting
-from vggt.memory.estimate import CUDA_CONTEXT_BYTES, NCCL_BYTES
+from vggt.memory.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, NCCL_BYTES
+from vggt.training.step import PHASES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NATIVE_LOG = "native-stderr.log"
@@ -130,15 +135,17 @@ def point_group(plan: Plan, point: Point) -> CaseGroup:
         point.precision,
         point.variants,
         plan.architecture,
+        point.training,
     )
 
 
 def measure_point(context: Context, cache: ModelCache, point: Point) -> list[CaseRecord]:
-    """The sweep's records of the point's variants (warm-up, peaks, NVML, time), each
-    compared with the first."""
+    """The sweep's records of the point's variants (warm-up, peaks, NVML, time; of a training
+    point, its steps with each phase's peak and time), each compared with the first."""
     plan = context.plan
+    measure = measure_group if point.training is None else measure_training_group
     with native_stderr_to(context.native_log):
-        return measure_group(
+        return measure(
             point_group(plan, point),
             cache,
             context.rank,
@@ -407,17 +414,27 @@ def run_aggregator(context: Context, result: StepResult) -> None:
     judge_pairs(result, data, context.plan)
 
 
+def estimate_of(
+    context: Context, point: Point, variant: str
+) -> tuple[EstimateFigures | None, str | None]:
+    """The estimate of `variant` at `point`, waited for while time is left; else None and
+    why: SKIPPED_TIME when it was not ready in time, or how the estimator failed."""
+    jobs = {job.variant: job for job in point_jobs(point, context.plan.architecture)}
+    try:
+        return context.estimates.result(jobs[variant], context.deadline.left()), None
+    except multiprocessing.TimeoutError:
+        return None, SKIPPED_TIME
+    except Exception as error:
+        return None, f"the estimator failed: {one_line(error)}"
+
+
 def compare_point(context: Context, pair: Pair, record: CaseRecord) -> EstimateRow:
     """One measured variant against its estimate: activations within ESTIMATE_TOLERANCE, and
     on CUDA the unconstrained peak reserve within it of the never-release figure; judged
     only where its activations are at least half of its peak."""
-    jobs = {job.variant: job for job in point_jobs(pair.point, context.plan.architecture)}
-    try:
-        figures = context.estimates.result(jobs[record.variant], context.deadline.left())
-    except multiprocessing.TimeoutError:
-        return EstimateRow(record, error=SKIPPED_TIME)
-    except Exception as error:
-        return EstimateRow(record, error=f"the estimator failed: {one_line(error)}", ok=False)
+    figures, error = estimate_of(context, pair.point, record.variant)
+    if figures is None:
+        return EstimateRow(record, error=error, ok=None if error == SKIPPED_TIME else False)
     row = EstimateRow(record, figures)
     if not row.judged:
         return row
@@ -571,15 +588,124 @@ def run_offload(context: Context, result: StepResult) -> None:
     result.judge(equal and (peak < kept_peak or not context.on_cuda), text)
 
 
+def judge_unmeasured(result: StepResult, planned: bool, skipped: list[str]) -> None:
+    """A step that measured no point: skipped when the time left its points out, else a pass
+    only when it had none planned."""
+    result.judge(not planned, "no point was planned or measured")
+    if skipped:
+        result.status = SKIPPED_TIME
+
+
+def compare_training(context: Context, point: Point, record: CaseRecord) -> TrainingRow:
+    """One variant's training step against its estimate: each phase's peak within
+    ESTIMATE_TOLERANCE of the estimator's. Both count the weights, images, targets, AdamW's
+    states, gradients and activations, each storage once, except where noted below."""
+    if record.status != "ok":
+        return TrainingRow(point, record)
+    figures, error = estimate_of(context, point, record.variant)
+    if figures is None:
+        return TrainingRow(point, record, error=error, ok=None if error == SKIPPED_TIME else False)
+    # On CUDA the allocator also counts the cuBLAS workspace, which the estimator's live bytes
+    # leave out (autograd's backward thread may hold a second one: 32 MiB, under 0.2 % of
+    # VGGT-1B's peaks), and rounds each tensor up to 512 bytes (a few MiB over VGGT-1B's).
+    added = CUBLAS_WORKSPACE_BYTES if context.on_cuda else 0
+    estimate = {phase: peak + added for phase, peak in figures.phase_peak_bytes.items()}
+    row = TrainingRow(point, record, estimate)
+    errors = [row.relative_error(phase) for phase in PHASES]
+    row.ok = all(error is not None and abs(error) <= ESTIMATE_TOLERANCE for error in errors)
+    return row
+
+
+def training_problems(data: TrainingData) -> list[str]:
+    """What is wrong with the measured steps: a variant that did not run, a loss away from its
+    baseline's (the point's first variant), a forward or backward peak above the baseline's,
+    an estimate off by more than ESTIMATE_TOLERANCE or that failed."""
+    problems = []
+    baselines: dict[Point, CaseRecord] = {}
+    for row in data.rows:
+        record = row.record
+        base = baselines.setdefault(row.point, record)
+        where = f"{row.point.frames} frames {record.variant}"
+        if record.status != "ok":
+            problems.append(f"{where}: {record.status}: {record.error}")
+            continue
+        if not agrees(record):
+            problems.append(f"{where}: loss rel diff {format_diff(record.max_rel_diff)}")
+        for phase in ("forward", "backward"):
+            peak, base_peak = phase_peak_bytes(record, phase), phase_peak_bytes(base, phase)
+            if base_peak is not None and peak > base_peak:
+                problems.append(
+                    f"{where}: {phase} peak {format_size(peak)} above {base.variant}'s "
+                    f"{format_size(base_peak)}"
+                )
+        if row.ok is False:
+            largest = row.largest_error()
+            off = f"{largest[0]} peak {largest[1]:+.1%} off its estimate" if largest else None
+            problems.append(f"{where}: {off or row.error}")
+    return problems
+
+
+def training_verdict(data: TrainingData) -> str:
+    """Each point's forward and backward peaks per variant (and with several variants the
+    largest loss difference from the baseline's), then the estimates' largest error."""
+    parts = []
+    for point in dict.fromkeys(row.point for row in data.rows):
+        records = [row.record for row in data.rows if row.point == point]
+        text = f"at {point.frames} frames: " + ", ".join(
+            f"{record.variant} {format_size(phase_peak_bytes(record, 'forward'))} forward, "
+            f"{format_size(phase_peak_bytes(record, 'backward'))} backward"
+            for record in records
+        )
+        if len(records) > 1:
+            diff = max(record.max_rel_diff for record in records[1:])
+            text += f"; loss rel diff {format_diff(diff)}"
+        parts.append(text)
+    errors = [(row, *largest) for row in data.rows if (largest := row.largest_error())]
+    if errors:
+        row, phase, error = max(errors, key=lambda item: abs(item[2]))
+        parts.append(
+            f"{len(errors) * len(PHASES)} phase peaks within {ESTIMATE_TOLERANCE:.0%} of the "
+            f"estimates: largest error {error:+.1%} ({row.record.variant} {row.point.frames} "
+            f"frames {phase})"
+        )
+    waiting = sum(row.error == SKIPPED_TIME for row in data.rows)
+    if waiting:
+        parts.append(f"{waiting} estimates not ready in time")
+    return "; ".join(parts)
+
+
+def run_training(context: Context, result: StepResult) -> None:
+    """Step i: a training step of each variant of the training points (the whole model on a
+    GPU), after its warm-up step, while time is left; pass when every variant ran, its loss
+    agrees with the baseline's, no forward or backward peak is above the baseline's, and every
+    phase's peak is within ESTIMATE_TOLERANCE of its estimate."""
+    data = result.data = TrainingData()
+    cache = ModelCache(context.device, context.plan.seed)
+    for point in context.plan.training:
+        if not context.fits(point):
+            data.skipped.append(point.label)
+            continue
+        records = measure_point(context, cache, point)
+        data.rows += [compare_training(context, point, record) for record in records]
+        free_memory(context.device)
+    if not data.rows:
+        judge_unmeasured(result, bool(context.plan.training), data.skipped)
+        return
+    problems = training_problems(data)
+    if problems:
+        result.judge(False, "; ".join(problems[:3]))
+        return
+    waiting = any(row.error == SKIPPED_TIME for row in data.rows)
+    result.judge(True, training_verdict(data), complete=not data.skipped and not waiting)
+
+
 def run_square(context: Context, result: StepResult) -> None:
-    """Step i: full against optimized at 518x518 (and the precision with bf16 weights) while
+    """Step j: full against optimized at 518x518 (and the precision with bf16 weights) while
     time is left, each point also judged against its estimate."""
     data = result.data = Measured()
     measure_points(context, context.plan.square, data)
     if not data.pairs:
-        result.judge(not context.plan.square, "no point was planned or measured")
-        if data.skipped:
-            result.status = SKIPPED_TIME
+        judge_unmeasured(result, bool(context.plan.square), data.skipped)
         return
     judge_pairs(result, data, context.plan)
     if result.status != PASS:
@@ -591,7 +717,7 @@ def run_square(context: Context, result: StepResult) -> None:
 
 
 def run_report(context: Context, result: StepResult) -> None:
-    """Step j: the plots, from whatever the steps recorded."""
+    """Step k: the plots, from whatever the steps recorded."""
     write_plots(context.out_dir, context.plan, list(context.steps.values()))
     result.judge(True, "plots written")
 
@@ -606,8 +732,9 @@ STEPS: dict[str, tuple[str, Step]] = {
     "memory-cap": ("f", run_memory_cap),
     "chunking": ("g", run_chunking),
     "offload": ("h", run_offload),
-    "square": ("i", run_square),
-    "report": ("j", run_report),
+    "training": ("i", run_training),
+    "square": ("j", run_square),
+    "report": ("k", run_report),
 }
 
 

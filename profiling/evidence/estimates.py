@@ -1,22 +1,25 @@
 """The estimator's figures for the measured points, computed in spawned worker processes while
 the GPU steps run (one fake pass of VGGT-1B takes tens of seconds of one CPU core).
 
-`estimate_point` is the only call into the estimator (vggt.memory).
+`estimate_point` is the only call into the estimator (vggt.memory): of a forward, or of a
+training step for a training point's jobs.
 """
 
 import multiprocessing
 import multiprocessing.pool
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from profiling.evidence.plan import Plan, Point
 from profiling.native_stderr import STDERR_FD
+from profiling.sweep.cases import Training
 from profiling.sweep.records import one_line
 from vggt.memory.allocator import round_request
 from vggt.memory.estimate import CUBLAS_WORKSPACE_BYTES, FakeModel
+from vggt.memory.training import FakeTrainingModel, TrainingEstimate
 from vggt.models.architecture import Architecture
 from vggt.precision import Precision
 
@@ -28,7 +31,7 @@ CORES_KEPT = 2
 @dataclass(frozen=True)
 class EstimateJob:
     """One point to estimate: a variant of a component, a precision, frames of height x
-    width."""
+    width; with `training`, a training step of what it says instead of a forward."""
 
     variant: str
     component: str
@@ -37,6 +40,7 @@ class EstimateJob:
     frames: int
     height: int
     width: int
+    training: Training | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class EstimateFigures:
     and the part of them the forward allocated (`activation_bytes`: above the weights, input
     and cuBLAS workspace, each rounded as the allocator rounds it; on a CPU target the live
     activations), the bound on reserved bytes and the never-release reserve, the allocation
-    count, the weights and input."""
+    count, the weights and input; of a training step, the seeded targets it holds, the
+    activations above them and AdamW's states too, and `phase_peak_bytes`, each phase's peak of
+    live bytes (weights, input, targets, AdamW's states, gradients and activations)."""
 
     peak_bytes: int
     allocated_bytes: int
@@ -55,27 +61,53 @@ class EstimateFigures:
     allocations: int
     weights_bytes: int
     input_bytes: int
+    target_bytes: int = 0
+    phase_peak_bytes: dict[str, int] = field(default_factory=dict)
+
+
+def fake_model(job: EstimateJob, target_device: str) -> FakeModel:
+    """The job's variant on fake storage as its point runs it: a forward's, or a training
+    step's; on CUDA with the cuBLAS workspace resident."""
+    workspace = CUBLAS_WORKSPACE_BYTES if target_device == "cuda" else 0
+    if job.training is None:
+        return FakeModel(
+            job.variant,
+            job.component,
+            job.architecture,
+            job.precision,
+            target_device=target_device,
+            cublas_workspace_bytes=workspace,
+        )
+    return FakeTrainingModel(
+        job.variant,
+        job.component,
+        job.architecture,
+        job.precision,
+        job.training.parts,
+        job.training.checkpoint,
+        target_device=target_device,
+        cublas_workspace_bytes=workspace,
+    )
 
 
 def estimate_point(job: EstimateJob, target_device: str) -> EstimateFigures:
     """The estimator's figures for `job` on a `target_device` ("cuda", or "cpu" for the dry
     run), in the job's precision, for one batch of `frames` images."""
     torch.set_num_threads(1)
-    on_cuda = target_device == "cuda"
-    model = FakeModel(
-        job.variant,
-        job.component,
-        job.architecture,
-        job.precision,
-        target_device=target_device,
-        cublas_workspace_bytes=CUBLAS_WORKSPACE_BYTES if on_cuda else 0,
-    )
+    model = fake_model(job, target_device)
     estimate = model.estimate(job.frames, 1, job.height, job.width)
-    resident = [*model.weight_storage_bytes, estimate.input_bytes, model.cublas_workspace_bytes]
-    if on_cuda:
+    targets, states, phases = 0, [], {}
+    if isinstance(estimate, TrainingEstimate):
+        # A training step's targets and AdamW's states are resident as its images are (the
+        # targets rounded as one storage: under a KiB from rounding each).
+        targets, states = estimate.target_bytes, model.state_storage_bytes
+        phases = estimate.phase_peak_bytes
+    inputs = [estimate.input_bytes, targets, *states]
+    resident = [*model.weight_storage_bytes, *inputs, model.cublas_workspace_bytes]
+    if target_device == "cuda":
         activations = estimate.allocated_bytes - sum(map(round_request, resident))
     else:
-        activations = estimate.live_peak_bytes - estimate.weights_bytes - estimate.input_bytes
+        activations = estimate.live_peak_bytes - estimate.weights_bytes - sum(inputs)
     return EstimateFigures(
         peak_bytes=estimate.live_peak_bytes,
         allocated_bytes=estimate.allocated_bytes,
@@ -85,6 +117,8 @@ def estimate_point(job: EstimateJob, target_device: str) -> EstimateFigures:
         allocations=estimate.allocations,
         weights_bytes=estimate.weights_bytes,
         input_bytes=estimate.input_bytes,
+        target_bytes=targets,
+        phase_peak_bytes=phases,
     )
 
 
@@ -99,6 +133,7 @@ def point_jobs(point: Point, architecture: Architecture) -> list[EstimateJob]:
             point.frames,
             point.height,
             point.width,
+            point.training,
         )
         for variant in point.variants
     ]
@@ -106,8 +141,10 @@ def point_jobs(point: Point, architecture: Architecture) -> list[EstimateJob]:
 
 def estimate_jobs(plan: Plan) -> list[EstimateJob]:
     """The jobs of the points the estimator is checked on: the memory cap's first (its step
-    waits on it), then the aggregator's and the square points', smallest first."""
-    points = [plan.cap, *sorted((*plan.aggregator, *plan.square), key=lambda p: p.frames)]
+    waits on it), the training points' next (a fake training step is a slow pass), then the
+    aggregator's and the square points', smallest first."""
+    others = sorted((*plan.aggregator, *plan.square), key=lambda p: p.frames)
+    points = [plan.cap, *plan.training, *others]
     jobs = [job for point in points for job in point_jobs(point, plan.architecture)]
     return list(dict.fromkeys(jobs))
 

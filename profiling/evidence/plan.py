@@ -3,8 +3,9 @@
 Every measured point is a configuration of variants with its predicted seconds, from the
 architecture's FLOPs and bytes at stated effective rates (`Rates`); a step's seconds are its
 points' plus its fixed costs. `gpu_plan` fills a time budget: the like-for-like points with
-VGGT's README table first, the checks that judge the most next, then 518x518 points while
-time is left. `dry_run_plan` runs the same steps at tiny sizes on a CPU in seconds.
+VGGT's README table first, the checks that judge the most next (a training step among them),
+then 518x518 points while time is left. `dry_run_plan` runs the same steps at tiny sizes on a
+CPU in seconds.
 """
 
 import dataclasses
@@ -13,12 +14,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from profiling.sweep.cases import TRAINING_COST, Training
 from profiling.sweep.presets import load_preset
 from vggt.memory.device_rates import rates_for
 from vggt.memory.timing import forward_time
 from vggt.models.architecture import VGGT_1B, Architecture
 from vggt.models.variants import Variant, register_variant, variant_names
 from vggt.precision import Precision, get_precision
+from vggt.training.trainable import PRESETS
 
 GB = 10**9
 # VGGT's README: the aggregator's peak memory on an H100 (GB as printed) by frame count, for
@@ -39,8 +42,14 @@ UNCHUNKED = "unchunked"
 CHUNKED = "chunked"
 AGGREGATORS = ("full", "optimized")
 DEFAULT_BUDGET_S = 300.0
-# Timed forwards per variant after its memory run.
+# Timed forwards (training points: steps) per variant after its memory run.
 REPEATS = 1
+# What the training points train: the aggregator and the camera, depth and point heads, each
+# block's input kept for backward and the block recomputed.
+TRAINING = Training(PRESETS["unfrozen-aggregator"], "blocks")
+# The design goal (README): an 80 GiB GPU trains the optimized model on at least this many
+# images a step.
+TRAINING_GOAL_FRAMES = 48
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,8 @@ class Rates:
 @dataclass(frozen=True)
 class Point:
     """One configuration measured with `variants` (the first is the baseline): warm-up
-    forwards, one memory run (with the allocator's history when `history`), REPEATS timed."""
+    forwards, one memory run (with the allocator's history when `history`), REPEATS timed; with
+    `training`, whole training steps of what it says instead of forwards."""
 
     component: str
     variants: tuple[str, ...]
@@ -73,14 +83,19 @@ class Point:
     precision: Precision
     warmup: int = 0
     history: bool = False
+    training: Training | None = None
 
     @property
     def label(self) -> str:
-        """`aggregator 100 frames 350x518 autocast`."""
-        return (
+        """`aggregator 100 frames 350x518 autocast`; a training point adds what trains and the
+        checkpoint policy."""
+        label = (
             f"{self.component} {self.frames} frames {self.height}x{self.width} "
             f"{self.precision.label}"
         )
+        if self.training is None:
+            return label
+        return f"{label} training {self.training.trainable}, checkpoint {self.training.checkpoint}"
 
     def forward_seconds(self, architecture: Architecture, rates: Rates) -> float:
         """One forward of one variant: its FLOPs at the precision's rate (`forward_time`), the
@@ -101,15 +116,22 @@ class Point:
         return seconds + traffic / (rates.bandwidth_gbs * 1e9) + rates.forward_overhead_s
 
     def seconds(self, architecture: Architecture, rates: Rates) -> float:
-        """Every forward of every variant, and the history's cost."""
-        forwards = len(self.variants) * (self.warmup + 1 + REPEATS)
+        """Every forward of every variant, and the history's cost; a training point's steps
+        at TRAINING_COST forwards each, and the build of each variant (each trains a model of
+        its own)."""
+        runs = len(self.variants) * (self.warmup + 1 + REPEATS)
         history = rates.history_s * len(self.variants) if self.history else 0.0
-        return forwards * self.forward_seconds(architecture, rates) + history
+        forward = self.forward_seconds(architecture, rates)
+        if self.training is None:
+            return runs * forward + history
+        return runs * TRAINING_COST * forward + history + len(self.variants) * rates.build_s
 
     def estimate_seconds(self, architecture: Architecture, rates: Rates) -> float:
-        """One fake pass of the estimator on one CPU core, per variant."""
+        """One fake pass of the estimator on one CPU core, per variant (a training step's
+        tracing about TRAINING_COST forwards')."""
         tokens = self.frames * architecture.tokens_per_frame(self.height, self.width)
-        return rates.estimate_base_s + rates.estimate_s_per_token * tokens
+        cost = TRAINING_COST if self.training else 1.0
+        return rates.estimate_base_s + cost * rates.estimate_s_per_token * tokens
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,7 @@ class Plan:
     cap: Point
     chunking: tuple[Point, ...]
     offload: Point
+    training: tuple[Point, ...]
     square: tuple[Point, ...]
     pytest_paths: tuple[str, ...]
     gpu_tests_s: float
@@ -141,6 +164,7 @@ class Plan:
             "memory-cap": (self.cap,),
             "chunking": self.chunking,
             "offload": (self.offload,),
+            "training": self.training,
             "square": self.square,
         }.get(step, ())
 
@@ -154,16 +178,18 @@ class Plan:
         return point.seconds(self.architecture, self.rates)
 
     def measured_seconds(self, step: str) -> float:
-        """A measuring step's points and its model build (nothing without points)."""
+        """A measuring step's points and the build of its model cache (nothing without points;
+        no cache for training points, which build their variants themselves)."""
         points = self.points(step)
-        return sum(map(self.point_seconds, points)) + self.rates.build_s if points else 0.0
+        cached = any(point.training is None for point in points)
+        return sum(map(self.point_seconds, points)) + (self.rates.build_s if cached else 0.0)
 
     def step_seconds(self) -> dict[str, float]:
         """Each step's predicted seconds on the target GPU, in the order they run."""
         rates = self.rates
         measured = {
             step: self.measured_seconds(step)
-            for step in ("aggregator", "chunking", "offload", "square")
+            for step in ("aggregator", "chunking", "offload", "training", "square")
         }
         cap_forward = self.cap.forward_seconds(self.architecture, rates)
         before_estimates = rates.preflight_s + rates.context_s + self.gpu_tests_s
@@ -178,13 +204,14 @@ class Plan:
             "memory-cap": self.cap.seconds(self.architecture, rates) + cap_forward + rates.build_s,
             "chunking": measured["chunking"],
             "offload": measured["offload"],
+            "training": measured["training"],
             "square": measured["square"],
             "report": rates.report_s,
         }
 
     def estimates_wall_s(self) -> float:
         """The estimator's slowest fake pass: the jobs run in parallel worker processes."""
-        points = (*self.aggregator, self.cap, *self.square)
+        points = (*self.aggregator, self.cap, *self.training, *self.square)
         return max(point.estimate_seconds(self.architecture, self.rates) for point in points)
 
     def total_seconds(self) -> float:
@@ -209,9 +236,20 @@ def like_for_like(frames: tuple[int, ...], size: tuple[int, int]) -> tuple[Point
     )
 
 
+def training_point(
+    variants: tuple[str, ...], frames: int, side: int, precision: Precision
+) -> Point:
+    """A training step of the whole model (TRAINING) on square frames, after one warm-up step:
+    it makes AdamW's states, which the later steps the estimator traces hold throughout."""
+    return Point("model", variants, frames, side, side, precision, warmup=1, training=TRAINING)
+
+
 def gpu_plan(budget_s: float = DEFAULT_BUDGET_S, rates: Rates | None = None) -> Plan:
-    """VGGT-1B's aggregator at the README's size and frame counts, a memory cap, chunks and
-    offload, then 518x518 points (autocast, then bf16 weights) while `budget_s` allows."""
+    """VGGT-1B's aggregator at the README's size and frame counts, a memory cap, chunks,
+    offload and a training step of the whole model at 8 images of 518x518 (one frame chunk of
+    the dense heads; the full model's step fits an 80 GiB GPU several times over); then while
+    `budget_s` allows, the optimized model's step at TRAINING_GOAL_FRAMES images and 518x518
+    points (autocast, then bf16 weights)."""
     rates = rates or Rates()
     size = README_SIZE
     plan = Plan(
@@ -225,6 +263,7 @@ def gpu_plan(budget_s: float = DEFAULT_BUDGET_S, rates: Rates | None = None) -> 
             for frames in (10, 100)
         ),
         offload=Point("model", ("optimized", OFFLOAD), 50, *size, README_PRECISION),
+        training=(training_point(AGGREGATORS, 8, 518, README_PRECISION),),
         square=(),
         pytest_paths=(
             "tests/profiling/test_gpu.py",
@@ -237,6 +276,10 @@ def gpu_plan(budget_s: float = DEFAULT_BUDGET_S, rates: Rates | None = None) -> 
         offload_piece_bytes=64 << 20,
         reference_bytes=REFERENCE_BYTES,
     )
+    goal = training_point(("optimized",), TRAINING_GOAL_FRAMES, 518, README_PRECISION)
+    trial = dataclasses.replace(plan, training=(*plan.training, goal))
+    if trial.total_seconds() <= budget_s:
+        plan = trial
     square: list[Point] = []
     for precision in (README_PRECISION, CAST_PRECISION):
         for frames in (8, 100, 200):
@@ -252,9 +295,11 @@ def dry_run_plan() -> Plan:
     and the optimized aggregator needs clearly less than the full one; its memory cap is
     applied in fp32, which the estimator counts exactly on a CPU; chunks of 64 tokens, so a
     few hundred tokens make several; its 128-frame points (1,152 tokens) give the measured
-    rate."""
+    rate; its training point trains the aggregator alone (the tiny preset's heads keep VGGT's
+    widths, 218 MB of weights: their steps would add about 10 s on a CPU core)."""
     architecture = dataclasses.replace(load_preset("tiny").architecture, depth=12, img_size=28)
     side = (28, 28)
+    alone = Training(("aggregator",), TRAINING.checkpoint)
     return Plan(
         model="tiny preset made 12 layers deep, random seeded weights",
         architecture=architecture,
@@ -272,6 +317,9 @@ def dry_run_plan() -> Plan:
         cap=Point("aggregator", ("optimized",), 16, *side, get_precision("fp32")),
         chunking=(Point("aggregator", (UNCHUNKED, CHUNKED), 64, *side, README_PRECISION),),
         offload=Point("model", ("optimized", OFFLOAD), 2, *side, README_PRECISION),
+        training=(
+            Point("aggregator", AGGREGATORS, 2, *side, README_PRECISION, warmup=1, training=alone),
+        ),
         square=(Point("aggregator", AGGREGATORS, 2, 28, 28, CAST_PRECISION),),
         pytest_paths=("tests/profiling/test_gpu.py",),
         gpu_tests_s=20.0,

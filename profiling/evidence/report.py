@@ -25,10 +25,13 @@ from profiling.evidence.results import (
     Run,
     StepData,
     StepResult,
+    TrainingData,
+    TrainingRow,
     activation_bytes,
     allocated_bytes,
     data_of,
     nvml_used_bytes,
+    phase_peak_bytes,
     reserved_bytes,
 )
 from profiling.report.plots import DPI, FIGSIZE, plot_against_frames
@@ -36,12 +39,14 @@ from profiling.report.results import write_atomically
 from profiling.report.summary import (
     environment_table,
     format_diff,
+    format_loss,
     format_ms,
     format_ratio,
     format_size,
 )
 from profiling.sweep.records import CaseRecord
 from vggt.memory.units import byte_unit
+from vggt.training.step import PHASES
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
@@ -64,7 +69,7 @@ def point_json(point: Point) -> dict[str, Any]:
 
 def plan_json(plan: Plan) -> dict[str, Any]:
     """The plan as plain values: model, shape, rates, points and predicted seconds."""
-    steps = ("aggregator", "memory-cap", "chunking", "offload", "square")
+    steps = ("aggregator", "memory-cap", "chunking", "offload", "training", "square")
     return {
         "model": plan.model,
         "architecture": dataclasses.asdict(plan.architecture),
@@ -114,6 +119,22 @@ def row_json(row: EstimateRow) -> dict[str, Any]:
     return values
 
 
+def training_row_json(row: TrainingRow) -> dict[str, Any]:
+    """A variant's training step: its point, the sweep's record (per-phase peaks and ms, loss,
+    loss difference), and per phase the estimate and its relative error where one came."""
+    values: dict[str, Any] = {
+        "point": point_json(row.point),
+        "record": row.record.to_json(),
+        "ok": row.ok,
+    }
+    if row.error is not None:
+        values["error"] = row.error
+    if row.estimate is not None:
+        values["estimate_phase_peak_bytes"] = row.estimate
+        values["relative_errors"] = {phase: row.relative_error(phase) for phase in PHASES}
+    return values
+
+
 def pair_json(pair: Pair) -> dict[str, Any]:
     """A measured point: the point, both variants as the sweep's records, the SDPA backends."""
     return {
@@ -140,6 +161,11 @@ def data_json(data: StepData | None) -> dict[str, Any]:
                 "pairs": [pair_json(pair) for pair in data.pairs],
                 "skipped": data.skipped,
                 "rows": [row_json(row) for row in data.rows],
+            }
+        case TrainingData():
+            return {
+                "rows": [training_row_json(row) for row in data.rows],
+                "skipped": data.skipped,
             }
     return {}
 
@@ -275,6 +301,46 @@ def estimates_section(rows: list[EstimateRow]) -> list[str]:
     return ["", *table(header, cells)]
 
 
+def phase_cell(row: TrainingRow, phase: str) -> str:
+    """`20.71 / 20.90 GiB (+0.9%)`: a phase's peak measured, estimated and the error."""
+    measured = format_size(phase_peak_bytes(row.record, phase))
+    if row.estimate is None:
+        return f"{measured} / -"
+    return f"{measured} / {format_size(row.estimate[phase])} ({row.relative_error(phase):+.1%})"
+
+
+def training_section(data: TrainingData) -> list[str]:
+    """Per point, a row per variant: each phase's peak measured against estimated, the loss and
+    its difference from the baseline's, the step's median ms, whether the estimates agree."""
+    lines = []
+    for point in dict.fromkeys(row.point for row in data.rows):
+        cells = []
+        for row in (row for row in data.rows if row.point == point):
+            record = row.record
+            if record.status != "ok":
+                cells.append([record.variant, f"{record.status}: {record.error}"])
+                continue
+            cells.append(
+                [
+                    record.variant,
+                    "ok" + (f" ({record.error})" if record.error else ""),
+                    *(phase_cell(row, phase) for phase in PHASES),
+                    format_loss(record.loss),
+                    format_diff(record.max_rel_diff),
+                    format_ms(record.median_ms),
+                    row.error or {True: "yes", False: "no", None: "-"}[row.ok],
+                ]
+            )
+        header = (
+            "| variant | status | forward peak (measured / estimated) | backward peak | "
+            "optimizer peak | loss | loss rel diff | step ms | within |"
+        )
+        lines += ["", f"{point.label} (warm-up steps: {point.warmup}):", "", *table(header, cells)]
+    if data.skipped:
+        lines += ["", f"Skipped (time): {'; '.join(data.skipped)}"]
+    return lines
+
+
 def memory_cap_section(data: MemoryCapData) -> list[str]:
     """The need, then each capped run."""
     if data.need_bytes is None:
@@ -303,6 +369,8 @@ def step_section(step: StepResult, plan: Plan) -> list[str]:
         lines += estimates_section(data.rows)
     elif isinstance(data, MemoryCapData):
         lines += memory_cap_section(data)
+    elif isinstance(data, TrainingData):
+        lines += training_section(data)
     elif isinstance(data, PreflightData) and data.sdpa_enabled:
         enabled = ", ".join(name for name, on in data.sdpa_enabled.items() if on)
         lines += ["", f"SDPA backends enabled: {enabled}."]

@@ -1,6 +1,6 @@
 """The typed results of the GPU evidence: each step's status, verdict and data (the measured
-pairs of variants, the estimates against them), the run's time budget, and the one place that
-reads a measurement's memory fields."""
+pairs of variants, the estimates against them, the training steps), the run's time budget, and
+the one place that reads a measurement's memory fields."""
 
 import time
 from collections.abc import Callable
@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 
 from profiling.evidence.estimates import EstimateFigures
 from profiling.evidence.plan import Plan, Point
-from profiling.sweep.records import CaseRecord
+from profiling.sweep.records import CaseRecord, phase_field
 from vggt.precision import Precision
+from vggt.training.step import PHASES
 
 PENDING = "pending"
 PASS = "pass"
@@ -180,6 +181,48 @@ class EstimateRow:
         return (self.estimate.reserved_peak_bytes - measured) / measured
 
 
+def phase_peak_bytes(record: CaseRecord, phase: str) -> int | None:
+    """A training step's absolute peak in `phase` as its device's meter read it: the CUDA
+    allocator's, or on a CPU the tensors live as the step began plus the profiler's peak."""
+    return getattr(record, phase_field(phase, "peak_bytes")) if record.status == "ok" else None
+
+
+@dataclass
+class TrainingRow:
+    """One variant's measured training step at `point` against the estimator's peak of each
+    phase (`estimate`: the bytes its device's meter should read; None when no estimate came,
+    `error` saying why); `ok` whether every phase is within the tolerance, None when not
+    compared (the step did not run, or its estimate came too late)."""
+
+    point: Point
+    record: CaseRecord
+    estimate: dict[str, int] | None = None
+    error: str | None = None
+    ok: bool | None = None
+
+    def relative_error(self, phase: str) -> float | None:
+        """(estimated - measured) / measured peak of `phase`."""
+        measured = phase_peak_bytes(self.record, phase)
+        if self.estimate is None or not measured:
+            return None
+        return (self.estimate[phase] - measured) / measured
+
+    def largest_error(self) -> tuple[str, float] | None:
+        """The phase whose estimate is furthest off, and its relative error."""
+        errors = [(phase, self.relative_error(phase)) for phase in PHASES]
+        known = [(phase, error) for phase, error in errors if error is not None]
+        return max(known, key=lambda item: abs(item[1]), default=None)
+
+
+@dataclass
+class TrainingData:
+    """The training step's rows, each point's variants in order (its baseline first), and the
+    labels of the points the time left out."""
+
+    rows: list[TrainingRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
 @dataclass
 class EstimatesData:
     """A row per point the aggregator step measured."""
@@ -187,7 +230,15 @@ class EstimatesData:
     rows: list[EstimateRow] = field(default_factory=list)
 
 
-StepData = GpuTestsData | EstimatesData | MemoryCapData | PreflightData | ContextData | Measured
+StepData = (
+    GpuTestsData
+    | EstimatesData
+    | MemoryCapData
+    | PreflightData
+    | ContextData
+    | Measured
+    | TrainingData
+)
 Data = TypeVar("Data", bound=Measured | EstimatesData)
 
 

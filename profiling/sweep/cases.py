@@ -15,7 +15,7 @@ SWEEP_PARTS = tuple(part for part in PARTS if part != "track")
 DEFAULT_TRAINABLE = {"aggregator": "aggregator", "model": "unfrozen-aggregator"}
 DEFAULT_CHECKPOINT = "blocks"
 # A training step's cost against a forward's: backward about twice the forward, plus the
-# recomputation of checkpointed blocks (only for ordering the groups).
+# recomputation of checkpointed blocks (for ordering the groups and the GPU evidence's plan).
 TRAINING_COST = 4.0
 
 

@@ -17,6 +17,7 @@ from vggt.memory.estimate import CUDA_CONTEXT_BYTES
 from vggt.memory.training import FakeTrainingModel, TrainingEstimate
 from vggt.models.architecture import Architecture
 from vggt.models.variants import get_variant
+from vggt.parallel.group import REDUCE_BUCKET_BYTES
 from vggt.precision import get_precision
 from vggt.training.loss import seeded_targets
 from vggt.training.step import PHASES, TrainingStep
@@ -57,8 +58,8 @@ def test_each_phase_holds_weights_adamw_states_and_gradients() -> None:
     assert estimate.weights_bytes == sum(t.numel() * t.element_size() for t in tensors)
     pixels = FRAMES * SIZE * SIZE
     assert estimate.input_bytes == 3 * pixels * 4
-    # depth and world points per pixel, a 9-value pose encoding per frame
-    assert estimate.target_bytes == 4 * pixels * 4 + 9 * FRAMES * 4
+    # An aggregator trained alone reads its layers, no targets.
+    assert estimate.target_bytes == 0
     held = (
         estimate.weights_bytes
         + estimate.input_bytes
@@ -99,6 +100,9 @@ def test_a_frozen_aggregator_needs_less_than_an_unfrozen_one() -> None:
     }
     frozen, unfrozen = (model.estimate(FRAMES, 1, SIZE, SIZE) for model in models.values())
     assert frozen.weights_bytes == unfrozen.weights_bytes
+    # The model's targets: depth and world points per pixel, a 9-value pose encoding per frame.
+    pixels = FRAMES * SIZE * SIZE
+    assert frozen.target_bytes == unfrozen.target_bytes == 4 * pixels * 4 + 9 * FRAMES * 4
     assert frozen.gradient_bytes < unfrozen.gradient_bytes
     assert frozen.optimizer_state_bytes < unfrozen.optimizer_state_bytes
     assert frozen.live_peak_bytes < unfrozen.live_peak_bytes
@@ -231,5 +235,7 @@ def test_training_split_over_ranks_needs_less_per_rank() -> None:
     one, two = (model.estimate(frames, 1, size, size) for model, frames in ((alone, 8), (split, 8)))
     assert two.world_size == 2 and two.rank_frames == 4 and two.nccl_bytes > 0
     held = one.weights_bytes + one.gradient_bytes + one.optimizer_state_bytes
-    assert two.live_peak_bytes - held < 0.75 * (one.live_peak_bytes - held)
+    # The all-reduce sums the gradients in a flat bucket: a copy of them (up to a bucket's size).
+    bucket = min(one.gradient_bytes, REDUCE_BUCKET_BYTES)
+    assert two.live_peak_bytes - held - bucket < 0.75 * (one.live_peak_bytes - held)
     assert two.reserved_bound_bytes <= one.reserved_bound_bytes

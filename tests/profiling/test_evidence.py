@@ -1,8 +1,8 @@
 """`python -m profiling.gpu_check`: its plan and predicted seconds, its whole flow at dry-run
 sizes on the CPU (steps, summary, results, plots), exit statuses, the time budget inside and
-between steps, errors kept to their step, a killed run's results, the memory cap, the
-estimates' figures, SDPA backend counting, pytest's per-test timeout, and the measured rate
-and its adoption into the rates table."""
+between steps, errors kept to their step, a killed run's results, the memory cap, the training
+step's verdicts, the estimates' figures, SDPA backend counting, pytest's per-test timeout, and
+the measured rate and its adoption into the rates table."""
 
 import dataclasses
 import json
@@ -33,7 +33,10 @@ from profiling.evidence.plan import (
     AGGREGATORS,
     CHUNKED,
     DEFAULT_BUDGET_S,
+    README_PRECISION,
     README_SIZE,
+    REPEATS,
+    TRAINING_GOAL_FRAMES,
     UNCHUNKED,
     Point,
     Rates,
@@ -54,6 +57,7 @@ from profiling.evidence.results import (
 from profiling.meters import sdpa
 from profiling.meters.cap import memory_cap
 from profiling.meters.cuda import MIN_HISTORY_ENTRIES, history_entries_for
+from profiling.sweep.cases import TRAINING_COST, Training
 from profiling.sweep.presets import load_preset
 from profiling.sweep.records import TimeSummary
 from tests.support.profiling_records import RANK, sample_record
@@ -63,6 +67,8 @@ from vggt.layers.attention import Attention
 from vggt.memory.device_rates import RATES_PATH, DeviceRates, rates_for, read_table
 from vggt.models.variants import get_variant
 from vggt.precision import get_precision
+from vggt.training.step import PHASES
+from vggt.training.trainable import PRESETS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIDENCE_FILES = {
@@ -93,9 +99,11 @@ STEP_NAMES = [
     "memory-cap",
     "chunking",
     "offload",
+    "training",
     "square",
     "report",
 ]
+LETTERS = "abcdefghijk"
 
 
 class FakeClock:
@@ -152,6 +160,32 @@ def test_the_default_plan_fits_300_seconds_and_prints_as_json(
     assert plan.square and {(p.height, p.width) for p in plan.square} == {(518, 518)}
 
 
+def test_the_gpu_plan_trains_the_whole_model_and_counts_it_before_filling_square() -> None:
+    plan = gpu_plan()
+    (point,) = plan.training
+    assert (point.component, point.variants, point.frames) == ("model", AGGREGATORS, 8)
+    assert (point.height, point.width, point.precision) == (518, 518, README_PRECISION)
+    assert point.training == Training(PRESETS["unfrozen-aggregator"], "blocks")
+    assert point.warmup == 1 and not point.history
+    seconds = plan.step_seconds()
+    assert list(seconds)[7:10] == ["offload", "training", "square"]
+    # Each variant's warm-up, memory and timed steps at TRAINING_COST forwards each, and its
+    # build.
+    steps = 2 * (1 + 1 + REPEATS) * TRAINING_COST
+    forward = point.forward_seconds(plan.architecture, plan.rates)
+    assert seconds["training"] == pytest.approx(steps * forward + 2 * plan.rates.build_s)
+    assert plan.total_seconds() <= DEFAULT_BUDGET_S
+    untrained = dataclasses.replace(plan, training=())
+    assert plan.total_seconds() == pytest.approx(untrained.total_seconds() + seconds["training"])
+    # The goal's optimized-only point does not fit 300 s at the default rate; it joins, before
+    # the square points, where the budget allows.
+    roomy = gpu_plan(budget_s=2 * DEFAULT_BUDGET_S)
+    goal = roomy.training[1]
+    assert (goal.variants, goal.frames) == (("optimized",), TRAINING_GOAL_FRAMES)
+    assert len(roomy.square) > len(plan.square)
+    assert roomy.total_seconds() <= 2 * DEFAULT_BUDGET_S
+
+
 def test_a_slower_gpu_gets_fewer_points_within_the_same_budget(
     capsys: pytest.CaptureFixture,
 ) -> None:
@@ -190,8 +224,8 @@ def test_the_dry_run_measures_every_step_and_writes_the_evidence(
     assert {step["status"] for step in steps.values()} == {"pass"}, failed
     assert code == EXIT_PASSED
     assert printed[0].startswith("GPU evidence on cpu (CPU): tiny preset made 12 layers deep")
-    assert [line.split(" (")[0].strip() for line in printed[1:11]] == [
-        f"{letter}. {name}" for letter, name in zip("abcdefghij", STEP_NAMES, strict=True)
+    assert [line.split(" (")[0].strip() for line in printed[1:12]] == [
+        f"{letter}. {name}" for letter, name in zip(LETTERS, STEP_NAMES, strict=True)
     ]
     assert printed[-1].startswith(f"summary: {out / 'summary.md'}")
     assert {path.name for path in out.iterdir()} == EVIDENCE_FILES
@@ -214,8 +248,20 @@ def test_the_dry_run_measures_every_step_and_writes_the_evidence(
     runs = [run["record"]["status"] for run in cap["runs"]]
     assert runs == ["ok", "oom"] and cap["runs"][0]["cap_bytes"] > cap["need_bytes"]
     assert "equal bit for bit" in steps["offload"]["verdict"]
+    training = steps["training"]["data"]["rows"]
+    assert [row["record"]["variant"] for row in training] == list(AGGREGATORS)
+    for row in training:
+        record = row["record"]
+        assert (record["mode"], record["warmup"], row["ok"]) == ("train", 1, True)
+        assert set(row["estimate_phase_peak_bytes"]) == set(PHASES)
+        assert all(abs(error) <= 0.10 for error in row["relative_errors"].values())
+    assert training[1]["record"]["max_rel_diff"] <= checks.DIFF_TOLERANCE
+    assert "6 phase peaks within 10% of the estimates" in steps["training"]["verdict"]
     summary = (out / "summary.md").read_text()
-    for letter, name in zip("abcdefghij", STEP_NAMES, strict=True):
+    section = summary.split("## i. training")[1].split("## j. square")[0]
+    assert "| variant | status | forward peak (measured / estimated) |" in section
+    assert "| full | ok | " in section and "| optimized | ok | " in section
+    for letter, name in zip(LETTERS, STEP_NAMES, strict=True):
         assert f"| {letter}. {name} | {steps[name]['status']} |" in summary
         assert f"## {letter}. {name}" in summary
     assert "| allocator settings |" in summary
@@ -287,7 +333,7 @@ def test_an_error_stays_in_its_step_and_steps_that_cannot_finish_are_not_started
     out = tmp_path / "evidence"
     steps = checks.run_evidence(plan, torch.device("cpu"), out, Deadline(budget, clock=clock))
     expected = ["pass", "pass", "error", "pass", "pass", "pass", "pass", "skipped (time)"]
-    expected += ["pass", "pass"]
+    expected += ["pass", "pass", "pass"]
     assert [step.status for step in steps] == expected
     assert statuses(out) == expected
     assert exit_status(steps) == EXIT_FAILED
@@ -309,7 +355,7 @@ def test_a_killed_run_keeps_the_steps_it_finished(
     out = tmp_path / "evidence"
     with pytest.raises(KeyboardInterrupt):
         checks.run_evidence(dry_run_plan(), torch.device("cpu"), out, Deadline(100))
-    assert statuses(out) == ["pass"] * 4 + ["pending"] * 6
+    assert statuses(out) == ["pass"] * 4 + ["pending"] * 7
 
 
 def test_points_that_cannot_finish_are_skipped_and_the_step_is_incomplete(
@@ -345,6 +391,65 @@ def test_points_that_cannot_finish_are_skipped_and_the_step_is_incomplete(
     assert result.verdict.startswith(f"at {plan.aggregator[0].label}: optimized")
 
 
+# A training step's peak in each phase, measured and estimated alike unless a test changes it.
+TRAINING_PEAKS = {"forward": 300 << 20, "backward": 400 << 20, "optimizer": 200 << 20}
+
+
+class ReadyEstimates:
+    """Estimate workers whose every figure is ready: TRAINING_PEAKS for each phase."""
+
+    def result(self, job: object, timeout_s: float) -> EstimateFigures:
+        return EstimateFigures(0, 0, 0, 0, 0, 1, 0, 0, phase_peak_bytes=TRAINING_PEAKS)
+
+
+def training_context(tmp_path: Path, budget_s: float = 100) -> Context:
+    """The dry run's plan on the CPU with ready estimates."""
+    return Context(
+        dry_run_plan(), torch.device("cpu"), RANK, tmp_path, tmp_path, tmp_path / "log",
+        Deadline(budget_s), ReadyEstimates(), {},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changed", "problem"),
+    [
+        ({}, None),
+        ({"max_rel_diff": 0.5}, "2 frames optimized: loss rel diff 5.00e-01"),
+        ({"backward_peak_bytes": 410 << 20}, "backward peak 410.0 MiB above full's 400.0 MiB"),
+        ({"forward_peak_bytes": 250 << 20}, "2 frames optimized: forward peak +20.0% off its"),
+        ({"status": "oom", "error": "out of memory"}, "2 frames optimized: oom: out of memory"),
+    ],
+)
+def test_the_training_step_judges_runs_losses_peaks_and_estimates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed: dict, problem: str | None
+) -> None:
+    def fake_measure(context, cache, point):
+        peaks = {f"{phase}_peak_bytes": peak for phase, peak in TRAINING_PEAKS.items()}
+        records = [
+            sample_record(variant=variant, mode="train", max_rel_diff=0.0, **peaks)
+            for variant in point.variants
+        ]
+        records[1] = dataclasses.replace(records[1], **changed)
+        return records
+
+    monkeypatch.setattr(checks, "measure_point", fake_measure)
+    result = StepResult("training", "i")
+    checks.run_training(training_context(tmp_path), result)
+    if problem is None:
+        assert result.status == "pass", result.verdict
+        assert "6 phase peaks within 10% of the estimates: largest error +0.0%" in result.verdict
+    else:
+        assert result.status == "fail"
+        assert problem in result.verdict
+
+
+def test_a_training_point_that_cannot_finish_is_skipped(tmp_path: Path) -> None:
+    result = StepResult("training", "i")
+    checks.run_training(training_context(tmp_path, budget_s=0.1), result)
+    assert result.status == "skipped (time)"
+    assert result.data.skipped == [dry_run_plan().training[0].label]
+
+
 def test_a_cpu_cap_counts_new_storages_only() -> None:
     weight = torch.zeros(4096)
     with memory_cap(torch.device("cpu"), 4096):
@@ -374,8 +479,12 @@ def test_the_need_under_a_cap() -> None:
 def test_estimates_start_with_the_caps_point_and_name_their_parts() -> None:
     plan = dry_run_plan()
     jobs = estimate_jobs(plan)
-    assert len(jobs) == len(set(jobs)) == 1 + 2 * 2 + 2
+    assert len(jobs) == len(set(jobs)) == 1 + 2 + 2 * 2 + 2
     assert jobs[0] == point_jobs(plan.cap, plan.architecture)[0]
+    # The training steps' fake passes, the slowest, come next.
+    assert jobs[1:3] == point_jobs(plan.training[0], plan.architecture)
+    assert all(job.training == plan.training[0].training for job in jobs[1:3])
+    assert not any(job.training for job in jobs[3:])
     job = point_jobs(plan.aggregator[1], plan.architecture)[1]
     on_cpu, on_cuda = estimate_point(job, "cpu"), estimate_point(job, "cuda")
     assert on_cpu.activation_bytes == on_cpu.peak_bytes - on_cpu.weights_bytes - 128 * 3 * 28**2 * 4
@@ -522,7 +631,7 @@ def evidence_folder(folder: Path, outcomes: dict[str, str], rate: dict | None) -
     `rate` measured."""
     steps = [
         {"name": name, "letter": letter, "status": outcomes.get(name, "pass")}
-        for letter, name in zip("abcdefghij", STEP_NAMES, strict=True)
+        for letter, name in zip(LETTERS, STEP_NAMES, strict=True)
     ]
     document = {"started_at": "2026-12-06T09:30:00+00:00", "measured_rate": rate, "steps": steps}
     folder.mkdir()

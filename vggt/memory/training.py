@@ -139,8 +139,8 @@ class FakeTrainingModel(FakeModel):
         return max(start, FRAMES_CHUNK_SIZE) if heads else start
 
     def _trace(self, frames: int, batch: int, height: int, width: int) -> TrainingEstimate:
-        """Trace one training step on `batch` x `frames` fp32 images and seeded targets (the
-        busiest rank's share of them, split over ranks)."""
+        """Trace one training step on `batch` x `frames` fp32 images and, for a whole model,
+        seeded targets (the busiest rank's share of them, split over ranks)."""
         self.passes += 1
         counts = split_evenly(frames, self.world_size)
         if self.group is not None:
@@ -150,9 +150,11 @@ class FakeTrainingModel(FakeModel):
             points = None
             if self.query_points:
                 points = torch.rand(batch, self.query_points, 2) * torch.tensor([width, height])
-            targets = seeded_targets(batch, counts[-1], height, width, self.query_points)
+            targets = None
+            if hasattr(self.module, "aggregator"):
+                targets = seeded_targets(batch, counts[-1], height, width, self.query_points)
             inputs = [t for t in (images, points) if t is not None]
-            truths = targets.tensors()
+            truths = [] if targets is None else targets.tensors()
             existing = [*self.weights(), *inputs, *truths, *self.states]
             starts: dict[str, int] = {}
             with self.mode.track(existing, record_events=True) as live, self.autocast_rules():
