@@ -139,7 +139,7 @@ def test_fit_on_a_small_preset_answers_frame_counts_that_fit() -> None:
     architecture = load_preset("tiny").architecture
     fp32 = get_precision("fp32")
     model = FakeModel("full", "aggregator", architecture, fp32, cuda_context_bytes=0)
-    budgets = [40 * MIB, 60 * MIB, 90 * MIB]
+    budgets = [40 * MIB, 50 * MIB, 60 * MIB]
     answers = max_frames_by_budget(model, budgets, 1, 56, 56)
     for budget, frames in answers.items():
         assert model.estimate(frames, 1, 56, 56).required_bytes <= budget

@@ -1,5 +1,7 @@
 """VGGT and VGGTOptimized reproduce the reference outputs under the deterministic recipe."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,9 +12,7 @@ from tests.support.recipe import (
     TRACKER_BOUNDS,
     recipe_images,
     recipe_query_points,
-    recipe_state_dict,
 )
-from tests.support.repo import manifest
 from vggt.models.vggt import VGGT
 from vggt.models.vggt_vram_optimized import VGGTOptimized
 from vggt.streaming.chunks import ChunkPolicy
@@ -28,8 +28,8 @@ def golden() -> dict:
 
 
 @pytest.fixture(scope="module")
-def recipe_weights(golden: dict) -> dict[str, torch.Tensor]:
-    return recipe_state_dict(manifest(), seed=golden["recipe"]["weights_seed"])
+def recipe_weights(recipe_weights_file: Path) -> dict[str, torch.Tensor]:
+    return torch.load(recipe_weights_file, mmap=True, weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Peak live tensor bytes on CPU (torch.profiler memory events): optimized against full."""
 
+import functools
+
 import pytest
 import torch
 
@@ -33,10 +35,16 @@ def narrow_aggregators() -> tuple[Aggregator, AggregatorVramOptimized]:
     return paired(NARROW_AGGREGATOR)
 
 
-def peak(model: torch.nn.Module, frames: int, side: int = 224) -> int:
+def measure_peak(model: torch.nn.Module, frames: int, side: int = 224) -> int:
+    """The peak live bytes of one forward on `frames` seeded images of `side` pixels."""
     images = seeded_images(1, frames, side, side)
     with torch.no_grad():
         return peak_live_bytes(lambda: model(images))
+
+
+# Each module-scoped model's peak at a frame count and size, measured once for the tests that
+# read it (the byte counts are deterministic: one test checks it).
+peak = functools.cache(measure_peak)
 
 
 def stream_bytes(frames: int) -> int:
@@ -49,7 +57,7 @@ def test_optimized_peak_is_under_022_of_full_at_8_frames(aggregators: tuple) -> 
     full, optimized = aggregators
     full_peak, optimized_peak = peak(full, 8), peak(optimized, 8)
     assert optimized_peak / full_peak <= 0.22
-    assert peak(optimized, 8) == optimized_peak, "CPU byte counts must be deterministic"
+    assert measure_peak(optimized, 8) == optimized_peak, "CPU byte counts must be deterministic"
 
 
 def test_layer_selection_alone_is_under_030_of_full(aggregators: tuple) -> None:
@@ -72,7 +80,8 @@ def test_peak_bytes_bracket_the_analytic_floor(aggregators: tuple) -> None:
     assert peak(full, 8) >= 2 * 24 * unit
 
 
-@pytest.mark.parametrize("frames", range(1, 17))
+# Single frames, odd and even counts, and the sweep's end (each count costs two forwards).
+@pytest.mark.parametrize("frames", [1, 2, 3, 5, 8, 13, 16])
 def test_optimized_never_above_full(narrow_aggregators: tuple, frames: int) -> None:
     full, optimized = narrow_aggregators
     side = NARROW_AGGREGATOR["img_size"]

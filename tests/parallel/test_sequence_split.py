@@ -48,7 +48,13 @@ TWO_RANK_CASES = {
             "batch": 1,
             "precision": "autocast",
         },
-        {"name": "memory", "kind": "memory", "attention": "ulysses", "frames": 16},
+        {
+            "name": "memory",
+            "kind": "memory",
+            "attention": "ulysses",
+            "frames": 16,
+            "preset": "tiny",
+        },
         {
             "name": "hybrid-two-nodes",
             "attention": "hybrid",
@@ -95,9 +101,16 @@ TWO_RANK_CASES = {
 def two_rank_findings(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> list[dict]:
-    """Every rank's findings of one 2-rank launch with the cases of this module's selected tests."""
+    """Every rank's findings of one 2-rank launch with the cases of this module's selected tests
+    (the golden case loads the session's saved recipe weights)."""
     selected = {item.name for item in request.session.items if item.module is request.module}
     cases = [case for test, cases in TWO_RANK_CASES.items() if test in selected for case in cases]
+    cases = [
+        {**case, "weights": str(request.getfixturevalue("recipe_weights_file"))}
+        if case.get("kind") == "golden"
+        else case
+        for case in cases
+    ]
     return run_cases(tmp_path_factory.mktemp("two-ranks"), 2, cases)
 
 

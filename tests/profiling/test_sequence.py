@@ -187,14 +187,16 @@ def test_the_summary_puts_the_sequence_table_under_its_configuration() -> None:
     [
         ("ulysses", "2,4", "aggregator", "inference"),
         ("ring", "3", "model", "inference"),
-        ("ulysses", "4", "model", "train"),
+        ("ulysses", "4", "aggregator", "train"),
     ],
 )
 def test_two_gloo_ranks_split_each_configuration(
     attention: str, frames: str, component: str, mode: str, tmp_path: Path
 ) -> None:
     """Inference: each rank's outputs equal its frames alone. Train mode: the step's loss
-    summed over the ranks equals the same step's alone, and each rank's step peaks lower."""
+    summed over the ranks equals the same step's alone, and each rank's forward peaks lower
+    (weights, gradients and AdamW states are much of the other phases' peaks, and the
+    gradients' all-reduce adds a bucket to them)."""
     out = tmp_path / "report"
     options = ["--preset", "tiny", "--device", "cpu", "--quiet", "--frames", frames]
     options += ["--component", component, "--mode", mode, "--warmup", "0", "--repeats", "1"]
@@ -207,7 +209,7 @@ def test_two_gloo_ranks_split_each_configuration(
     assert len(cases) == len(counts) * 2 * 2
     cells = {(c["frames"], c["world_size"], c["rank"]): c for c in cases}
     assert set(cells) == {(f, w, r) for f in counts for w in (1, 2) for r in (0, 1)}
-    peak = "activation_peak_bytes" if mode == "inference" else "step_peak_bytes"
+    peak = "activation_peak_bytes" if mode == "inference" else "forward_peak_bytes"
     for case in cases:
         assert case["status"] == "ok", case["error"]
         assert case["parallel"] == "sequence" and case["variant"] == "optimized"
@@ -221,7 +223,7 @@ def test_two_gloo_ranks_split_each_configuration(
         else:
             assert case["attention"] == attention
             assert case["comm_bytes"] > 0 and case["comm_seconds"] > 0
-            assert step_figure(case, peak) < step_figure(alone, peak)
+            assert case[peak] < alone[peak]
     if mode == "train":
         assert all(case["loss"] > 0 and case["gradient_bytes"] > 0 for case in cases)
         assert all(case["comm_serial_seconds"] is None for case in cases)
@@ -231,10 +233,3 @@ def test_two_gloo_ranks_split_each_configuration(
     assert "| variant | frames | ranks | 1-rank" in summary
     for count in counts:
         assert f"| optimized | {count} | 2 |" in summary
-
-
-def step_figure(case: dict, name: str) -> int:
-    """A result's peak field; a training step's highest phase peak for `step_peak_bytes`."""
-    if name == "step_peak_bytes":
-        return max(case[f"{phase}_peak_bytes"] for phase in ("forward", "backward", "optimizer"))
-    return case[name]

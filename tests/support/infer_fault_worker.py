@@ -8,6 +8,7 @@ main() runs as usual on every rank.
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,11 +25,32 @@ VICTIM_RANK = 1
 INJECTED = "injected fault: nccl socket timed out"
 
 
+# Run beside a stopped rank: resumes it once a SIGTERM waits for it (torchrun's shutdown after
+# another rank failed), so the SIGTERM ends it at once instead of torchrun's SIGKILL 30 s later.
+RESUME_ON_SIGTERM = """
+import os, signal, sys, time
+pid, term = int(sys.argv[1]), 1 << (signal.SIGTERM - 1)
+for _ in range(3000):
+    try:
+        lines = open(f"/proc/{pid}/status").read().splitlines()
+    except FileNotFoundError:
+        break
+    pending = [int(line.split()[1], 16) for line in lines if line[:7] in ("SigPnd:", "ShdPnd:")]
+    if any(mask & term for mask in pending):
+        os.kill(pid, signal.SIGCONT)
+        break
+    time.sleep(0.1)
+"""
+
+
 def fail(fault: str) -> None:
     """Fail this process as `fault` says."""
     if fault == "raise":
         raise RuntimeError(INJECTED)
-    os.kill(os.getpid(), signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    subprocess.Popen([sys.executable, "-c", RESUME_ON_SIGTERM, str(os.getpid())])
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def fail_after_first_global_block(fault: str) -> None:

@@ -7,8 +7,8 @@ ranks (this rank passing only its own frames), and records the largest relative 
 every kept layer and prediction against the reference's matching frames, or the error raised.
 A `train` case runs a training step's forward and backward of a small-headed model on the
 whole sequence and split over the ranks, and records each summed gradient's relative L2 error
-and this rank's loss terms. A `memory` case compares the CPU profiler's peak of the optimized
-aggregator split over the ranks with rank 0's peak alone.
+and this rank's loss terms. A `memory` case compares the CPU profiler's peak of a preset's
+optimized aggregator split over the ranks with rank 0's peak alone.
 
     torchrun --nproc_per_node=N tests/support/parallel_worker.py CASES.json OUT
 """
@@ -33,9 +33,7 @@ from tests.support.recipe import (  # noqa: E402
     GOLDEN_FILE,
     recipe_images,
     recipe_query_points,
-    recipe_state_dict,
 )
-from tests.support.repo import manifest  # noqa: E402
 from tests.support.training import with_small_heads  # noqa: E402
 from vggt.models.variants import get_variant  # noqa: E402
 from vggt.models.vggt_vram_optimized import VGGTOptimized  # noqa: E402
@@ -46,6 +44,7 @@ from vggt.training.loss import seeded_targets  # noqa: E402
 from vggt.training.step import TrainingStep  # noqa: E402
 from vggt.training.trainable import PRESETS  # noqa: E402
 
+# Query points in 140x140 images, scaled with the case's size.
 QUERY_POINTS = [[10.0, 20.0], [70.0, 90.0], [130.0, 5.0]]
 
 
@@ -68,10 +67,12 @@ def compare_case(case: dict, group: SequenceGroup) -> dict:
         model.aggregator.block_runner.policy = ChunkPolicy(
             min_chunk_tokens=case["min_chunk_tokens"]
         )
-    size = case.get("size", 140)
+    tracks = case.get("tracks", True)
+    # The tracker's five pyramid levels need 128 pixels; without it smaller images run faster.
+    size = case.get("size", 140 if tracks else 70)
     images = seeded_images(case["batch"], case["frames"], size, size, seed=case.get("seed", 0))
-    points = torch.tensor([QUERY_POINTS]).expand(case["batch"], -1, -1)
-    points = points if case.get("tracks", True) else None
+    points = (torch.tensor([QUERY_POINTS]) * size / 140).expand(case["batch"], -1, -1)
+    points = points if tracks else None
     mine = my_frames(case, group.rank, group.world_size)
     with torch.no_grad(), precision.autocast("cpu"):
         reference_view, _, _ = model.aggregator(images)
@@ -130,9 +131,9 @@ def train_case(case: dict, group: SequenceGroup) -> dict:
 
 
 def memory_case(case: dict, group: SequenceGroup) -> dict:
-    """Peak live CPU tensor bytes of the optimized cpu-small aggregator split over the ranks,
-    and (on rank 0) of the whole sequence on rank 0 alone."""
-    architecture = load_preset("cpu-small").architecture
+    """Peak live CPU tensor bytes of the optimized aggregator of the case's preset (cpu-small
+    by default) split over the ranks, and (on rank 0) of the whole sequence on rank 0 alone."""
+    architecture = load_preset(case.get("preset", "cpu-small")).architecture
     torch.manual_seed(0)
     model = get_variant("optimized").build("aggregator", architecture).eval()
     size = architecture.img_size
@@ -150,12 +151,12 @@ def memory_case(case: dict, group: SequenceGroup) -> dict:
 
 def golden_case(case: dict, group: SequenceGroup) -> dict:
     """Relative L2 errors of this rank's kept layers and predictions against the golden
-    reference outputs (full VGGT-1B from the recipe weights)."""
+    reference outputs (full VGGT-1B with the recipe weights saved at the case's `weights`)."""
     golden = torch.load(GOLDEN_FILE, weights_only=True)
     recipe = golden["recipe"]
     with torch.device("meta"):
         model = VGGTOptimized()
-    weights = recipe_state_dict(manifest(), seed=recipe["weights_seed"])
+    weights = torch.load(case["weights"], mmap=True, weights_only=True)
     model.load_state_dict(weights, strict=True, assign=True)
     model.eval().parallelize(group, case["attention"])
     batch, frames, _, height, width = recipe["images"]
