@@ -217,6 +217,15 @@ def fail_all(records: Iterable[CaseRecord], error: Exception) -> None:
         record.fail(status, error)
 
 
+def finished(records: Iterable[CaseRecord]) -> list[CaseRecord]:
+    """`records` as a list, each stamped as finished now."""
+    records = list(records)
+    finished_at = datetime.now(UTC).isoformat()
+    for record in records:
+        record.finished_at = finished_at
+    return records
+
+
 def measure_group(
     group: CaseGroup,
     cache: ModelCache,
@@ -248,7 +257,4 @@ def measure_group(
         scheduler.run(warmup, repeats)
         del images, modules
     free_memory(device)
-    finished_at = datetime.now(UTC).isoformat()
-    for record in records.values():
-        record.finished_at = finished_at
-    return list(records.values())
+    return finished(records.values())

@@ -10,7 +10,6 @@ the others waiting in a collective until the process group times out.
 
 import functools
 import statistics
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from profiling.meters.outputs import compare
 from profiling.meters.timing import time_call_ms
 from profiling.sweep.cases import CaseGroup, Split
 from profiling.sweep.environment import RankInfo
-from profiling.sweep.measure import StageScheduler, fail_all, free_memory, seeded_images
+from profiling.sweep.measure import StageScheduler, fail_all, finished, free_memory, seeded_images
 from profiling.sweep.models import ModelCache
 from profiling.sweep.records import CaseRecord
 from vggt.parallel.group import CommunicationLog, SequenceGroup, rank_slice, split_evenly
@@ -130,6 +129,17 @@ class SplitStages(StageScheduler):
                 record.comm_serial_seconds = self.serial_run(name)
 
 
+def split_records(
+    group: CaseGroup, rank: RankInfo, warmup: int, repeats: int, world_size: int, attention: str
+) -> tuple[dict[str, CaseRecord], dict[str, CaseRecord]]:
+    """This rank's records of `group` by variant: alone (world size 1), and split over
+    `world_size` ranks by `attention`."""
+    alone, together = Split(1, rank.rank, None), Split(world_size, rank.rank, attention)
+    reference = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(alone)}
+    split = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(together)}
+    return reference, split
+
+
 def measure_split_group(
     group: CaseGroup,
     cache: ModelCache,
@@ -145,9 +155,7 @@ def measure_split_group(
     """This rank's records of `group` at world size 1 and split over `sequence` by
     `attention`; a failure to build, make the input or parallelize fails the records."""
     world_size = sequence.world_size
-    alone, together = Split(1, rank.rank, None), Split(world_size, rank.rank, attention)
-    reference = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(alone)}
-    split = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(together)}
+    reference, split = split_records(group, rank, warmup, repeats, world_size, attention)
     frames = own_frames(group.frames, world_size, rank.rank)
     try:
         modules = cache.modules_for(group)
@@ -174,8 +182,4 @@ def measure_split_group(
             sequence.release()
         del local, modules
     free_memory(cache.device)
-    finished_at = datetime.now(UTC).isoformat()
-    records = [*reference.values(), *split.values()]
-    for record in records:
-        record.finished_at = finished_at
-    return records
+    return finished([*reference.values(), *split.values()])

@@ -21,7 +21,6 @@ import contextlib
 import functools
 import statistics
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ from profiling.meters import cuda
 from profiling.meters.cpu import max_rss_bytes, trace_cpu_memory
 from profiling.meters.phases import PHASE_PREFIX, PhaseMeter
 from profiling.meters.timing import time_call_ms
-from profiling.sweep.cases import CaseGroup, Split
+from profiling.sweep.cases import CaseGroup
 from profiling.sweep.environment import RankInfo
-from profiling.sweep.measure import fail_all, free_memory, run_guarded, seeded_images
+from profiling.sweep.measure import fail_all, finished, free_memory, run_guarded, seeded_images
 from profiling.sweep.memory_run import (
     nvml_sampler,
     record_cpu_trace,
@@ -42,7 +41,7 @@ from profiling.sweep.memory_run import (
 )
 from profiling.sweep.models import ModelCache, build_variant
 from profiling.sweep.records import CaseRecord, TimeSummary, phase_field
-from profiling.sweep.sequence import own_frames
+from profiling.sweep.sequence import own_frames, split_records
 from vggt.memory.outputs import output_bytes
 from vggt.models.variants import BASELINE
 from vggt.parallel.group import CommunicationLog, SequenceGroup
@@ -341,10 +340,7 @@ def measure_training_group(
         stages.run(warmup, repeats)
         del images, targets, stages
     free_memory(device)
-    finished_at = datetime.now(UTC).isoformat()
-    for record in records.values():
-        record.finished_at = finished_at
-    return list(records.values())
+    return finished(records.values())
 
 
 def measure_split_training_group(
@@ -362,9 +358,7 @@ def measure_split_training_group(
     """This rank's train-mode records of `group` at world size 1 and split over `sequence` by
     `attention` (`measure_split_group`'s arguments); a failure to make the input fails them."""
     world_size = sequence.world_size
-    alone, together = Split(1, rank.rank, None), Split(world_size, rank.rank, attention)
-    reference = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(alone)}
-    split = {c.variant: CaseRecord.start(c, rank, warmup, repeats) for c in group.cases(together)}
+    reference, split = split_records(group, rank, warmup, repeats, world_size, attention)
     for record in reference.values():
         record.comm_seconds, record.comm_bytes = 0.0, 0
     device = cache.device
@@ -397,8 +391,4 @@ def measure_split_training_group(
         ).run(warmup, repeats)
         del local_images, local_targets
     free_memory(device)
-    finished_at = datetime.now(UTC).isoformat()
-    records = [*reference.values(), *split.values()]
-    for record in records:
-        record.finished_at = finished_at
-    return records
+    return finished([*reference.values(), *split.values()])
