@@ -68,14 +68,15 @@ class VGGTOptimized(VGGT):
         return AggregatorVramOptimized(**kwargs)
 
     def checkpoint_activations(self, policy: str) -> None:
-        """The aggregator's blocks and the DPT heads' frame chunks (the track head's feature
-        extractor's too) checkpointed as `policy` says."""
+        """The aggregator's blocks, the DPT heads' frame chunks (the track head's feature
+        extractor's too) and the tracker's refinements checkpointed as `policy` says."""
         super().checkpoint_activations(policy)
         for head in (self.depth_head, self.point_head):
             if head is not None:
                 head.checkpointing = policy
         if self.track_head is not None:
             self.track_head.feature_extractor.checkpointing = policy
+            self.track_head.tracker.checkpointing = policy
 
     @property
     def progress(self) -> Callable[[int], None] | None:

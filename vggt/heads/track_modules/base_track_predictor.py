@@ -1,5 +1,7 @@
 """Iterative CoTracker-style point tracker operating on per-frame feature maps."""
 
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -12,6 +14,7 @@ from vggt.heads.track_modules.utils import (
     sample_features4d,
 )
 from vggt.layers.mlp import Mlp
+from vggt.training.checkpointing import run_checkpointed
 
 
 class FrameShare(Protocol):
@@ -75,6 +78,9 @@ class BaseTrackerPredictor(nn.Module):
         self.vis_predictor = nn.Sequential(nn.Linear(latent_dim, 1))
         if predict_conf:
             self.conf_predictor = nn.Sequential(nn.Linear(latent_dim, 1))
+        # What a training forward keeps of each refinement for backward
+        # (vggt.training.checkpointing); the reference keeps everything.
+        self.checkpointing = "none"
 
     def normed_maps(self, fmaps: torch.Tensor) -> torch.Tensor:
         """Feature maps [B, s, C, H, W] with each pixel's features layer-normed (a frame at a
@@ -130,61 +136,25 @@ class BaseTrackerPredictor(nn.Module):
             device=device,
         )
 
+        pos_embed = get_2d_sincos_pos_embed(self.transformer_dim, grid_size=(HH, WW))
+        pos_embed = pos_embed.to(query_points.device)
+        sampled_pos_emb = sample_features4d(pos_embed.expand(B, -1, -1, -1), coords_backup[:, 0])
+        sampled_pos_emb = sampled_pos_emb.reshape(B * N, self.transformer_dim).unsqueeze(1)
+        across_time = None if frames is None else frames.across_time
+        refine = partial(
+            self.refine,
+            fcorr_fn=fcorr_fn,
+            coords_backup=coords_backup,
+            sampled_pos_emb=sampled_pos_emb,
+            first=first,
+            across_time=across_time,
+        )
+
         coord_preds = []
         for _ in range(iters):
-            coords = coords.detach()
-
-            fcorrs = fcorr_fn.corr_sample(track_feats, coords)
-            corr_dim = fcorrs.shape[3]
-            fcorrs_ = fcorrs.permute(0, 2, 1, 3).reshape(B * N, S, corr_dim)
-            fcorrs_ = self.corr_mlp(fcorrs_)
-
-            # The first frame's coordinates stay the query points (reset after each update).
-            flows = (coords - coords_backup[:, 0:1]).permute(0, 2, 1, 3).reshape(B * N, S, 2)
-            flows_emb = get_2d_embedding(flows, self.flows_emb_dim, cat_coords=False)
-            flows_emb = torch.cat(
-                [flows_emb, flows / self.max_scale, flows / self.max_scale], dim=-1
+            coords, track_feats = run_checkpointed(
+                self.checkpointing, refine, coords.detach(), track_feats
             )
-
-            track_feats_ = track_feats.permute(0, 2, 1, 3).reshape(B * N, S, self.latent_dim)
-            transformer_input = torch.cat([flows_emb, fcorrs_, track_feats_], dim=2)
-
-            pos_embed = get_2d_sincos_pos_embed(self.transformer_dim, grid_size=(HH, WW))
-            pos_embed = pos_embed.to(query_points.device)
-            sampled_pos_emb = sample_features4d(
-                pos_embed.expand(B, -1, -1, -1), coords_backup[:, 0]
-            )
-            sampled_pos_emb = sampled_pos_emb.reshape(B * N, self.transformer_dim).unsqueeze(1)
-            x = transformer_input + sampled_pos_emb
-
-            if first:
-                query_ref_token = torch.cat(
-                    [
-                        self.query_ref_token[:, 0:1],
-                        self.query_ref_token[:, 1:2].expand(-1, S - 1, -1),
-                    ],
-                    dim=1,
-                )
-            else:
-                query_ref_token = self.query_ref_token[:, 1:2].expand(-1, S, -1)
-            x = x + query_ref_token.to(x.device).to(x.dtype)
-
-            x = x.reshape(B, N, S, self.transformer_dim)
-            across_time = None if frames is None else frames.across_time
-            delta, _ = self.updateformer(x, across_time=across_time)
-            delta = delta.reshape(B * N, S, self.latent_dim + 2)
-            delta_coords_ = delta[:, :, :2]
-            delta_feats_ = delta[:, :, 2:]
-
-            track_feats_ = track_feats_.reshape(B * N * S, self.latent_dim)
-            delta_feats_ = delta_feats_.reshape(B * N * S, self.latent_dim)
-            track_feats_ = self.ffeat_updater(self.ffeat_norm(delta_feats_)) + track_feats_
-            track_feats = track_feats_.reshape(B, N, S, self.latent_dim).permute(0, 2, 1, 3)
-
-            coords = coords + delta_coords_.reshape(B, N, S, 2).permute(0, 2, 1, 3)
-            if first:
-                coords[:, 0] = coords_backup[:, 0]
-
             if down_ratio > 1:
                 coord_preds.append(coords * self.stride * down_ratio)
             else:
@@ -205,3 +175,58 @@ class BaseTrackerPredictor(nn.Module):
         if return_feat:
             return coord_preds, vis_e, track_feats, query_track_feat, conf_e
         return coord_preds, vis_e, conf_e
+
+    def refine(
+        self,
+        coords: torch.Tensor,
+        track_feats: torch.Tensor,
+        fcorr_fn: CorrBlock,
+        coords_backup: torch.Tensor,
+        sampled_pos_emb: torch.Tensor,
+        first: bool,
+        across_time: Callable | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of ``coords (B, S, N, 2)`` and ``track_feats (B, S, N, C)`` from their
+        correlations with the feature maps (a unit `checkpointing` can recompute in backward)."""
+        B, S, N, _ = coords.shape
+        fcorrs = fcorr_fn.corr_sample(track_feats, coords)
+        corr_dim = fcorrs.shape[3]
+        fcorrs_ = fcorrs.permute(0, 2, 1, 3).reshape(B * N, S, corr_dim)
+        fcorrs_ = self.corr_mlp(fcorrs_)
+
+        # The first frame's coordinates stay the query points (reset after each update).
+        flows = (coords - coords_backup[:, 0:1]).permute(0, 2, 1, 3).reshape(B * N, S, 2)
+        flows_emb = get_2d_embedding(flows, self.flows_emb_dim, cat_coords=False)
+        flows_emb = torch.cat([flows_emb, flows / self.max_scale, flows / self.max_scale], dim=-1)
+
+        track_feats_ = track_feats.permute(0, 2, 1, 3).reshape(B * N, S, self.latent_dim)
+        transformer_input = torch.cat([flows_emb, fcorrs_, track_feats_], dim=2)
+        x = transformer_input + sampled_pos_emb
+
+        if first:
+            query_ref_token = torch.cat(
+                [
+                    self.query_ref_token[:, 0:1],
+                    self.query_ref_token[:, 1:2].expand(-1, S - 1, -1),
+                ],
+                dim=1,
+            )
+        else:
+            query_ref_token = self.query_ref_token[:, 1:2].expand(-1, S, -1)
+        x = x + query_ref_token.to(x.device).to(x.dtype)
+
+        x = x.reshape(B, N, S, self.transformer_dim)
+        delta, _ = self.updateformer(x, across_time=across_time)
+        delta = delta.reshape(B * N, S, self.latent_dim + 2)
+        delta_coords_ = delta[:, :, :2]
+        delta_feats_ = delta[:, :, 2:]
+
+        track_feats_ = track_feats_.reshape(B * N * S, self.latent_dim)
+        delta_feats_ = delta_feats_.reshape(B * N * S, self.latent_dim)
+        track_feats_ = self.ffeat_updater(self.ffeat_norm(delta_feats_)) + track_feats_
+        track_feats = track_feats_.reshape(B, N, S, self.latent_dim).permute(0, 2, 1, 3)
+
+        coords = coords + delta_coords_.reshape(B, N, S, 2).permute(0, 2, 1, 3)
+        if first:
+            coords[:, 0] = coords_backup[:, 0]
+        return coords, track_feats
