@@ -140,6 +140,7 @@ class BaseTrackerPredictor(nn.Module):
         pos_embed = pos_embed.to(query_points.device)
         sampled_pos_emb = sample_features4d(pos_embed.expand(B, -1, -1, -1), coords_backup[:, 0])
         sampled_pos_emb = sampled_pos_emb.reshape(B * N, self.transformer_dim).unsqueeze(1)
+        del pos_embed  # a map of the feature maps' size: only the query points' samples are read
         across_time = None if frames is None else frames.across_time
         refine = partial(
             self.refine,
