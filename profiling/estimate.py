@@ -64,6 +64,35 @@ INFERENCE_ONLY = {
 }
 
 
+# The reports' columns before the fits, for a forward and for a training step.
+INFERENCE_COLUMNS = (
+    "variant",
+    "frames",
+    "live peak GiB",
+    "allocated",
+    "reserved bound",
+    "weights",
+    "kept outputs",
+    "transient",
+    "host",
+    "predicted s",
+)
+TRAINING_COLUMNS = (
+    "variant",
+    "frames",
+    "forward peak GiB",
+    "backward peak",
+    "optimizer peak",
+    "weights",
+    "gradients",
+    "AdamW states",
+    "inputs",
+    "allocated",
+    "reserved bound",
+    "required",
+)
+
+
 def gib(value: int) -> str:
     """Bytes as GiB with two decimals, without the unit (the table's columns name it)."""
     return bytes_in(value, "GiB", 2)
@@ -72,6 +101,19 @@ def gib(value: int) -> str:
 def precision_text(args: argparse.Namespace) -> str:
     """The precision as run: its name and what it means."""
     return f"{args.precision.label} ({args.precision.description})"
+
+
+def table_head(columns: tuple[str, ...], budgets: list[int]) -> list[str]:
+    """A table's header and alignment rows: `columns` (the first left-aligned, the others
+    right-aligned), then a centred column per budget saying whether a row fits it."""
+    header = [*columns, *(f"fits {gib(budget)} GiB" for budget in budgets)]
+    alignment = "|---|" + "---:|" * (len(columns) - 1) + ":---:|" * len(budgets)
+    return ["| " + " | ".join(header) + " |", alignment]
+
+
+def fits_cells(row: dict, budgets: list[int]) -> list[str]:
+    """`yes` or `no` per budget: whether the row's required bytes fit it."""
+    return ["yes" if row["required_bytes"] <= budget else "no" for budget in budgets]
 
 
 def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float) -> str:
@@ -94,15 +136,11 @@ def format_table(results: list[dict], args: argparse.Namespace, elapsed_s: float
             else ""
         ),
         "",
-        "| variant | frames | live peak GiB | allocated | reserved bound | weights | "
-        "kept outputs | transient | host | predicted s | "
-        + " | ".join(f"fits {gib(budget)} GiB" for budget in budgets)
-        + " |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ":---:|" * len(budgets),
+        *table_head(INFERENCE_COLUMNS, budgets),
     ]
     for result in results:
         for row in result["estimates"]:
-            fits = ["yes" if row["required_bytes"] <= budget else "no" for budget in budgets]
+            fits = fits_cells(row, budgets)
             lines.append(
                 f"| {row['variant']} | {row['frames']} | {gib(row['live_peak_bytes'])} | "
                 f"{gib(row['allocated_bytes'])} | {gib(row['reserved_bound_bytes'])} | "
@@ -143,17 +181,13 @@ def format_training_table(results: list[dict], args: argparse.Namespace, elapsed
             else ""
         ),
         "",
-        "| variant | frames | forward peak GiB | backward peak | optimizer peak | weights | "
-        "gradients | AdamW states | inputs | allocated | reserved bound | required | "
-        + " | ".join(f"fits {gib(budget)} GiB" for budget in budgets)
-        + " |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ":---:|" * len(budgets),
+        *table_head(TRAINING_COLUMNS, budgets),
     ]
     for result in results:
         for row in result["estimates"]:
             peaks = [gib(row["phase_peak_bytes"][phase]) for phase in PHASES]
             inputs = row["input_bytes"] + row["target_bytes"]
-            fits = ["yes" if row["required_bytes"] <= budget else "no" for budget in budgets]
+            fits = fits_cells(row, budgets)
             lines.append(
                 f"| {row['variant']} | {row['frames']} | {' | '.join(peaks)} | "
                 f"{gib(row['weights_bytes'])} | {gib(row['gradient_bytes'])} | "
